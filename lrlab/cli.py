@@ -1,0 +1,179 @@
+"""Flags shared by the experiments, their validators, and start-up checks (one clear line on error).
+
+Each experiment module calls `define_flags()` at import, then reads typed settings through the
+helpers here, so a flag means the same thing in every experiment.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pathlib
+import sys
+
+import numpy as np
+from absl import flags
+
+from lrlab import data as data_lib
+from lrlab import models, optimizers
+
+FLAGS = flags.FLAGS
+
+# Optimizer hyperparameter flags: flag name -> (optimizer, hyperparameter, TF1 default, help).
+HPARAM_FLAGS = {
+    "momentum": ("momentum", "momentum", 0.5, "Momentum coefficient (TF1 MomentumOptimizer as the study used: 0.5)."),
+    "adam_b1": ("adam", "b1", 0.9, "Adam beta1 (TF1 default 0.9)."),
+    "adam_b2": ("adam", "b2", 0.999, "Adam beta2 (TF1 default 0.999)."),
+    "adam_eps": ("adam", "eps", 1e-8, "Adam epsilon (TF1 default 1e-8)."),
+    "adadelta_rho": ("adadelta", "rho", 0.95, "Adadelta rho (TF1 default 0.95)."),
+    "adadelta_eps": ("adadelta", "eps", 1e-8, "Adadelta epsilon (TF1 default 1e-8)."),
+    "rmsprop_decay": ("rmsprop", "decay", 0.9, "RMSProp decay (TF1 default 0.9)."),
+    "rmsprop_eps": ("rmsprop", "eps", 1e-10, "RMSProp epsilon, inside the sqrt (TF1 default 1e-10)."),
+}
+# Set once at initialisation (not per member): flag -> (optimizer, argument, TF1 default, help).
+STATIC_FLAGS = {
+    "adagrad_initial_accumulator": ("adagrad", "initial_accumulator_value", 0.1,
+                                    "Adagrad initial accumulator (TF1 default 0.1)."),
+    "rmsprop_initial_scale": ("rmsprop", "initial_scale", 1.0,
+                              "RMSProp initial mean square (TF1 initialises it to 1.0)."),
+}
+
+
+def _check(condition: bool, message: str) -> bool:
+    if not condition:
+        raise flags.ValidationError(message)
+    return True
+
+
+def _valid_optimizers(value: str) -> bool:
+    try:
+        optimizers.parse_optimizer_list(value)
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from None
+    return True
+
+
+def _valid_lrs(values) -> bool:
+    if values is None:
+        return True
+    try:
+        lrs = [float(v) for v in values]
+    except ValueError:
+        raise flags.ValidationError(f"learning rates must be numbers, got {','.join(values)}") from None
+    return _check(bool(lrs) and all(np.isfinite(lr) and lr > 0 for lr in lrs),
+                  "learning rates must be positive and finite")
+
+
+def define_flags(default_optimizer: str = "adam") -> None:
+    """Defines the flags every experiment shares, with validators."""
+    flags.DEFINE_string("optimizer", default_optimizer,
+                        f"One of {', '.join(optimizers.OPTIMIZERS)}, a comma list, or 'all'.")
+    flags.DEFINE_enum("model", "small_cnn", models.MODELS,
+                      "small_cnn (3.5k weights, fast on CPU); tutorial_cnn (the study's 3.3M-weight CNN).")
+    flags.DEFINE_float("width", 1.0, "Width multiplier of the model's conv layers (the study: 1 to 10).")
+    flags.DEFINE_string("dataset", "mnist", "'mnist' (shipped with lrlab) or 'tfds:NAME' (prepared under --data_dir).")
+    flags.DEFINE_string("data_dir", None, "Folder of the dataset files (mnist: the shipped copy by default).")
+    flags.DEFINE_float("lr_min", 1e-6, "Lowest learning rate of the log-spaced grid.")
+    flags.DEFINE_float("lr_max", 100.0, "Highest learning rate of the log-spaced grid.")
+    flags.DEFINE_integer("num_lrs", 48, "Number of log-spaced learning rates (the study: 48).")
+    flags.DEFINE_list("lrs", None, "Explicit learning rates (comma list); overrides the grid flags.")
+    flags.DEFINE_integer("batch_size", 100, "Examples per step (the study: 100).")
+    flags.DEFINE_integer("eval_every", 50, "Steps between evaluations: the resolution of steps to target.")
+    flags.DEFINE_integer("eval_examples", 2000, "Size of the fixed training subset that measures the target.")
+    flags.DEFINE_integer("max_steps", 3000, "Step budget per member.")
+    flags.DEFINE_float("max_seconds", None, "Wall-clock budget in training seconds (the study: 120 per run). "
+                       "Vectorized: the population's clock; --sequential: each member's own.")
+    flags.DEFINE_float("target_accuracy", 0.97, "Training-subset accuracy that counts as trained, in (0, 1].")
+    flags.DEFINE_integer("seed", 0, "Seed of everything: initialisation, batch order, dropout, eval subset.")
+    flags.DEFINE_bool("distinct_seeds", False, "Give each member its own initialisation, dropout and batch "
+                      "order; by default all share them, as the study did.")
+    flags.DEFINE_bool("sequential", False, "Train the members one after another (K=1 each), timing each "
+                      "as the study did: the baseline of the vectorized run.")
+    flags.DEFINE_bool("repack", True, "Re-pack still-running members into a smaller population so finished "
+                      "members stop costing compute.")
+    flags.DEFINE_enum("conv_impl", "auto", models.CONV_IMPLS, "Convolution lowering: auto picks per backend.")
+    flags.DEFINE_integer("member_chunk", 0, "Members vmapped together inside the member loop (0: per backend).")
+    flags.DEFINE_string("workdir", None, "Output folder (default: runs/<experiment>-<time>).")
+    flags.DEFINE_bool("progress", True, "Show a progress bar.")
+    for name, (_, _, default, help_) in {**HPARAM_FLAGS, **STATIC_FLAGS}.items():
+        flags.DEFINE_float(name, default, help_)
+
+    flags.register_validator("optimizer", _valid_optimizers)
+    flags.register_validator("width", lambda v: _check(v > 0, "must be positive"))
+    flags.register_validator("dataset", lambda v: _check(
+        v == "mnist" or (v.startswith("tfds:") and len(v) > 5), "must be 'mnist' or 'tfds:NAME'"))
+    flags.register_validator("lrs", _valid_lrs)
+    flags.register_validator("lr_min", lambda v: _check(np.isfinite(v) and v > 0, "must be positive"))
+    flags.register_validator("lr_max", lambda v: _check(np.isfinite(v) and v > 0, "must be positive"))
+    flags.register_multi_flags_validator(
+        ["lr_min", "lr_max", "num_lrs"],
+        lambda d: _check(d["lr_min"] < d["lr_max"] or (d["num_lrs"] == 1 and d["lr_min"] == d["lr_max"]),
+                         f"--lr_min ({d['lr_min']}) must be below --lr_max ({d['lr_max']})"),
+        message="learning-rate range")
+    flags.register_validator("num_lrs", lambda v: _check(v >= 1, "must be at least 1"))
+    for name in ("batch_size", "eval_every", "eval_examples", "max_steps"):
+        flags.register_validator(name, lambda v: _check(v >= 1, "must be at least 1"))
+    flags.register_validator("max_seconds", lambda v: _check(v is None or v > 0, "must be positive"))
+    flags.register_validator("target_accuracy", lambda v: _check(0 < v <= 1, "must be in (0, 1]"))
+    flags.register_validator("member_chunk", lambda v: _check(v >= 0, "must be 0 (auto) or positive"))
+    for name in HPARAM_FLAGS:
+        flags.register_validator(name, lambda v: _check(np.isfinite(v) and v >= 0, "must be finite and >= 0"))
+    for name in STATIC_FLAGS:
+        flags.register_validator(name, lambda v: _check(np.isfinite(v) and v >= 0, "must be finite and >= 0"))
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Stops with one clear line on stderr (no traceback) and a non-zero exit code."""
+    print(f"lrlab: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def learning_rates() -> np.ndarray:
+    """--lrs if given, else --num_lrs log-spaced from --lr_min to --lr_max."""
+    if FLAGS.lrs:
+        return np.array(sorted(float(v) for v in FLAGS.lrs), np.float64)
+    return np.geomspace(FLAGS.lr_min, FLAGS.lr_max, FLAGS.num_lrs)
+
+
+def optimizer_names() -> list[str]:
+    return optimizers.parse_optimizer_list(FLAGS.optimizer)
+
+
+def hparams_for(optimizer: str, lrs: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-member hyperparameters of `optimizer`: the learning rates and the flags' values."""
+    overrides = {hp: FLAGS[flag].value for flag, (opt, hp, _, _) in HPARAM_FLAGS.items() if opt == optimizer}
+    hparams = optimizers.default_hparams(optimizer, overrides)
+    k = len(lrs)
+    return {"learning_rate": np.asarray(lrs, np.float32),
+            **{name: np.full(k, value, np.float32) for name, value in hparams.items()}}
+
+
+def static_overrides_for(optimizer: str) -> tuple[tuple[str, float], ...]:
+    return tuple((arg, FLAGS[flag].value) for flag, (opt, arg, _, _) in STATIC_FLAGS.items() if opt == optimizer)
+
+
+def prepare_workdir(experiment: str) -> pathlib.Path:
+    """Creates --workdir (default runs/<experiment>-<time>) and proves it writable, or fails."""
+    path = pathlib.Path(FLAGS.workdir or f"runs/{experiment}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        fail(f"--workdir={path}: cannot write there ({e.strerror or e})")
+    return path
+
+
+def load_dataset() -> data_lib.Dataset:
+    """The dataset of --dataset / --data_dir, or one clear line naming the flag."""
+    try:
+        return data_lib.load_dataset(FLAGS.dataset, FLAGS.data_dir)
+    except data_lib.DatasetError as e:
+        fail(f"--dataset={FLAGS.dataset}: {e}")
+
+
+def flag_values() -> dict[str, object]:
+    """The values of lrlab's own flags, saved with the run for reproducibility."""
+    module_flags = [f for name, fl in FLAGS.flags_by_module_dict().items() if "lrlab" in name for f in fl]
+    return {f.name: f.value for f in module_flags}

@@ -1,0 +1,84 @@
+"""The learning-rate valley: steps to target against learning rate, one population per optimizer.
+
+  python -m lrlab.experiments.lr_valley --optimizer=adam
+  python -m lrlab.experiments.lr_valley --optimizer=all --model=tutorial_cnn --workdir=runs/valley
+
+Writes results.json, results_orbax/ and valley.png to --workdir.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+from absl import app, flags, logging
+
+from lrlab import cli, models, plots, results, runner
+from lrlab import __version__
+
+FLAGS = flags.FLAGS
+cli.define_flags()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
+    logging.set_verbosity(logging.WARNING)
+    start = time.perf_counter()
+    dataset = cli.load_dataset()
+    workdir = cli.prepare_workdir("lr_valley")
+    model = models.make_model(FLAGS.model, FLAGS.width, dataset.num_classes, FLAGS.conv_impl)
+    lrs = cli.learning_rates()
+    names = cli.optimizer_names()
+    n_params = models.param_count(
+        jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.numpy.zeros((1,) + dataset.image_shape))["params"])
+    print(f"lrlab {__version__}: {FLAGS.model} (width {FLAGS.width:g}, {n_params:,} weights) on {dataset.name} "
+          f"({len(dataset.train_labels):,} training images); {', '.join(names)} x {len(lrs)} learning rates "
+          f"{lrs.min():.3g}..{lrs.max():.3g}, {'sequential' if FLAGS.sequential else 'vectorized'} on "
+          f"{jax.default_backend()}; target {FLAGS.target_accuracy:g} on {min(FLAGS.eval_examples, len(dataset.train_labels))} "
+          f"training images every {FLAGS.eval_every} steps, budget {FLAGS.max_steps} steps"
+          + (f" / {FLAGS.max_seconds:g} s" if FLAGS.max_seconds else ""))
+    settings = runner.SweepSettings(
+        model=model,
+        budget=runner.Budget(FLAGS.target_accuracy, FLAGS.max_steps, FLAGS.max_seconds, FLAGS.eval_every),
+        batch_size=FLAGS.batch_size, eval_examples=FLAGS.eval_examples, seed=FLAGS.seed,
+        distinct_seeds=FLAGS.distinct_seeds, sequential=FLAGS.sequential, repack=FLAGS.repack,
+        member_chunk=FLAGS.member_chunk, progress=FLAGS.progress,
+    )
+    records, stats = runner.run_sweep(
+        dataset,
+        {name: cli.hparams_for(name, lrs) for name in names},
+        {name: cli.static_overrides_for(name) for name in names},
+        settings,
+    )
+    summary = {
+        "schema_version": results.SCHEMA_VERSION,
+        "experiment": "lr_valley",
+        "lrlab_version": __version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "model": {"name": FLAGS.model, "width": FLAGS.width, "parameters": n_params},
+        "dataset": dataset.name,
+        "steps_to_target_resolution": FLAGS.eval_every,
+        "flags": cli.flag_values(),
+        "timing": stats,
+        "wall_seconds": time.perf_counter() - start,
+        "members": records,
+    }
+    paths = {"results": workdir / "results.json", "orbax": workdir / "results_orbax",
+             "figure": workdir / "valley.png"}
+    results.save_orbax(paths["orbax"], results.orbax_tree(records))
+    plots.valley(records, paths["figure"], budget_steps=FLAGS.max_steps, eval_every=FLAGS.eval_every,
+                 title=f"Learning-rate valley: {FLAGS.model} on {dataset.name}, target {FLAGS.target_accuracy:g}")
+    results.write_json(paths["results"], summary)
+    print(results.format_table(records, FLAGS.eval_every))
+    for name, s in stats.items():
+        print(f"{name}: {s['mode']}, {s['members']} members, compile {s['compile_seconds']:.1f} s, "
+              f"training {s['train_seconds']:.1f} s")
+    print(f"total wall time {time.perf_counter() - start:.1f} s")
+    for what, path in paths.items():
+        print(f"saved {what}: {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,41 @@
+"""Shared fixtures: a small slice of the shipped MNIST and tiny engine configurations (CPU JAX)."""
+
+import jax
+import numpy as np
+import pytest
+
+from lrlab import data as data_lib
+from lrlab import models
+from lrlab import population as pop_lib
+from lrlab import runner
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    return data_lib.load_mnist()
+
+
+@pytest.fixture(scope="session")
+def small_data(mnist):
+    """1,000 training images on the device, 200 of them as the evaluation subset."""
+    images, labels = mnist.train_images[:1000], mnist.train_labels[:1000]
+    return pop_lib.make_train_data(images, labels, np.arange(200, dtype=np.int32), eval_chunk=100)
+
+
+def make_cfg(optimizer="adam", batch_size=32, **kw):
+    return pop_lib.EngineConfig(model=models.make_model("small_cnn"), optimizer=optimizer,
+                                batch_size=batch_size, eval_chunk=100, **kw)
+
+
+def hparams(optimizer, lrs):
+    from lrlab import optimizers
+
+    k = len(lrs)
+    return {"learning_rate": np.asarray(lrs, np.float32),
+            **{n: np.full(k, v, np.float32) for n, v in optimizers.default_hparams(optimizer).items()}}
+
+
+def run_population(cfg, lrs, data, budget, seed=0, repack=True, optimizer="adam"):
+    pop = pop_lib.init_population(cfg, hparams(cfg.optimizer, lrs), (28, 28, 1), seed)
+    return runner.train(pop, data, budget, jax.random.PRNGKey(seed + 1), runner.Programs(cfg),
+                        repack=repack, progress=False)

@@ -1,0 +1,77 @@
+"""lr_valley from the command line: a tiny run end to end, and bad input refused in one line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lrlab import results
+
+TINY = ["--num_lrs=3", "--lr_min=1e-4", "--lr_max=1e-1", "--max_steps=20", "--eval_every=10",
+        "--eval_examples=250", "--batch_size=32", "--noprogress"]
+
+
+def run_valley(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "lrlab.experiments.lr_valley", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+def test_tiny_valley_end_to_end(tmp_path):
+    workdir = tmp_path / "run"
+    proc = run_valley("--optimizer=adam,sgd", f"--workdir={workdir}", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert "adam: 3 learning rates" in proc.stdout and "sgd: 3 learning rates" in proc.stdout
+    assert f"saved results: {workdir / 'results.json'}" in proc.stdout
+    summary = json.loads((workdir / "results.json").read_text())
+    assert summary["schema_version"] == 1 and summary["steps_to_target_resolution"] == 10
+    members = summary["members"]
+    assert [m["optimizer"] for m in members] == ["adam"] * 3 + ["sgd"] * 3
+    for m in members:
+        assert m["status"] in ("reached", "diverged", "exhausted")
+        assert (m["steps_to_target"] is None) == (m["status"] != "reached")
+        assert set(m["curve"]) == {"step", "train_accuracy", "loss", "seconds"}
+        assert 0 <= m["final_test_accuracy"] <= 1
+    restored = results.restore_orbax(workdir / "results_orbax")
+    assert list(restored["sgd"]["learning_rate"]) == pytest.approx([m["learning_rate"] for m in members[3:]])
+    assert (workdir / "valley.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flag,needle", [
+    ("--optimizer=adamw", "--optimizer=adamw: unknown optimizer adamw"),
+    ("--model=resnet", "--model"),
+    ("--dataset=cifar", "--dataset=cifar: must be 'mnist' or 'tfds:NAME'"),
+    ("--lr_min=1000", "--lr_min (1000.0) must be below --lr_max (0.1)"),
+    ("--lr_min=-1", "--lr_min=-1.0: must be positive"),
+    ("--lrs=0.1,-2", "learning rates must be positive"),
+    ("--lrs=0.1,abc", "learning rates must be numbers"),
+    ("--target_accuracy=1.5", "--target_accuracy=1.5: must be in (0, 1]"),
+    ("--target_accuracy=0", "--target_accuracy=0.0: must be in (0, 1]"),
+    ("--max_steps=0", "--max_steps=0: must be at least 1"),
+    ("--width=0", "--width=0.0: must be positive"),
+])
+def test_bad_flags_fail_with_one_clear_line(tmp_path, flag, needle):
+    workdir = tmp_path / "run"
+    proc = run_valley(*TINY, flag, f"--workdir={workdir}")  # the bad flag last: it wins
+    assert proc.returncode != 0
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not workdir.exists()  # nothing written
+
+
+def test_unwritable_workdir_fails_clearly(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = run_valley(f"--workdir={blocker / 'run'}", *TINY)
+    assert proc.returncode == 1
+    assert f"lrlab: error: --workdir={blocker / 'run'}: cannot write there" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_tfds_dataset_fails_clearly(tmp_path):
+    proc = run_valley("--dataset=tfds:nothing_here", f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'run'}",
+                      *TINY)
+    assert proc.returncode == 1
+    assert "lrlab: error: --dataset=tfds:nothing_here:" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,54 @@
+"""Both convolution lowerings agree; the models have the documented sizes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lrlab import models
+
+
+@pytest.mark.parametrize("kernel,c_in,c_out", [(5, 1, 8), (3, 8, 20), (5, 4, 3)])
+def test_matmul_conv_matches_xla_conv(kernel, c_in, c_out):
+    kx, kw = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.normal(kx, (2, 14, 14, c_in))
+    w = jax.random.normal(kw, (kernel, kernel, c_in, c_out))
+    np.testing.assert_allclose(models.conv2d_matmul(x, w), models.conv2d_xla(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_models_give_same_logits_with_either_lowering():
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
+    a, b = models.make_model("small_cnn", conv_impl="matmul"), models.make_model("small_cnn", conv_impl="xla")
+    params = a.init(jax.random.PRNGKey(0), x)
+    np.testing.assert_allclose(a.apply(params, x), b.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool_matches_reduce_window():
+    x = jax.random.normal(jax.random.PRNGKey(2), (2, 7, 6, 3))
+    ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    np.testing.assert_array_equal(models.max_pool_2x2(x), ref)
+
+
+@pytest.mark.parametrize("name,width,expected", [
+    ("small_cnn", 1.0, 3478),
+    ("tutorial_cnn", 1.0, 3_274_634),  # 832 + 51,264 + 3,212,288 + 10,250
+    ("mlp", 1.0, 101_770),
+])
+def test_parameter_counts(name, width, expected):
+    model = models.make_model(name, width)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    assert models.param_count(params) == expected
+
+
+def test_width_scales_conv_filters():
+    model = models.make_model("tutorial_cnn", 2.0)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    assert params["Conv_0"]["kernel"].shape == (5, 5, 1, 64)
+    assert params["Conv_1"]["kernel"].shape == (5, 5, 64, 128)
+
+
+def test_bad_model_arguments():
+    with pytest.raises(ValueError, match="unknown model"):
+        models.make_model("resnet")
+    with pytest.raises(ValueError, match="width must be positive"):
+        models.make_model("small_cnn", 0.0)

@@ -1,0 +1,119 @@
+"""The engine: vmapped training equals independent runs; divergence is contained; targets exact."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import hparams, make_cfg, run_population
+from lrlab import population as pop_lib
+from lrlab import runner
+
+LRS = [1e-3, 3e-3, 1e-2, 3e-2]
+
+
+def _member(tree, i):
+    return jax.tree_util.tree_map(lambda x: np.asarray(x)[i], tree)
+
+
+def _assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+
+
+@pytest.mark.parametrize("member_chunk", [0, 2, 4])
+def test_population_equals_independent_runs(small_data, member_chunk):
+    budget = runner.Budget(target_accuracy=1.0, max_steps=30, eval_every=10)
+    cfg = make_cfg(member_chunk=member_chunk)
+    together = run_population(cfg, LRS, small_data, budget)
+    for i, lr in enumerate(LRS):
+        alone = run_population(make_cfg(), [lr], small_data, budget)
+        _assert_trees_close(_member(together.final.params, i), _member(alone.final.params, 0))
+        np.testing.assert_allclose(together.curves[i]["train_accuracy"], alone.curves[0]["train_accuracy"],
+                                   atol=1e-6)
+        np.testing.assert_allclose(together.curves[i]["loss"], alone.curves[0]["loss"], rtol=1e-5)
+        assert together.curves[i]["step"] == [10, 20, 30]
+
+
+def test_sequential_mode_equals_vectorized(small_data):
+    budget = runner.Budget(target_accuracy=0.6, max_steps=40, eval_every=10)
+    cfg = make_cfg()
+    vec = run_population(cfg, LRS, small_data, budget)
+    seq = runner.train_sequential(cfg, hparams("adam", LRS), small_data, budget, 0, jax.random.PRNGKey(1),
+                                  (28, 28, 1), progress=False)
+    np.testing.assert_array_equal(vec.final.status, seq.final.status)
+    np.testing.assert_array_equal(vec.final.steps_to_target, seq.final.steps_to_target)
+    _assert_trees_close(vec.final.params, seq.final.params)
+    assert np.all(np.isnan(seq.seconds_to_target) == (seq.final.status != pop_lib.REACHED))
+
+
+@pytest.mark.parametrize("member_chunk", [0, 1])
+def test_divergent_member_is_frozen_and_contained(small_data, member_chunk):
+    """With member_chunk=1 every member runs the same one-member program, so even a population of
+    another size is bit-identical; with the default chunking a population of another size differs
+    by float rounding (vmap width changes the kernels), a population of the same size does not."""
+    budget = runner.Budget(target_accuracy=1.0, max_steps=20, eval_every=10)
+    cfg = make_cfg("sgd", member_chunk=member_chunk)
+    with_huge = run_population(cfg, [1e-2, 1e9, 3e-2], small_data, budget, repack=False)
+    sane = run_population(cfg, [1e-2, 1e-2, 3e-2], small_data, budget, repack=False)
+    without = run_population(cfg, [1e-2, 3e-2], small_data, budget, repack=False)
+    assert pop_lib.STATUS_NAMES[with_huge.final.status[1]] == "diverged"
+    assert with_huge.final.steps_trained[1] < 20
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(_member(with_huge.final.params, 1)))
+    assert list(with_huge.final.status[[0, 2]]) == [pop_lib.EXHAUSTED] * 2
+    for i in (0, 2):  # same population shape: bit-identical
+        jax.tree_util.tree_map(np.testing.assert_array_equal, _member(with_huge.final.params, i),
+                               _member(sane.final.params, i))
+        np.testing.assert_array_equal(with_huge.curves[i]["loss"], sane.curves[i]["loss"])
+    for i_with, i_without in ((0, 0), (2, 1)):  # a population without it
+        a, b = _member(with_huge.final.params, i_with), _member(without.final.params, i_without)
+        if member_chunk == 1:
+            jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+        else:
+            _assert_trees_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_steps_to_target_is_first_evaluation_at_target(small_data):
+    budget = runner.Budget(target_accuracy=0.5, max_steps=60, eval_every=10)
+    out = run_population(make_cfg(), [1e-5, 3e-3, 1e-2], small_data, budget)
+    reached_any = False
+    for i, curve in enumerate(out.curves):
+        hits = [s for s, a in zip(curve["step"], curve["train_accuracy"]) if a >= 0.5]
+        status = pop_lib.STATUS_NAMES[out.final.status[i]]
+        if hits:
+            reached_any = True
+            assert status == "reached" and out.final.steps_to_target[i] == hits[0]
+            assert curve["step"][-1] == hits[0]  # frozen once reached: no further evaluations
+            assert out.seconds_to_target[i] == curve["seconds"][-1]
+        else:
+            assert status == "exhausted" and out.final.steps_to_target[i] == pop_lib.NO_STEP
+            assert out.final.steps_trained[i] == 60 and np.isnan(out.seconds_to_target[i])
+    assert reached_any and pop_lib.STATUS_NAMES[out.final.status[0]] == "exhausted"
+
+
+def test_repacking_keeps_results_and_shrinks_population(small_data):
+    budget = runner.Budget(target_accuracy=0.5, max_steps=60, eval_every=10)
+    lrs = [1e-5, 2e-5, 3e-3, 1e-2, 1e9]
+    packed = run_population(make_cfg(), lrs, small_data, budget, repack=True)
+    unpacked = run_population(make_cfg(), lrs, small_data, budget, repack=False)
+    assert packed.population_sizes[0] == 5 and packed.population_sizes[-1] < 5
+    np.testing.assert_array_equal(packed.final.status, unpacked.final.status)
+    np.testing.assert_array_equal(packed.final.steps_to_target, unpacked.final.steps_to_target)
+    np.testing.assert_array_equal(packed.final.member, np.arange(5))
+    for i in range(4):  # member 4 diverged: its last finite weights are ~1e9-scale, float noise aside
+        _assert_trees_close(_member(packed.final.params, i), _member(unpacked.final.params, i))
+
+
+def test_learning_rates_are_data_not_constants(small_data):
+    cfg = make_cfg()
+    programs = runner.Programs(cfg)
+    budget = runner.Budget(target_accuracy=1.0, max_steps=10, eval_every=10)
+    for lrs in ([1e-3, 1e-2], [5e-1, 7e-4]):
+        pop = pop_lib.init_population(cfg, hparams("adam", lrs), (28, 28, 1), 0)
+        runner.train(pop, small_data, budget, jax.random.PRNGKey(0), programs, progress=False)
+    assert len(programs._compiled) == 1
+
+
+def test_max_seconds_exhausts_running_members(small_data):
+    budget = runner.Budget(target_accuracy=1.0, max_steps=1000, eval_every=5, max_seconds=1e-6)
+    out = run_population(make_cfg(), [1e-3, 1e-2], small_data, budget)
+    assert list(out.final.status) == [pop_lib.EXHAUSTED] * 2
+    assert list(out.final.steps_trained) == [5, 5]

@@ -1,0 +1,74 @@
+"""Results survive Orbax and JSON round trips; the summary picks the right best rate and band."""
+
+import math
+
+import numpy as np
+
+from lrlab import results
+
+
+def _record(opt, lr, status, steps, seconds=None):
+    return {"optimizer": opt, "learning_rate": lr, "hyperparameters": {"learning_rate": lr}, "status": status,
+            "steps_to_target": steps, "examples_to_target": None if steps is None else steps * 100,
+            "seconds_to_target": seconds, "steps_trained": steps or 300, "final_train_accuracy": 0.5,
+            "final_test_accuracy": float("nan") if status == "diverged" else 0.4,
+            "curve": {"step": [50, 100], "train_accuracy": [0.1, 0.5],
+                      "loss": [2.0, float("nan") if status == "diverged" else 1.5],
+                      "seconds": [1.0, 2.0]}}
+
+
+RECORDS = [
+    _record("adam", 1e-4, "exhausted", None),
+    _record("adam", 1e-3, "reached", 150, 3.0),
+    _record("adam", 1e-2, "reached", 100, 2.5),
+    _record("adam", 1e-1, "reached", 100, 2.0),
+    _record("adam", 10.0, "diverged", None),
+    _record("sgd", 0.1, "exhausted", None),
+]
+
+
+def test_best_and_band():
+    best, band = results.best_and_band(RECORDS[:5])
+    assert best["learning_rate"] == 1e-1  # fewest steps; tie broken by seconds
+    assert band == (1e-3, 1e-1)
+    assert results.best_and_band(RECORDS[5:]) == (None, None)
+
+
+def test_orbax_round_trip(tmp_path):
+    tree = results.orbax_tree(RECORDS)
+    results.save_orbax(tmp_path / "r", tree)
+    restored = results.restore_orbax(tmp_path / "r")
+    assert set(restored) == {"adam", "sgd"}
+    for opt in tree:
+        for field, value in tree[opt].items():
+            np.testing.assert_array_equal(restored[opt][field], value)
+    assert list(restored["adam"]["steps_to_target"]) == [-1, 150, 100, 100, -1]
+    assert list(restored["adam"]["status"]) == [3, 1, 1, 1, 2]
+
+
+def test_json_round_trip_writes_nan_as_null(tmp_path):
+    path = tmp_path / "results.json"
+    results.write_json(path, {"members": RECORDS})
+    back = results.read_json(path)["members"]
+    assert back[4]["final_test_accuracy"] is None and back[4]["curve"]["loss"] == [2.0, None]
+    assert back[1] == RECORDS[1]
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left
+
+
+def test_failed_write_leaves_old_file_intact(tmp_path):
+    path = tmp_path / "results.json"
+    results.write_json(path, {"a": 1})
+    try:
+        results.write_json(path, {"a": object()})
+    except TypeError:
+        pass
+    assert results.read_json(path) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_table_names_best_rate_and_band():
+    text = results.format_table(RECORDS, eval_every=50)
+    assert "adam: best learning rate 0.1 (100 steps, 10000 examples, 2.0 s)" in text
+    assert "band that reached the target: 0.001 to 0.1 (3 of 5 rates)" in text
+    assert "sgd: no learning rate reached the target" in text
+    assert math.isnan(RECORDS[4]["final_test_accuracy"])
