@@ -15,6 +15,7 @@ Member status:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -122,9 +123,7 @@ def init_population(
         rng_K = jax.vmap(lambda m: jax.random.fold_in(root, m))(jnp.asarray(member))
     else:
         rng_K = jnp.broadcast_to(root, (k,) + root.shape)
-    dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-    init_keys_K = jax.vmap(lambda r: jax.random.fold_in(r, 0))(rng_K)
-    params_K = jax.jit(jax.vmap(lambda key: cfg.model.init(key, dummy)["params"]))(init_keys_K)
+    params_K = _init_params(cfg.model, rng_K, tuple(image_shape))
     tx = cfg.make_tx()
     opt_state = optimizers.init_population_state(tx, params_K, hparams_K)
     return Population(
@@ -172,6 +171,13 @@ def member_map(fn: Callable, in_axes: tuple, k: int, chunk: int) -> Callable:
         return merge(jax.lax.map(one_chunk, per_member))
 
     return mapped
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init_params(model: nn.Module, rng_K: jax.Array, image_shape: tuple[int, ...]) -> Any:
+    """Each member's initial parameters from its key (compiled once per model and K)."""
+    dummy = jnp.zeros((1,) + image_shape, jnp.float32)
+    return jax.vmap(lambda r: model.init(jax.random.fold_in(r, 0), dummy)["params"])(rng_K)
 
 
 def cross_entropy(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:

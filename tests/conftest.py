@@ -35,7 +35,8 @@ def hparams(optimizer, lrs):
             **{n: np.full(k, v, np.float32) for n, v in optimizers.default_hparams(optimizer).items()}}
 
 
-def run_population(cfg, lrs, data, budget, seed=0, repack=True, optimizer="adam"):
+def run_population(cfg, lrs, data, budget, seed=0, repack=True, programs=None):
+    """Trains one population of `cfg` at `lrs`; pass `programs` to reuse compilations across runs."""
     pop = pop_lib.init_population(cfg, hparams(cfg.optimizer, lrs), (28, 28, 1), seed)
-    return runner.train(pop, data, budget, jax.random.PRNGKey(seed + 1), runner.Programs(cfg),
+    return runner.train(pop, data, budget, jax.random.PRNGKey(seed + 1), programs or runner.Programs(cfg),
                         repack=repack, progress=False)
