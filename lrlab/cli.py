@@ -92,7 +92,7 @@ def define_flags(default_optimizer: str = "adam") -> None:
     flags.DEFINE_bool("repack", True, "Re-pack still-running members into a smaller population so finished "
                       "members stop costing compute.")
     flags.DEFINE_enum("conv_impl", "auto", models.CONV_IMPLS, "Convolution lowering: auto picks per backend.")
-    flags.DEFINE_integer("member_chunk", 0, "Members vmapped together inside the member loop (0: per backend).")
+    flags.DEFINE_integer("member_chunk", 0, "Members vmapped together inside the member loop (0: per backend and model size).")
     flags.DEFINE_string("workdir", None, "Output folder (default: runs/<experiment>-<time>).")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
     for name, (_, _, default, help_) in {**HPARAM_FLAGS, **STATIC_FLAGS}.items():

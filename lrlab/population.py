@@ -139,15 +139,28 @@ def init_population(
     )
 
 
-def member_chunk_size(requested: int, k: int) -> int:
+def member_chunk_size(requested: int, k: int, weights_per_member: int) -> int:
     """Members vmapped together: the largest divisor of k not above the target.
 
-    The target is `requested`, or per backend when 0: 4 on CPU, where a whole-population vmap
-    outgrows the caches (the im2col patches of 48 members are ~0.5 GB) and ran 2.7x slower per
-    member than chunks of 2-4 looped inside the program; all K elsewhere.
+    The target is `requested`, or per backend when 0. Elsewhere than CPU: all K (one vmap). On
+    CPU a wide vmap outgrows the caches as models grow (benchmarks/member_chunking.py, 2 cores:
+    tutorial_cnn at K=8 ran 1.12x the single-member speed in chunks of 1 but 0.40x as one vmap;
+    small_cnn at K=48 ran 1.8-2.0x in chunks of 1 to 8), so the target is 2^20 weights per chunk,
+    between 1 and 4 members.
     """
-    target = requested or (4 if jax.default_backend() == "cpu" else k)
+    if requested:
+        target = requested
+    elif jax.default_backend() == "cpu":
+        target = min(4, max(1, (1 << 20) // max(weights_per_member, 1)))
+    else:
+        target = k
     return max(d for d in range(1, min(target, k) + 1) if k % d == 0)
+
+
+def _members_and_chunk(cfg: EngineConfig, params_K: Any) -> tuple[int, int]:
+    leaves = jax.tree_util.tree_leaves(params_K)
+    k = leaves[0].shape[0]
+    return k, member_chunk_size(cfg.member_chunk, k, sum(x.size for x in leaves) // k)
 
 
 def member_map(fn: Callable, in_axes: tuple, k: int, chunk: int) -> Callable:
@@ -229,9 +242,9 @@ def make_accuracy_fn(cfg: EngineConfig) -> Callable:
         labels = labels_E.reshape(n_chunks, chunk)
         weight = weight_E.reshape(n_chunks, chunk)
 
-        k = jax.tree_util.tree_leaves(params_K)[0].shape[0]
+        k, chunk = _members_and_chunk(cfg, params_K)
         logits_fn = lambda p, x: cfg.model.apply({"params": p}, x)
-        apply_K = member_map(logits_fn, (0, None), k, member_chunk_size(cfg.member_chunk, k))
+        apply_K = member_map(logits_fn, (0, None), k, chunk)
 
         def chunk_correct(xs):
             x, y, w = xs
@@ -266,9 +279,8 @@ def make_segment_fn(cfg: EngineConfig, num_steps: int) -> Callable:
         else:  # shared order: the batch is broadcast to all members, not copied
             idx_steps = data_lib.segment_batch_indices(data_key, step0, num_steps, n, cfg.batch_size)
             batch_axis = None
-        k = pop.status.shape[0]
-        vstep = member_map(member_step, (0, 0, 0, 0, batch_axis, batch_axis, None), k,
-                           member_chunk_size(cfg.member_chunk, k))
+        k, chunk = _members_and_chunk(cfg, pop.params)
+        vstep = member_map(member_step, (0, 0, 0, 0, batch_axis, batch_axis, None), k, chunk)
 
         def body(carry, xs):
             params, opt_state, status, steps_trained, loss_sum = carry

@@ -119,3 +119,14 @@ def test_max_seconds_exhausts_running_members(small_data):
     out = run_population(make_cfg(), [1e-3, 1e-2], small_data, budget)
     assert list(out.final.status) == [pop_lib.EXHAUSTED] * 2
     assert list(out.final.steps_trained) == [5, 5]
+
+
+@pytest.mark.parametrize("requested,k,weights,expected", [
+    (0, 48, 3_478, 4),  # small model on CPU: chunks of 4
+    (0, 48, 3_274_634, 1),  # the study's CNN on CPU: one member at a time
+    (0, 6, 300_000, 3),  # largest divisor of K under the target
+    (0, 7, 3_478, 1),
+    (5, 10, 3_478, 5),  # an explicit request wins
+])
+def test_member_chunk_size(requested, k, weights, expected):
+    assert pop_lib.member_chunk_size(requested, k, weights) == expected
