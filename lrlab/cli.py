@@ -7,7 +7,6 @@ helpers here, so a flag means the same thing in every experiment.
 from __future__ import annotations
 
 import datetime
-import os
 import pathlib
 import sys
 

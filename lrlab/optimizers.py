@@ -112,7 +112,3 @@ def init_population_state(
         hyper[key] = jnp.asarray(value_K, dtype=hyper[key].dtype).reshape(hyper[key].shape)
     return state._replace(hyperparams=hyper)
 
-
-def hyperparams_of(opt_state: optax.OptState) -> dict[str, jax.Array]:
-    """The injected hyperparameters of a (population) optimizer state, by name."""
-    return dict(opt_state.hyperparams)

@@ -1,7 +1,6 @@
 """lr_valley from the command line: a tiny run end to end, and bad input refused in one line."""
 
 import json
-import os
 import subprocess
 import sys
 
