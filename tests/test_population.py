@@ -54,7 +54,7 @@ def test_divergent_member_is_frozen_and_contained(small_data, member_chunk):
     by float rounding (vmap width changes the kernels), a population of the same size does not."""
     budget = runner.Budget(target_accuracy=1.0, max_steps=20, eval_every=10)
     cfg = make_cfg("sgd", member_chunk=member_chunk)
-    with_huge = run_population(cfg, [1e-2, 1e9, 3e-2], small_data, budget, repack=False)
+    with_huge = run_population(cfg, [1e-2, 1e30, 3e-2], small_data, budget, repack=False)
     sane = run_population(cfg, [1e-2, 1e-2, 3e-2], small_data, budget, repack=False)
     without = run_population(cfg, [1e-2, 3e-2], small_data, budget, repack=False)
     assert pop_lib.STATUS_NAMES[with_huge.final.status[1]] == "diverged"
@@ -93,14 +93,15 @@ def test_steps_to_target_is_first_evaluation_at_target(small_data):
 
 def test_repacking_keeps_results_and_shrinks_population(small_data):
     budget = runner.Budget(target_accuracy=0.5, max_steps=60, eval_every=10)
-    lrs = [1e-5, 2e-5, 3e-3, 1e-2, 1e9]
+    lrs = [1e-5, 2e-5, 3e-3, 1e-2, 1e30]
     packed = run_population(make_cfg(), lrs, small_data, budget, repack=True)
     unpacked = run_population(make_cfg(), lrs, small_data, budget, repack=False)
     assert packed.population_sizes[0] == 5 and packed.population_sizes[-1] < 5
     np.testing.assert_array_equal(packed.final.status, unpacked.final.status)
     np.testing.assert_array_equal(packed.final.steps_to_target, unpacked.final.steps_to_target)
     np.testing.assert_array_equal(packed.final.member, np.arange(5))
-    for i in range(4):  # member 4 diverged: its last finite weights are ~1e9-scale, float noise aside
+    assert pop_lib.STATUS_NAMES[packed.final.status[4]] == "diverged"
+    for i in range(4):  # member 4's last finite weights are huge: float noise there is no signal
         _assert_trees_close(_member(packed.final.params, i), _member(unpacked.final.params, i))
 
 
