@@ -131,3 +131,16 @@ def test_max_seconds_exhausts_running_members(small_data):
 ])
 def test_member_chunk_size(requested, k, weights, expected):
     assert pop_lib.member_chunk_size(requested, k, weights) == expected
+
+
+def test_distinct_seeds_give_each_member_its_own_run(small_data):
+    """--distinct_seeds: own initialisation and batch order per member, still equal to its lone run."""
+    budget = runner.Budget(target_accuracy=1.0, max_steps=20, eval_every=10)
+    cfg = make_cfg(distinct_seeds=True)
+    lrs = [3e-3, 3e-3]
+    vec = run_population(cfg, lrs, small_data, budget)
+    seq = runner.train_sequential(cfg, hparams("adam", lrs), small_data, budget, 0, jax.random.PRNGKey(1),
+                                  (28, 28, 1), progress=False)
+    first = jax.tree_util.tree_leaves(vec.final.params)[0]
+    assert not np.allclose(first[0], first[1])  # same rate, different runs
+    _assert_trees_close(vec.final.params, seq.final.params)
