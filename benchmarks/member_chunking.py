@@ -2,7 +2,7 @@
 
   python benchmarks/member_chunking.py [--model=small_cnn] [--members=48] [--steps=50] [--repeats=3]
 
-Times the training segment (lax.scan over --steps steps, no evaluation budget reached) of one
+Times the training segment (lax.scan over --steps steps, then one evaluation) of one
 population for each --member_chunk, and one single-member population, side by side in one process.
 Prints a table and writes benchmarks/results/member_chunking-<backend>.json.
 """
@@ -10,18 +10,17 @@ Prints a table and writes benchmarks/results/member_chunking-<backend>.json.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import platform
-import statistics
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from _common import time_adam_segment
 from absl import app, flags
 
 from lrlab import data as data_lib
-from lrlab import models, optimizers
+from lrlab import models
 from lrlab import population as pop_lib
 
 flags.DEFINE_string("model", "small_cnn", "Model name.")
@@ -36,22 +35,8 @@ FLAGS = flags.FLAGS
 def time_segment(model, k: int, chunk: int, data, steps: int, repeats: int) -> tuple[float, float]:
     """(compile seconds, median seconds per segment) for a K-member Adam population."""
     cfg = pop_lib.EngineConfig(model=model, optimizer="adam", member_chunk=chunk or k, eval_chunk=250)
-    hp = {"learning_rate": np.geomspace(1e-4, 1e-1, k).astype(np.float32),
-          **{n: np.full(k, v, np.float32) for n, v in optimizers.default_hparams("adam").items()}}
-    pop = pop_lib.init_population(cfg, hp, data.train_images.shape[1:], 0)
-    fn = pop_lib.make_segment_fn(cfg, steps)
-    args = (jnp.int32(0), jax.random.PRNGKey(1), jnp.float32(2.0), jnp.int32(10**9))
-    start = time.perf_counter()
-    compiled = fn.lower(pop, data, *args).compile()
-    compile_s = time.perf_counter() - start
-    pop, _ = compiled(pop, data, *args)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        pop, acc = compiled(pop, data, *args)
-        jax.block_until_ready((pop, acc))
-        times.append(time.perf_counter() - start)
-    return compile_s, statistics.median(times)
+    compile_s, seconds, _ = time_adam_segment(cfg, k, data, steps, repeats)
+    return compile_s, seconds
 
 
 def main(argv):
@@ -77,7 +62,7 @@ def main(argv):
     out = pathlib.Path(FLAGS.out or f"benchmarks/results/member_chunking-{jax.default_backend()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": FLAGS.model, "steps": steps, "backend": jax.default_backend(),
-                               "devices": [str(d) for d in jax.devices()], "cpu_count": __import__("os").cpu_count(),
+                               "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
                                "jax": jax.__version__, "rows": rows}, indent=1))
     print(f"wrote {out}")
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _common import time_adam_segment
 from absl import app, flags
 
 from lrlab import data as data_lib
@@ -37,11 +38,6 @@ flags.DEFINE_integer("repeats", 3, "Timed repetitions of the population segment 
 flags.DEFINE_integer("seq_members", 3, "Sequential runs actually timed per K (the rest extrapolated).")
 flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/population_vs_sequential-<backend>.json).")
 FLAGS = flags.FLAGS
-
-
-def adam_hparams(k: int) -> dict[str, np.ndarray]:
-    return {"learning_rate": np.geomspace(1e-4, 1e-1, k).astype(np.float32),
-            **{n: np.full(k, v, np.float32) for n, v in optimizers.default_hparams("adam").items()}}
 
 
 def memory_bytes(compiled) -> int | None:
@@ -99,19 +95,8 @@ def measure(model_name: str, k: int, data: pop_lib.TrainData, steps: int) -> dic
     seq_steps_per_s = steps / per_run
     # (b) population
     cfg = pop_lib.EngineConfig(model=model, optimizer="adam", eval_chunk=250)
-    pop = pop_lib.init_population(cfg, adam_hparams(k), data.train_images.shape[1:], 0)
-    args = (jnp.int32(0), jax.random.PRNGKey(1), jnp.float32(2.0), jnp.int32(10**9))
-    start = time.perf_counter()
-    compiled = pop_lib.make_segment_fn(cfg, steps).lower(pop, data, *args).compile()
-    pop_compile = time.perf_counter() - start
-    pop, _ = compiled(pop, data, *args)
-    times = []
-    for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
-        pop, acc = compiled(pop, data, *args)
-        jax.block_until_ready((pop, acc))
-        times.append(time.perf_counter() - start)
-    pop_steps_per_s = k * steps / statistics.median(times)
+    pop_compile, pop_seconds, compiled = time_adam_segment(cfg, k, data, steps, FLAGS.repeats)
+    pop_steps_per_s = k * steps / pop_seconds
     mem = memory_bytes(compiled)
     return {"model": model_name, "members": k, "steps": steps,
             "sequential_model_steps_per_s": seq_steps_per_s, "population_model_steps_per_s": pop_steps_per_s,

@@ -141,10 +141,7 @@ def optimizer_names() -> list[str]:
 def hparams_for(optimizer: str, lrs: np.ndarray) -> dict[str, np.ndarray]:
     """Per-member hyperparameters of `optimizer`: the learning rates and the flags' values."""
     overrides = {hp: FLAGS[flag].value for flag, (opt, hp, _, _) in HPARAM_FLAGS.items() if opt == optimizer}
-    hparams = optimizers.default_hparams(optimizer, overrides)
-    k = len(lrs)
-    return {"learning_rate": np.asarray(lrs, np.float32),
-            **{name: np.full(k, value, np.float32) for name, value in hparams.items()}}
+    return optimizers.population_hparams(optimizer, lrs, overrides)
 
 
 def static_overrides_for(optimizer: str) -> tuple[tuple[str, float], ...]:

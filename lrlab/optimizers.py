@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -89,6 +90,16 @@ def default_hparams(name: str, overrides: Mapping[str, float] | None = None) -> 
         if key in hparams:
             hparams[key] = float(value)
     return hparams
+
+
+def population_hparams(
+    name: str, learning_rates: Any, overrides: Mapping[str, float] | None = None
+) -> dict[str, np.ndarray]:
+    """Per-member hyperparameters of a population of `name`: one member per learning rate, the
+    other hyperparameters (TF1 defaults, then `overrides`) the same for all, float32[K] each."""
+    lr_K = np.asarray(learning_rates, np.float32).reshape(-1)
+    return {"learning_rate": lr_K,
+            **{k: np.full(lr_K.shape, v, np.float32) for k, v in default_hparams(name, overrides).items()}}
 
 
 def make_optimizer(name: str, static_overrides: Mapping[str, Any] | None = None) -> optax.GradientTransformation:

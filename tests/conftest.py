@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lrlab import data as data_lib
+from lrlab import optimizers
 from lrlab import models
 from lrlab import population as pop_lib
 from lrlab import runner
@@ -28,11 +29,7 @@ def make_cfg(optimizer="adam", batch_size=32, **kw):
 
 
 def hparams(optimizer, lrs):
-    from lrlab import optimizers
-
-    k = len(lrs)
-    return {"learning_rate": np.asarray(lrs, np.float32),
-            **{n: np.full(k, v, np.float32) for n, v in optimizers.default_hparams(optimizer).items()}}
+    return optimizers.population_hparams(optimizer, lrs)
 
 
 def run_population(cfg, lrs, data, budget, seed=0, repack=True, programs=None):

@@ -11,8 +11,7 @@ from lrlab import optimizers
 def _one_step(name, grad, lr, **hp):
     tx = optimizers.make_optimizer(name)
     params = {"w": jnp.zeros(3)}
-    hparams = {"learning_rate": np.array([lr], np.float32),
-               **{k: np.array([v], np.float32) for k, v in {**optimizers.default_hparams(name), **hp}.items()}}
+    hparams = optimizers.population_hparams(name, [lr], hp)
     state = optimizers.init_population_state(tx, jax.tree_util.tree_map(lambda x: x[None], params), hparams)
     state = jax.tree_util.tree_map(lambda x: x[0], state)
     updates, state = tx.update({"w": grad}, state, params)
