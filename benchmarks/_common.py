@@ -1,36 +1,129 @@
-"""Shared by the benchmarks: time one population's compiled training segment."""
+"""Shared by the benchmarks: benchmark data, machine description, JSON output, timed programs."""
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+import platform
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from lrlab import data as data_lib
 from lrlab import optimizers
 from lrlab import population as pop_lib
 
 
-def time_adam_segment(cfg: pop_lib.EngineConfig, k: int, data: pop_lib.TrainData, steps: int,
-                      repeats: int) -> tuple[float, float, Any]:
-    """(compile seconds, median seconds per segment, compiled program) for K Adam members.
+def benchmark_data(eval_examples: int = 250) -> pop_lib.TrainData:
+    """MNIST on the device, with a fixed evaluation subset of `eval_examples` training images."""
+    ds = data_lib.load_mnist()
+    idx = np.arange(eval_examples, dtype=np.int32)
+    return pop_lib.make_train_data(ds.train_images, ds.train_labels, idx, min(250, eval_examples))
 
-    The target (2.0) is out of reach, so every member trains through every timed segment.
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+            "device_kind": jax.devices()[0].device_kind,
+            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "jax": jax.__version__}
+
+
+def write_results(name: str, payload: dict[str, Any], out: str | None) -> pathlib.Path:
+    """Writes benchmarks/results/<name>-<backend>.json (or `out`) with the machine description."""
+    path = pathlib.Path(out or f"benchmarks/results/{name}-{jax.default_backend()}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**machine(), **payload}, indent=1))
+    return path
+
+
+def prepare_adam_segment(cfg: pop_lib.EngineConfig, k: int, data: pop_lib.TrainData,
+                         steps: int) -> tuple[float, Callable[[], float], Any]:
+    """(compile seconds, run-once timer, compiled program) for a segment of K Adam members.
+
+    The target (2.0) is out of reach, so every member trains through every timed segment. The
+    timer runs one segment (state carried from call to call) and returns its seconds.
     """
     hparams = optimizers.population_hparams("adam", np.geomspace(1e-4, 1e-1, k))
-    pop = pop_lib.init_population(cfg, hparams, data.train_images.shape[1:], 0)
+    state = [pop_lib.init_population(cfg, hparams, data.train_images.shape[1:], 0)]
     args = (jnp.int32(0), jax.random.PRNGKey(1), jnp.float32(2.0), jnp.int32(10**9))
     start = time.perf_counter()
-    compiled = pop_lib.make_segment_fn(cfg, steps).lower(pop, data, *args).compile()
+    compiled = pop_lib.make_segment_fn(cfg, steps).lower(state[0], data, *args).compile()
     compile_s = time.perf_counter() - start
-    pop, _ = compiled(pop, data, *args)  # warm-up
-    times = []
-    for _ in range(repeats):
+
+    def run_once() -> float:
         start = time.perf_counter()
-        pop, acc = compiled(pop, data, *args)
+        pop, acc = compiled(state[0], data, *args)
         jax.block_until_ready((pop, acc))
-        times.append(time.perf_counter() - start)
-    return compile_s, statistics.median(times), compiled
+        state[0] = pop
+        return time.perf_counter() - start
+
+    run_once()  # warm-up
+    return compile_s, run_once, compiled
+
+
+def time_adam_segment(cfg: pop_lib.EngineConfig, k: int, data: pop_lib.TrainData, steps: int,
+                      repeats: int) -> tuple[float, float, Any]:
+    """(compile seconds, median seconds per segment, compiled program) for K Adam members."""
+    compile_s, run_once, compiled = prepare_adam_segment(cfg, k, data, steps)
+    return compile_s, statistics.median(run_once() for _ in range(repeats)), compiled
+
+
+def make_user_step(model, batch_size: int = 100) -> Callable:
+    """A single-member Adam train step as a user would write it: jit, no vmap, no scan."""
+    tx = optimizers.make_optimizer("adam")
+
+    @jax.jit
+    def step(params, opt_state, images, labels, step):
+        idx = jax.random.randint(jax.random.fold_in(jax.random.PRNGKey(1), step), (batch_size,), 0,
+                                 labels.shape[0])
+
+        def loss_fn(p):
+            logits = model.apply({"params": p}, data_lib.to_float(images[idx]), train=True,
+                                 rngs={"dropout": jax.random.fold_in(jax.random.PRNGKey(2), step)})
+            return pop_lib.cross_entropy(logits, labels[idx])
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def user_run(model, data: pop_lib.TrainData, lr: float, steps: int, step_fn: Callable) -> float:
+    """One user-style run: init, then a Python loop of jitted steps; returns its seconds."""
+    tx = optimizers.make_optimizer("adam")
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + data.train_images.shape[1:]))["params"]
+    opt_state = tx.init(params)
+    opt_state.hyperparams["learning_rate"] = jnp.float32(lr)
+    start = time.perf_counter()
+    for step in range(steps):
+        params, opt_state, loss = step_fn(params, opt_state, data.train_images, data.train_labels, step)
+    jax.block_until_ready(params)
+    return time.perf_counter() - start
+
+
+def step_flops(model, data: pop_lib.TrainData, batch_size: int = 100) -> float:
+    """FLOPs of one single-member training step, from XLA's cost analysis of the compiled step."""
+    step = make_user_step(model, batch_size)
+    tx = optimizers.make_optimizer("adam")
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + data.train_images.shape[1:]))["params"]
+    compiled = step.lower(params, tx.init(params), data.train_images, data.train_labels, 0).compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return float(analysis["flops"])
+
+
+def memory_bytes(compiled) -> int | None:
+    """XLA's estimate of a program's argument + temporary + output bytes, when it provides one."""
+    try:
+        m = compiled.memory_analysis()
+        return int(m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes)
+    except Exception:  # not every backend reports it
+        return None

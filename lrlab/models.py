@@ -5,6 +5,8 @@ is written as a matmul over the shifted slices (im2col), because XLA:CPU runs a 
 `lax.conv` as a slow grouped convolution and runs convolutions inside `lax.scan` far slower than
 outside (jax issue 12868). Elsewhere `lax.conv_general_dilated` is used. Both give the same
 numbers (tests check it) and the same parameters, so checkpoints move between backends.
+Each conv block pools before adding its bias and rectifying, which is equal and cheaper
+(`ConvReluPool`).
 """
 
 from __future__ import annotations
@@ -31,25 +33,34 @@ def resolve_conv_impl(conv_impl: str) -> str:
     return conv_impl
 
 
-def conv2d_matmul(x_BHWC: jax.Array, kernel_hwio: jax.Array) -> jax.Array:
-    """'Same' stride-1 convolution as one matmul over the kh*kw shifted slices (im2col)."""
+def conv2d_matmul(x_BHWC: jax.Array, kernel_hwio: jax.Array, out_hw: tuple[int, int] | None = None) -> jax.Array:
+    """'Same' stride-1 convolution as one matmul over the kh*kw shifted slices (im2col).
+
+    `out_hw` keeps only the top-left out_hw outputs (those a following 'valid' pool reads).
+    """
     kh, kw, c_in, c_out = kernel_hwio.shape
     _, h, w, _ = x_BHWC.shape
+    oh, ow = out_hw or (h, w)
     pad_h, pad_w = (kh - 1) // 2, (kw - 1) // 2
     x_pad = jnp.pad(x_BHWC, ((0, 0), (pad_h, kh - 1 - pad_h), (pad_w, kw - 1 - pad_w), (0, 0)))
-    slices = [x_pad[:, i : i + h, j : j + w, :] for i in range(kh) for j in range(kw)]
+    slices = [x_pad[:, i : i + oh, j : j + ow, :] for i in range(kh) for j in range(kw)]
     patches_BHWP = jnp.concatenate(slices, axis=-1)  # P = kh*kw*c_in, ordered (i, j, c) like HWIO
     return patches_BHWP @ kernel_hwio.reshape(kh * kw * c_in, c_out)
 
 
-def conv2d_xla(x_BHWC: jax.Array, kernel_hwio: jax.Array) -> jax.Array:
-    """'Same' stride-1 convolution with XLA's native convolution."""
+def conv2d_xla(x_BHWC: jax.Array, kernel_hwio: jax.Array, out_hw: tuple[int, int] | None = None) -> jax.Array:
+    """'Same' stride-1 convolution with XLA's native convolution (top-left `out_hw` outputs)."""
+    kh, kw = kernel_hwio.shape[:2]
+    _, h, w, _ = x_BHWC.shape
+    oh, ow = out_hw or (h, w)
+    pad_h, pad_w = (kh - 1) // 2, (kw - 1) // 2
+    padding = ((pad_h, kh - 1 - pad_h - (h - oh)), (pad_w, kw - 1 - pad_w - (w - ow)))
     return jax.lax.conv_general_dilated(
-        x_BHWC, kernel_hwio, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x_BHWC, kernel_hwio, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
 
 
-CONV_FNS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+CONV_FNS: dict[str, Callable[..., jax.Array]] = {
     "matmul": conv2d_matmul,
     "xla": conv2d_xla,
 }
@@ -62,8 +73,36 @@ def max_pool_2x2(x_BHWC: jax.Array) -> jax.Array:
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-class Conv(nn.Module):
-    """A 'same' stride-1 convolution with HWIO kernel and bias, lowered by `conv_impl`."""
+def conv_max_pool_matmul(x_BHWC: jax.Array, kernel_hwio: jax.Array) -> jax.Array:
+    """max_pool_2x2('same' conv(x)), the conv as im2col matmul over only the outputs the pool reads.
+
+    (Tried and measured slower on CPU: computing the conv at the 4 pool phases and taking an
+    elementwise max, and a custom first-argmax pool gradient; XLA:CPU adds layout copies to both.)
+    """
+    _, h, w, _ = x_BHWC.shape
+    return max_pool_2x2(conv2d_matmul(x_BHWC, kernel_hwio, (h // 2 * 2, w // 2 * 2)))
+
+
+def conv_max_pool_xla(x_BHWC: jax.Array, kernel_hwio: jax.Array) -> jax.Array:
+    """max_pool_2x2('same' conv(x)) with XLA's convolution, computing only the outputs the pool reads."""
+    _, h, w, _ = x_BHWC.shape
+    return max_pool_2x2(conv2d_xla(x_BHWC, kernel_hwio, (h // 2 * 2, w // 2 * 2)))
+
+
+CONV_MAX_POOL_FNS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "matmul": conv_max_pool_matmul,
+    "xla": conv_max_pool_xla,
+}
+
+
+class ConvReluPool(nn.Module):
+    """maxpool2x2(relu(conv(x) + bias)), computed as relu(maxpool2x2(conv(x)) + bias).
+
+    The two are equal (max commutes with adding a per-channel constant and with ReLU), but the
+    second adds, rectifies and back-propagates through 4x fewer values, and the convolution
+    computes only the outputs the 'valid' pool reads (6x6 of 7x7 on small_cnn's second layer).
+    Parameters: an HWIO kernel and a bias, as tf.layers.conv2d.
+    """
 
     features: int
     kernel_size: int = 5
@@ -74,12 +113,15 @@ class Conv(nn.Module):
         k = self.kernel_size
         kernel = self.param("kernel", kernel_init, (k, k, x_BHWC.shape[-1], self.features))
         bias = self.param("bias", bias_init, (self.features,))
-        conv = CONV_FNS[resolve_conv_impl(self.conv_impl)]
-        return conv(x_BHWC, kernel) + bias
+        conv_max_pool = CONV_MAX_POOL_FNS[resolve_conv_impl(self.conv_impl)]
+        return nn.relu(conv_max_pool(x_BHWC, kernel) + bias)
 
 
 class CNN(nn.Module):
-    """[2x2 max-pool of the input] -> (conv -> ReLU -> 2x2 max-pool) per conv layer -> [dense] -> logits."""
+    """[2x2 max-pool of the input] -> (conv -> ReLU -> 2x2 max-pool) per conv layer -> [dense] -> logits.
+
+    Each conv block is a `ConvReluPool` named Conv_i, so parameter trees read Conv_0, Conv_1, ...
+    """
 
     conv_features: Sequence[int]
     dense_features: int | None
@@ -93,8 +135,8 @@ class CNN(nn.Module):
     def __call__(self, x_BHWC: jax.Array, train: bool = False) -> jax.Array:
         x = max_pool_2x2(x_BHWC) if self.pool_input else x_BHWC
         kernel_sizes = self.kernel_sizes or (5,) * len(self.conv_features)
-        for features, k in zip(self.conv_features, kernel_sizes):
-            x = max_pool_2x2(nn.relu(Conv(features, k, conv_impl=self.conv_impl)(x)))
+        for i, (features, k) in enumerate(zip(self.conv_features, kernel_sizes)):
+            x = ConvReluPool(features, k, conv_impl=self.conv_impl, name=f"Conv_{i}")(x)
         x = x.reshape(x.shape[0], -1)
         if self.dense_features:
             x = nn.relu(nn.Dense(self.dense_features, kernel_init=kernel_init)(x))

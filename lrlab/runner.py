@@ -253,7 +253,9 @@ def run_sweep(
             pop = pop_lib.init_population(cfg, hparams_K, dataset.image_shape, settings.seed)
             out = train(pop, data, settings.budget, data_key, Programs(cfg), repack=settings.repack,
                         progress=settings.progress, desc=optimizer)
+        test_start = time.perf_counter()
         test_acc = test_accuracy(cfg, out.final.params, dataset.test_images, dataset.test_labels)
+        test_seconds = time.perf_counter() - test_start
         records += results_lib.member_records(optimizer, hparams_K, out.final, out.curves,
                                               out.seconds_to_target, test_acc, settings.batch_size)
         stats[optimizer] = {
@@ -261,6 +263,7 @@ def run_sweep(
             "members": len(hparams_K["learning_rate"]),
             "compile_seconds": out.compile_seconds,
             "train_seconds": out.train_seconds,
+            "test_eval_seconds": test_seconds,
             "wall_seconds": time.perf_counter() - start,
             "segments": out.segments,
             "population_sizes": out.population_sizes,

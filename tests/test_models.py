@@ -52,3 +52,23 @@ def test_bad_model_arguments():
         models.make_model("resnet")
     with pytest.raises(ValueError, match="width must be positive"):
         models.make_model("small_cnn", 0.0)
+
+
+@pytest.mark.parametrize("conv_impl", ["matmul", "xla"])
+@pytest.mark.parametrize("size,kernel", [(14, 5), (7, 3)])
+def test_conv_relu_pool_equals_pool_of_relu_of_conv(conv_impl, size, kernel):
+    """The reordered block (crop, pool, bias, ReLU) gives the textbook block's values and gradients."""
+    x = jax.random.normal(jax.random.PRNGKey(3), (3, size, size, 4))
+    block = models.ConvReluPool(6, kernel, conv_impl=conv_impl)
+    params = block.init(jax.random.PRNGKey(4), x)
+    params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # a nonzero bias
+
+    def reference(params, x):
+        p = params["params"]
+        return models.max_pool_2x2(jax.nn.relu(models.conv2d_xla(x, p["kernel"]) + p["bias"]))
+
+    np.testing.assert_allclose(block.apply(params, x), reference(params, x), rtol=1e-5, atol=1e-5)
+    loss = lambda f: lambda p: jnp.sum(jnp.sin(f(p, x)))
+    g_block, g_ref = jax.grad(loss(block.apply))(params), jax.grad(loss(reference))(params)
+    for a, b in zip(jax.tree_util.tree_leaves(g_block), jax.tree_util.tree_leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -26,6 +26,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     start = time.perf_counter()
     dataset = cli.load_dataset()
+    load_seconds = time.perf_counter() - start
     workdir = cli.prepare_workdir("lr_valley")
     model = models.make_model(FLAGS.model, FLAGS.width, dataset.num_classes, FLAGS.conv_impl)
     lrs = cli.learning_rates()
@@ -45,12 +46,14 @@ def main(argv: list[str]) -> None:
         distinct_seeds=FLAGS.distinct_seeds, sequential=FLAGS.sequential, repack=FLAGS.repack,
         member_chunk=FLAGS.member_chunk, progress=FLAGS.progress,
     )
+    sweep_start = time.perf_counter()
     records, stats = runner.run_sweep(
         dataset,
         {name: cli.hparams_for(name, lrs) for name in names},
         {name: cli.static_overrides_for(name) for name in names},
         settings,
     )
+    sweep_seconds = time.perf_counter() - sweep_start
     summary = {
         "schema_version": results.SCHEMA_VERSION,
         "experiment": "lr_valley",
@@ -62,14 +65,17 @@ def main(argv: list[str]) -> None:
         "steps_to_target_resolution": FLAGS.eval_every,
         "flags": cli.flag_values(),
         "timing": stats,
-        "wall_seconds": time.perf_counter() - start,
         "members": records,
     }
     paths = {"results": workdir / "results.json", "orbax": workdir / "results_orbax",
              "figure": workdir / "valley.png"}
+    save_start = time.perf_counter()
     results.save_orbax(paths["orbax"], results.orbax_tree(records))
     plots.valley(records, paths["figure"], budget_steps=FLAGS.max_steps, eval_every=FLAGS.eval_every,
                  title=f"Learning-rate valley: {FLAGS.model} on {dataset.name}, target {FLAGS.target_accuracy:g}")
+    summary["stage_seconds"] = {"load_data": load_seconds, "sweep": sweep_seconds,
+                                "save_orbax_and_figure": time.perf_counter() - save_start}
+    summary["wall_seconds"] = time.perf_counter() - start  # since main() began: imports not included
     results.write_json(paths["results"], summary)
     print(results.format_table(records, FLAGS.eval_every))
     for name, s in stats.items():
