@@ -20,6 +20,9 @@ from lrlab import optimizers
 from lrlab import population as pop_lib
 
 
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
 def benchmark_data(eval_examples: int = 250) -> pop_lib.TrainData:
     """MNIST on the device, with a fixed evaluation subset of `eval_examples` training images."""
     ds = data_lib.load_mnist()
@@ -37,7 +40,7 @@ def machine() -> dict[str, Any]:
 
 def write_results(name: str, payload: dict[str, Any], out: str | None) -> pathlib.Path:
     """Writes benchmarks/results/<name>-<backend>.json (or `out`) with the machine description."""
-    path = pathlib.Path(out or f"benchmarks/results/{name}-{jax.default_backend()}.json")
+    path = pathlib.Path(out or RESULTS / f"{name}-{jax.default_backend()}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**machine(), **payload}, indent=1))
     return path

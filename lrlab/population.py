@@ -258,7 +258,12 @@ def make_accuracy_fn(cfg: EngineConfig) -> Callable:
 
 
 def make_segment_fn(cfg: EngineConfig, num_steps: int) -> Callable:
-    """Builds segment(pop, data, step0, data_key, target, max_steps) -> (pop, accuracy_K).
+    """`make_segment` jitted, the population's buffers donated."""
+    return jax.jit(make_segment(cfg, num_steps), donate_argnums=0)
+
+
+def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
+    """Builds segment(pop, data, step0, data_key, target, max_steps) -> (pop, accuracy_K), unjitted.
 
     `num_steps` optimizer steps for every running member (one `lax.scan` of a `vmap`-ed step),
     then the training-subset accuracy of all members, then reached / exhausted marking. Learning
@@ -315,7 +320,7 @@ def make_segment_fn(cfg: EngineConfig, num_steps: int) -> Callable:
         )
         return new_pop, acc_K
 
-    return jax.jit(segment, donate_argnums=0)
+    return segment
 
 
 def make_eval_fn(cfg: EngineConfig) -> Callable:
