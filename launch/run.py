@@ -1,7 +1,7 @@
 """Runs an lrlab experiment on every worker of a TPU VM at once (the same program on every host).
 
   python launch/run.py --name=valley-v4 --zone=us-central2-b --experiment=lr_valley \\
-      --workdir=gs://my-bucket/lrlab/valley --flags=--flagfile=experiments/lr_valley_study.flags
+      --workdir=runs/valley --flags=--flagfile=experiments/lr_valley_study.flags
   python launch/run.py ... --flags=--optimizer=all --flags=--max_steps=100 --log=valley.log --dry_run
 
 On each worker: cd ~/lrlab && python3 -u -m lrlab.experiments.EXPERIMENT --workdir=WORKDIR FLAGS...
@@ -27,8 +27,9 @@ EXPERIMENTS_DIR = _gcloud.REPO_ROOT / "lrlab" / "experiments"
 flags.adopt_module_key_flags(_gcloud)
 EXPERIMENT = flags.DEFINE_string("experiment", None, "Experiment module in lrlab/experiments, e.g. lr_valley.")
 WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Where the experiment writes results: gs://BUCKET/PATH, or a path on the workers "
-    "(relative paths are relative to ~/lrlab there). Reuse it to resume a run.")
+    "workdir", None, "Where the experiment writes results and checkpoints: a path on the workers (relative "
+    "paths are relative to ~/lrlab there; on a multi-host slice, a shared filesystem mounted on every "
+    "worker). Reuse it to resume a run.")
 EXTRA_FLAGS = flags.DEFINE_multi_string(
     "flags", [], "A flag passed through to the experiment, one per --flags, e.g. --flags=--optimizer=all "
     "--flags=--max_steps=100.")
@@ -52,9 +53,10 @@ def _valid_workdir(value: str | None) -> bool:
     if value is None:
         return True
     if not value.strip() or "\n" in value:
-        raise flags.ValidationError("must be gs://BUCKET/PATH or a path on the workers")
-    if value.startswith("gs://") and not re.fullmatch(r"gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?", value):
-        raise flags.ValidationError("must be gs://BUCKET/PATH with a valid bucket name")
+        raise flags.ValidationError("must be a path on the workers")
+    if "://" in value:
+        raise flags.ValidationError("lrlab does not write to object stores (gs://) yet: use a path on the VM, "
+                                    "or on a shared filesystem mounted at the same path on every worker")
     return True
 
 

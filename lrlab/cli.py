@@ -6,15 +6,20 @@ helpers here, so a flag means the same thing in every experiment.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
+import os
 import pathlib
+import shutil
 import sys
 
+import jax
 import numpy as np
 from absl import flags
 
 from lrlab import data as data_lib
-from lrlab import models, optimizers
+from lrlab import models, optimizers, results
 
 FLAGS = flags.FLAGS
 
@@ -92,7 +97,15 @@ def define_flags(default_optimizer: str = "adam") -> None:
                       "members stop costing compute.")
     flags.DEFINE_enum("conv_impl", "auto", models.CONV_IMPLS, "Convolution lowering: auto picks per backend.")
     flags.DEFINE_integer("member_chunk", 0, "Members vmapped together inside the member loop (0: per backend and model size).")
-    flags.DEFINE_string("workdir", None, "Output folder (default: runs/<experiment>-<time>).")
+    flags.DEFINE_string("workdir", None, "Output folder (default: runs/<experiment>-<time>). Rerunning a "
+                        "command with the same --workdir resumes it from its latest checkpoint.")
+    flags.DEFINE_bool("overwrite", False, "Discard what --workdir holds (results, checkpoints) and start again.")
+    flags.DEFINE_integer("checkpoint_every", 10, "Segments (of --eval_every steps) between checkpoints; 0: only "
+                         "at the end of each optimizer and on SIGTERM / Ctrl-C.")
+    flags.DEFINE_integer("cpu_devices", 0, "On CPU, split the host into this many JAX devices and shard the "
+                         "population over them (0: JAX's default, one).")
+    flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (multi-host: TPU pods, SLURM). "
+                      "Default: when the environment names more than one TPU worker.")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
     for name, (_, _, default, help_) in {**HPARAM_FLAGS, **STATIC_FLAGS}.items():
         flags.DEFINE_float(name, default, help_)
@@ -115,6 +128,11 @@ def define_flags(default_optimizer: str = "adam") -> None:
     flags.register_validator("max_seconds", lambda v: _check(v is None or v > 0, "must be positive"))
     flags.register_validator("target_accuracy", lambda v: _check(0 < v <= 1, "must be in (0, 1]"))
     flags.register_validator("member_chunk", lambda v: _check(v >= 0, "must be 0 (auto) or positive"))
+    flags.register_validator("workdir", lambda v: _check(
+        v is None or "://" not in v, "object-store workdirs (gs://...) are not supported yet: use a path on "
+        "the machine (launch/fetch.py copies it back from a TPU VM)"))
+    flags.register_validator("checkpoint_every", lambda v: _check(v >= 0, "must be 0 or positive"))
+    flags.register_validator("cpu_devices", lambda v: _check(v >= 0, "must be 0 (default) or positive"))
     for name in HPARAM_FLAGS:
         flags.register_validator(name, lambda v: _check(np.isfinite(v) and v >= 0, "must be finite and >= 0"))
     for name in STATIC_FLAGS:
@@ -148,17 +166,90 @@ def static_overrides_for(optimizer: str) -> tuple[tuple[str, float], ...]:
     return tuple((arg, FLAGS[flag].value) for flag, (opt, arg, _, _) in STATIC_FLAGS.items() if opt == optimizer)
 
 
+# Flags that change how a run is carried out, not what it computes: a resumed run may change them.
+OPERATIONAL_FLAGS = frozenset({"workdir", "overwrite", "checkpoint_every", "cpu_devices", "distributed",
+                               "progress", "data_dir"})
+FLAGS_FILE = "flags.json"
+# What an experiment writes in its workdir (removed by --overwrite; nothing else is touched).
+OUTPUTS = ("results.json", "results_orbax", "checkpoints", FLAGS_FILE)
+
+
+def init_runtime() -> None:
+    """Applies --cpu_devices and --distributed; call first in main(), before any JAX computation."""
+    if FLAGS.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
+    distributed = FLAGS.distributed
+    if distributed is None:  # a Cloud TPU VM pod names its workers in the environment
+        distributed = len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+    if distributed:
+        try:
+            jax.distributed.initialize()
+        except Exception as e:  # noqa: BLE001 - any failure here is the cluster set-up's
+            fail(f"--distributed: jax.distributed.initialize() failed: {str(e).splitlines()[0]}")
+
+
+def is_writer() -> bool:
+    """Only process 0 writes results and figures (every process computes them)."""
+    return jax.process_index() == 0
+
+
 def prepare_workdir(experiment: str) -> pathlib.Path:
     """Creates --workdir (default runs/<experiment>-<time>) and proves it writable, or fails."""
     path = pathlib.Path(FLAGS.workdir or f"runs/{experiment}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / f".write-test-{jax.process_index()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
         fail(f"--workdir={path}: cannot write there ({e.strerror or e})")
     return path
+
+
+def run_flags() -> dict[str, object]:
+    """The flags that decide what a run computes (saved with it; a resume must match them)."""
+    return {k: v for k, v in flag_values().items() if k not in OPERATIONAL_FLAGS}
+
+
+def claim_workdir(workdir: pathlib.Path, experiment: str) -> bool:
+    """Checks --workdir against this command; returns True when its run is already finished.
+
+    --overwrite empties lrlab's outputs first. A workdir saved with other flags is refused with
+    the differences named. Otherwise this command's flags are saved (flags.json) for later resumes.
+    """
+    if FLAGS.overwrite and is_writer():
+        for name in OUTPUTS:
+            target = workdir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    current = {"experiment": experiment, **run_flags()}
+    saved_path = workdir / FLAGS_FILE
+    if saved_path.exists():
+        try:
+            saved = json.loads(saved_path.read_text())
+        except (OSError, ValueError) as e:
+            fail(f"--workdir={workdir}: unreadable {FLAGS_FILE} ({e}); use --overwrite to start again")
+        saved = {k: v for k, v in saved.items() if k not in OPERATIONAL_FLAGS}
+        diffs = [f"--{k}={saved.get(k)!r} there, {current.get(k)!r} here"
+                 for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+        if diffs:
+            fail(f"--workdir={workdir} holds a run with other flags ({'; '.join(diffs)}): use another "
+                 "--workdir, the same flags to resume it, or --overwrite to discard it")
+        return (workdir / "results.json").exists()
+    if is_writer():
+        results.write_json(saved_path, current)
+    return False
+
+
+@contextlib.contextmanager
+def writing(what: str):
+    """Turns a failed write (disk full, permissions) into one clear line; files are atomic."""
+    try:
+        yield
+    except OSError as e:
+        fail(f"cannot write {what}: {e.strerror or e} (nothing half-written is left behind)")
 
 
 def load_dataset() -> data_lib.Dataset:

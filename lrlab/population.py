@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import flax.struct
@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lrlab import data as data_lib
 from lrlab import optimizers
@@ -257,9 +259,54 @@ def make_accuracy_fn(cfg: EngineConfig) -> Callable:
     return accuracy
 
 
-def make_segment_fn(cfg: EngineConfig, num_steps: int) -> Callable:
-    """`make_segment` jitted, the population's buffers donated."""
-    return jax.jit(make_segment(cfg, num_steps), donate_argnums=0)
+MEMBERS = "members"  # the mesh axis the population is sharded over
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh over `devices` (default: every device of every host) along the member axis."""
+    return Mesh(np.asarray(devices if devices is not None else jax.devices()), (MEMBERS,))
+
+
+def member_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (member) axis split over the mesh; every other axis whole."""
+    return NamedSharding(mesh, PartitionSpec(MEMBERS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of the mesh (the dataset, scalars)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def place(tree: Any, sharding: NamedSharding) -> Any:
+    """Puts a pytree of arrays (the same values on every host) onto `sharding`."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda idx: np.asarray(x)[idx]), tree)
+
+
+def to_host(tree: Any) -> Any:
+    """A pytree of (possibly sharded, possibly multi-host) arrays as numpy arrays on every host."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+    return jax.tree_util.tree_map(one, tree)
+
+
+def make_segment_fn(cfg: EngineConfig, num_steps: int, mesh: Mesh | None = None) -> Callable:
+    """`make_segment` with the members sharded over `mesh` (default all devices), jitted, donated.
+
+    `shard_map` runs the same per-member program on each device's slice of the population, with
+    the dataset replicated: members never talk to each other, so no collective is needed. One
+    code path for one device and many; the population size must be a multiple of the mesh size.
+    """
+    mesh = mesh if mesh is not None else make_mesh()
+    members, whole = PartitionSpec(MEMBERS), PartitionSpec()
+    sharded = jax.shard_map(make_segment(cfg, num_steps), mesh=mesh,
+                            in_specs=(members, whole, whole, whole, whole, whole),
+                            out_specs=(members, members), check_vma=False)
+    return jax.jit(sharded, donate_argnums=0)
 
 
 def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
@@ -341,12 +388,17 @@ def scatter_members(full: Population, idx: np.ndarray, sub: Population) -> Popul
     return jax.tree_util.tree_map(lambda f, s: f.at[idx].set(s[:n]), full, sub)
 
 
-def bucket_size(n_running: int, full_size: int) -> int:
-    """Population size to re-pack `n_running` members into: the next power of two, at most K.
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def bucket_size(n_running: int, full_size: int, multiple: int = 1) -> int:
+    """Population size to re-pack `n_running` members into: the next power of two, at most K,
+    rounded up to a multiple of the device count.
 
     Few distinct sizes means few compilations (log2 K at most).
     """
     size = 1
     while size < n_running:
         size *= 2
-    return min(size, full_size)
+    return round_up(min(size, full_size), multiple)

@@ -8,6 +8,7 @@ running members into a smaller population so finished members stop costing compu
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import time
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ import numpy as np
 import tqdm
 
 from lrlab import population as pop_lib
+from lrlab.checkpoints import Interrupted, RunCheckpoints, StopSignal
 from lrlab.population import EngineConfig, Population, TrainData
 
 
@@ -45,10 +47,16 @@ class RunOutput:
 
 
 class Programs:
-    """Compiled segment programs keyed by (population size, steps): each compiled once, timed."""
+    """Compiled segment programs keyed by (population size, steps): each compiled once, timed.
 
-    def __init__(self, cfg: EngineConfig):
+    Members are sharded over `mesh` (default: all devices); population sizes are multiples of its
+    size (`multiple`), reached with padding members.
+    """
+
+    def __init__(self, cfg: EngineConfig, mesh: jax.sharding.Mesh | None = None):
         self.cfg = cfg
+        self.mesh = mesh if mesh is not None else pop_lib.make_mesh()
+        self.multiple = self.mesh.size
         self._compiled: dict[tuple[int, int], Any] = {}
         self._jitted: dict[int, Callable] = {}
         self.compile_seconds = 0.0
@@ -58,11 +66,17 @@ class Programs:
         key = (pop.size, num_steps)
         if key not in self._compiled:
             if num_steps not in self._jitted:
-                self._jitted[num_steps] = pop_lib.make_segment_fn(self.cfg, num_steps)
+                self._jitted[num_steps] = pop_lib.make_segment_fn(self.cfg, num_steps, self.mesh)
             start = time.perf_counter()
             self._compiled[key] = self._jitted[num_steps].lower(*args).compile()
             self.compile_seconds += time.perf_counter() - start
         return self._compiled[key]
+
+    def shard(self, pop: Population) -> Population:
+        return pop_lib.place(pop, pop_lib.member_sharding(self.mesh))
+
+    def replicate(self, tree: Any) -> Any:
+        return pop_lib.place(tree, pop_lib.replicated(self.mesh))
 
 
 def _status_counts(status: np.ndarray) -> dict[str, int]:
@@ -74,8 +88,14 @@ def _merge(full: Population | None, pos: np.ndarray, sub: Population) -> Populat
     return sub if full is None else pop_lib.scatter_members(full, pos, sub)
 
 
-def _to_host(tree: Any) -> Any:
-    return jax.tree_util.tree_map(np.asarray, tree)
+def _pack(full: Population, members: np.ndarray, size: int, programs: Programs) -> tuple[Population, np.ndarray]:
+    """The population of `members` (positions in `full`) padded to `size` with copies of the first,
+    marked PADDING, sharded over the mesh. Returns it and the position of each of its entries."""
+    pos = np.concatenate([members, np.full(size - members.size, members[0])]).astype(np.int64)
+    sub = pop_lib.gather_members(full, pos)
+    is_pad = jnp.arange(size) >= members.size
+    sub = sub.replace(status=jnp.where(is_pad, pop_lib.PADDING, sub.status))
+    return programs.shard(sub), pos
 
 
 def train(
@@ -88,35 +108,74 @@ def train(
     repack: bool = True,
     progress: bool = True,
     desc: str = "",
+    checkpoints: RunCheckpoints | None = None,
+    stop: StopSignal | None = None,
 ) -> RunOutput:
-    """Trains `pop` until no member is running; returns the finished population and its curves."""
+    """Trains `pop` until no member is running; returns the finished population and its curves.
+
+    With `checkpoints`, it resumes from the latest one (if any) and saves one every
+    `checkpoints.every` segments, at the end, and when `stop` is requested (then raises
+    `Interrupted`). A resumed run gives the uninterrupted run's results: batches depend only on
+    (data_key, step), and the re-packed population is rebuilt from the saved statuses.
+    """
     k = pop.size
     curves = [{"step": [], "train_accuracy": [], "loss": [], "seconds": []} for _ in range(k)]
     seconds_to_target = np.full(k, np.nan)
     seconds_trained = np.zeros(k)
-    # sub[i] is member pos[i]; entries >= n_real are padding. `full` holds every member once the
-    # population has been re-packed (before that `sub` is the whole population: it is donated).
-    full, sub, pos, n_real = None, pop, np.arange(k), k
-    step, segments, sizes, train_seconds = 0, 0, [k], 0.0
+    step, segments, sizes, train_seconds = 0, 0, [], 0.0
+    status = np.full(k, pop_lib.RUNNING)
+    full = None  # every member, once `sub` is no longer the whole population (which it donates)
+    restored = checkpoints.restore(pop, programs.mesh) if checkpoints is not None else None
+    if restored is not None:
+        full, state = restored
+        step, segments, sizes, train_seconds = state["step"], state["segments"], state["sizes"], state["train_seconds"]
+        status = np.asarray(state["status"])
+        curves = state["curves"]
+        seconds_to_target = np.asarray(state["seconds_to_target"], np.float64)
+        seconds_trained = np.asarray(state["seconds_trained"], np.float64)
+
+    def host_state() -> dict[str, Any]:
+        return {"step": step, "segments": segments, "sizes": sizes, "train_seconds": train_seconds,
+                "status": status.tolist(), "curves": curves, "seconds_to_target": seconds_to_target.tolist(),
+                "seconds_trained": seconds_trained.tolist()}
+
+    def save() -> None:
+        checkpoints.save(segments, _merge(full, pos[:n_real], sub), host_state())
+
+    running = np.flatnonzero(status == pop_lib.RUNNING)
+    multiple = programs.multiple
+    if restored is not None:  # rebuild the population the uninterrupted run would hold now
+        size = pop_lib.bucket_size(running.size, k, multiple) if repack else pop_lib.round_up(k, multiple)
+        members = running if repack else np.arange(k)
+        sub, pos = _pack(full, members, size, programs) if running.size else (None, np.arange(0))
+        n_real = members.size
+    elif k % multiple:  # pad to a multiple of the device count
+        full = programs.replicate(pop)
+        sub, pos = _pack(full, np.arange(k), pop_lib.round_up(k, multiple), programs)
+        n_real = k
+    else:
+        sub, pos, n_real = programs.shard(pop), np.arange(k), k
+    if not sizes:
+        sizes = [sub.size]
+    data = programs.replicate(data)
     target = jnp.float32(budget.target_accuracy)
     max_steps = jnp.int32(budget.max_steps)
-    bar = tqdm.tqdm(total=budget.max_steps, desc=desc, unit="step", disable=not progress, leave=True,
-                    dynamic_ncols=True)
-    status = np.full(k, pop_lib.RUNNING)
-    while True:
+    bar = tqdm.tqdm(total=budget.max_steps, initial=step, desc=desc, unit="step", disable=not progress,
+                    leave=True, dynamic_ncols=True)
+    while running.size:
         num_steps = min(budget.eval_every, budget.max_steps - step)
         args = (sub, data, jnp.int32(step), data_key, target, max_steps)
         program = programs.get(num_steps, args)
         start = time.perf_counter()
         sub, acc_K = program(*args)
-        sub_status = np.asarray(sub.status)  # the one host synchronisation per segment
+        sub_status = pop_lib.to_host(sub.status)  # the one host synchronisation per segment
         train_seconds += time.perf_counter() - start
         step += num_steps
         segments += 1
         if budget.max_seconds is not None and train_seconds >= budget.max_seconds:
             sub = sub.replace(status=jnp.where(sub.status == pop_lib.RUNNING, pop_lib.EXHAUSTED, sub.status))
-            sub_status = np.asarray(sub.status)
-        acc, loss, trained = np.asarray(acc_K), np.asarray(sub.loss), np.asarray(sub.steps_trained)
+            sub_status = pop_lib.to_host(sub.status)
+        acc, loss, trained = pop_lib.to_host((acc_K, sub.loss, sub.steps_trained))
         for i in range(n_real):
             m = pos[i]
             if status[m] != pop_lib.RUNNING:
@@ -130,26 +189,27 @@ def train(
             if sub_status[i] == pop_lib.REACHED:
                 seconds_to_target[m] = train_seconds
             status[m] = sub_status[i]
-        counts = _status_counts(status)
         bar.update(num_steps)
-        bar.set_postfix(counts, refresh=False)
-        running = np.flatnonzero(sub_status[:n_real] == pop_lib.RUNNING)
-        if running.size == 0:
-            break
-        size = pop_lib.bucket_size(running.size, k)
-        if repack and size < sub.size:
-            full = _merge(full, pos[:n_real], sub)
-            real = pos[running]
-            pos = np.concatenate([real, np.full(size - real.size, real[0])])
-            sub = pop_lib.gather_members(full, pos)
-            is_pad = jnp.arange(size) >= real.size
-            sub = sub.replace(status=jnp.where(is_pad, pop_lib.PADDING, sub.status))
-            n_real = real.size
-            sizes.append(size)
+        bar.set_postfix(_status_counts(status), refresh=False)
+        running = np.flatnonzero(status == pop_lib.RUNNING)
+        if running.size and repack:
+            size = pop_lib.bucket_size(running.size, k, multiple)
+            if size < sub.size:
+                full = _merge(full, pos[:n_real], sub)
+                sub, pos = _pack(full, running, size, programs)
+                n_real = running.size
+                sizes.append(size)
+        if checkpoints is not None and (stop is not None and stop.requested or checkpoints.due(segments)
+                                        or not running.size):
+            save()
+        if checkpoints is not None and stop is not None and stop.requested and running.size:
+            bar.close()
+            raise Interrupted(stop.requested, step, checkpoints.directory)
     bar.close()
-    full = _merge(full, pos[:n_real], sub)
+    if sub is not None:
+        full = _merge(full, pos[:n_real], sub)
     return RunOutput(
-        final=_to_host(full),
+        final=pop_lib.to_host(full),
         curves=curves,
         seconds_to_target=seconds_to_target,
         seconds_trained=seconds_trained,
@@ -171,6 +231,10 @@ def train_sequential(
     *,
     progress: bool = True,
     desc: str = "",
+    checkpoint_dir: pathlib.Path | None = None,
+    checkpoint_every: int = 10,
+    identity: dict[str, Any] | None = None,
+    stop: StopSignal | None = None,
 ) -> RunOutput:
     """The baseline: the same members trained one after another (K=1 each), each timed on its own.
 
@@ -178,14 +242,16 @@ def train_sequential(
     member's own wall-clock, as the study measured it.
     """
     k = len(hparams_K["learning_rate"])
-    programs = Programs(cfg)
+    programs = Programs(cfg, pop_lib.make_mesh(jax.local_devices()[:1]))
     outputs = []
     for i in range(k):
         member_hparams = {name: np.asarray(values)[i : i + 1] for name, values in hparams_K.items()}
         pop = pop_lib.init_population(cfg, member_hparams, image_shape, seed, member_ids=np.array([i]))
+        checkpoints = None if checkpoint_dir is None else RunCheckpoints(
+            checkpoint_dir / f"member-{i}", {**(identity or {}), "member": i}, checkpoint_every)
         outputs.append(
             train(pop, data, budget, data_key, programs, repack=False, progress=progress,
-                  desc=f"{desc} member {i + 1}/{k}")
+                  desc=f"{desc} member {i + 1}/{k}", checkpoints=checkpoints, stop=stop)
         )
     final = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *[o.final for o in outputs])
     return RunOutput(
@@ -220,6 +286,18 @@ class SweepSettings:
     repack: bool = True
     member_chunk: int = 0
     progress: bool = True
+    checkpoint_dir: pathlib.Path | None = None  # None: no checkpoints (and no resume)
+    checkpoint_every: int = 10  # segments between checkpoints (0: only at the end and on a signal)
+
+
+def run_identity(optimizer: str, hparams_K: dict[str, np.ndarray], settings: SweepSettings,
+                 static_overrides: tuple[tuple[str, float], ...]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed (JSON): the model, optimizer and members."""
+    return {"model": repr(settings.model), "optimizer": optimizer,
+            "hparams": {name: [float(v) for v in np.asarray(values)] for name, values in hparams_K.items()},
+            "static": [list(kv) for kv in static_overrides], "batch_size": settings.batch_size,
+            "seed": settings.seed, "distinct_seeds": settings.distinct_seeds,
+            "sequential": settings.sequential, "repack": settings.repack}
 
 
 def run_sweep(
@@ -227,10 +305,13 @@ def run_sweep(
     population_hparams: dict[str, dict[str, np.ndarray]],
     static_overrides: dict[str, tuple[tuple[str, float], ...]],
     settings: SweepSettings,
+    stop: StopSignal | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """Trains one population per optimizer (population_hparams: optimizer -> hparams_K).
 
-    Returns the member records (results.json) and per-optimizer timing statistics.
+    With `settings.checkpoint_dir`, each optimizer's training checkpoints to its own folder there
+    and resumes from it; a finished one is restored, not retrained. Returns the member records
+    (results.json) and per-optimizer timing statistics.
     """
     from lrlab import data as data_lib
     from lrlab import results as results_lib
@@ -246,13 +327,18 @@ def run_sweep(
                            member_chunk=settings.member_chunk,
                            static_overrides=static_overrides.get(optimizer, ()))
         start = time.perf_counter()
+        identity = run_identity(optimizer, hparams_K, settings, cfg.static_overrides)
+        ckpt_dir = None if settings.checkpoint_dir is None else settings.checkpoint_dir / optimizer
         if settings.sequential:
             out = train_sequential(cfg, hparams_K, data, settings.budget, settings.seed, data_key,
-                                   dataset.image_shape, progress=settings.progress, desc=optimizer)
+                                   dataset.image_shape, progress=settings.progress, desc=optimizer,
+                                   checkpoint_dir=ckpt_dir, checkpoint_every=settings.checkpoint_every,
+                                   identity=identity, stop=stop)
         else:
             pop = pop_lib.init_population(cfg, hparams_K, dataset.image_shape, settings.seed)
+            checkpoints = None if ckpt_dir is None else RunCheckpoints(ckpt_dir, identity, settings.checkpoint_every)
             out = train(pop, data, settings.budget, data_key, Programs(cfg), repack=settings.repack,
-                        progress=settings.progress, desc=optimizer)
+                        progress=settings.progress, desc=optimizer, checkpoints=checkpoints, stop=stop)
         test_start = time.perf_counter()
         test_acc = test_accuracy(cfg, out.final.params, dataset.test_images, dataset.test_labels)
         test_seconds = time.perf_counter() - test_start

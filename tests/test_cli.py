@@ -49,10 +49,15 @@ def test_tiny_valley_end_to_end(tmp_path):
     ("--target_accuracy=0", "--target_accuracy=0.0: must be in (0, 1]"),
     ("--max_steps=0", "--max_steps=0: must be at least 1"),
     ("--width=0", "--width=0.0: must be positive"),
+    ("--checkpoint_every=-1", "--checkpoint_every=-1: must be 0 or positive"),
+    ("--cpu_devices=-2", "--cpu_devices=-2: must be 0 (default) or positive"),
+    ("--eval_every=0", "--eval_every=0: must be at least 1"),
+    ("--batch_size=-5", "--batch_size=-5: must be at least 1"),
+    ("--workdir=gs://bucket/run", "--workdir=gs://bucket/run: object-store workdirs (gs://...) are not supported"),
 ])
 def test_bad_flags_fail_with_one_clear_line(tmp_path, flag, needle):
     workdir = tmp_path / "run"
-    proc = run_valley(*TINY, flag, f"--workdir={workdir}")  # the bad flag last: it wins
+    proc = run_valley(*TINY, f"--workdir={workdir}", flag)  # the bad flag last: it wins
     assert proc.returncode != 0
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr

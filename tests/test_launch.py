@@ -90,10 +90,10 @@ def test_install_source_must_be_a_git_checkout(tmp_path):
 
 
 def test_run_worked_example():
-    assert dry_run("run", *VM, "--experiment=lr_valley", "--workdir=gs://my-bucket/lrlab/valley",
+    assert dry_run("run", *VM, "--experiment=lr_valley", "--workdir=runs/valley",
                    "--flags=--flagfile=experiments/lr_valley_study.flags") == [
         f"{SSH} '--command=cd ~/lrlab && python3 -u -m lrlab.experiments.lr_valley "
-        "--workdir=gs://my-bucket/lrlab/valley --flagfile=experiments/lr_valley_study.flags'"]
+        "--workdir=runs/valley --flagfile=experiments/lr_valley_study.flags'"]
 
 
 def test_run_flags_log_and_project():
@@ -194,3 +194,9 @@ def test_failing_gcloud_names_the_command_and_status(tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.splitlines()[-1] == ("launch: error: command failed with exit status 3: gcloud compute "
                                             "tpus tpu-vm delete valley-v4 --zone=us-central2-b --quiet")
+
+
+def test_run_refuses_an_object_store_workdir():
+    """lrlab writes its workdir with file APIs: a gs:// workdir is refused here, not on the VM."""
+    assert_one_line_error(launch("run", *VM, "--experiment=lr_valley", "--workdir=gs://b/run", "--dry_run"),
+                          "does not write to object stores")

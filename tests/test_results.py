@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from lrlab import results
 
@@ -72,3 +73,25 @@ def test_table_names_best_rate_and_band():
     assert "band that reached the target: 0.001 to 0.1 (3 of 5 rates)" in text
     assert "sgd: no learning rate reached the target" in text
     assert math.isnan(RECORDS[4]["final_test_accuracy"])
+
+
+def test_disk_full_while_writing_fails_with_one_line_and_leaves_nothing_half(tmp_path, capsys):
+    """ENOSPC in the middle of a write: one clear error line, exit 1, the old file intact, no temp file."""
+    import errno
+
+    from lrlab import cli
+
+    path = tmp_path / "results.json"
+    results.write_json(path, {"old": True})
+
+    def fill_disk(f):
+        f.write(b'{"new": ')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(SystemExit) as exit_info, cli.writing(f"results to {tmp_path}"):
+        results.atomic_write(path, fill_disk)
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == (f"lrlab: error: cannot write results to {tmp_path}: No space left on "
+                                       "device (nothing half-written is left behind)\n")
+    assert results.read_json(path) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

@@ -3,17 +3,20 @@
   python -m lrlab.experiments.lr_valley --optimizer=adam
   python -m lrlab.experiments.lr_valley --optimizer=all --model=tutorial_cnn --workdir=runs/valley
 
-Writes results.json, results_orbax/ and valley.png to --workdir.
+Writes results.json, results_orbax/ and valley.png to --workdir, and checkpoints while training:
+rerunning the same command with the same --workdir resumes it (after a crash, a kill or SIGTERM).
 """
 
 from __future__ import annotations
 
+import signal
+import sys
 import time
 
 import jax
 from absl import app, flags, logging
 
-from lrlab import cli, models, plots, results, runner
+from lrlab import checkpoints, cli, models, plots, results, runner
 from lrlab import __version__
 
 FLAGS = flags.FLAGS
@@ -24,10 +27,16 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
     logging.set_verbosity(logging.WARNING)
+    cli.init_runtime()
     start = time.perf_counter()
     dataset = cli.load_dataset()
     load_seconds = time.perf_counter() - start
     workdir = cli.prepare_workdir("lr_valley")
+    if cli.claim_workdir(workdir, "lr_valley"):
+        summary = results.read_json(workdir / "results.json")
+        print(f"lr_valley: --workdir={workdir} already holds this run's results (use --overwrite to recompute)")
+        print(results.format_table(summary["members"], summary["steps_to_target_resolution"]))
+        return
     model = models.make_model(FLAGS.model, FLAGS.width, dataset.num_classes, FLAGS.conv_impl)
     lrs = cli.learning_rates()
     names = cli.optimizer_names()
@@ -45,14 +54,24 @@ def main(argv: list[str]) -> None:
         batch_size=FLAGS.batch_size, eval_examples=FLAGS.eval_examples, seed=FLAGS.seed,
         distinct_seeds=FLAGS.distinct_seeds, sequential=FLAGS.sequential, repack=FLAGS.repack,
         member_chunk=FLAGS.member_chunk, progress=FLAGS.progress,
+        checkpoint_dir=workdir / "checkpoints", checkpoint_every=FLAGS.checkpoint_every,
     )
     sweep_start = time.perf_counter()
-    records, stats = runner.run_sweep(
-        dataset,
-        {name: cli.hparams_for(name, lrs) for name in names},
-        {name: cli.static_overrides_for(name) for name in names},
-        settings,
-    )
+    try:
+        with checkpoints.StopSignal() as stop, cli.writing(f"checkpoints in {workdir / 'checkpoints'}"):
+            records, stats = runner.run_sweep(
+                dataset,
+                {name: cli.hparams_for(name, lrs) for name in names},
+                {name: cli.static_overrides_for(name) for name in names},
+                settings,
+                stop=stop,
+            )
+    except checkpoints.Interrupted as e:
+        print(f"lr_valley: stopped by {e.signal_name} at step {e.step}; checkpoint saved. Rerun the same "
+              f"command with --workdir={workdir} to resume.", file=sys.stderr)
+        sys.exit(128 + signal.Signals[e.signal_name].value)
+    except checkpoints.CheckpointMismatch as e:
+        cli.fail(f"--workdir={workdir}: {e}; use another --workdir or --overwrite")
     sweep_seconds = time.perf_counter() - sweep_start
     summary = {
         "schema_version": results.SCHEMA_VERSION,
@@ -70,13 +89,16 @@ def main(argv: list[str]) -> None:
     paths = {"results": workdir / "results.json", "orbax": workdir / "results_orbax",
              "figure": workdir / "valley.png"}
     save_start = time.perf_counter()
-    results.save_orbax(paths["orbax"], results.orbax_tree(records))
-    plots.valley(records, paths["figure"], budget_steps=FLAGS.max_steps, eval_every=FLAGS.eval_every,
-                 title=f"Learning-rate valley: {FLAGS.model} on {dataset.name}, target {FLAGS.target_accuracy:g}")
-    summary["stage_seconds"] = {"load_data": load_seconds, "sweep": sweep_seconds,
-                                "save_orbax_and_figure": time.perf_counter() - save_start}
-    summary["wall_seconds"] = time.perf_counter() - start  # since main() began: imports not included
-    results.write_json(paths["results"], summary)
+    with cli.writing(f"results to {workdir}"):
+        results.save_orbax(paths["orbax"], results.orbax_tree(records))  # every process: Orbax syncs them
+        if cli.is_writer():
+            plots.valley(records, paths["figure"], budget_steps=FLAGS.max_steps, eval_every=FLAGS.eval_every,
+                         title=f"Learning-rate valley: {FLAGS.model} on {dataset.name}, "
+                               f"target {FLAGS.target_accuracy:g}")
+            summary["stage_seconds"] = {"load_data": load_seconds, "sweep": sweep_seconds,
+                                        "save_orbax_and_figure": time.perf_counter() - save_start}
+            summary["wall_seconds"] = time.perf_counter() - start  # since main() began: imports not included
+            results.write_json(paths["results"], summary)
     print(results.format_table(records, FLAGS.eval_every))
     for name, s in stats.items():
         print(f"{name}: {s['mode']}, {s['members']} members, compile {s['compile_seconds']:.1f} s, "
