@@ -20,7 +20,7 @@ from lrlab import population as pop_lib
 
 
 class CheckpointMismatch(ValueError):
-    """A checkpoint that belongs to another run (model, optimizer or members differ)."""
+    """A checkpoint that belongs to another run (model, optimizer or members differ), or is damaged."""
 
 
 class Interrupted(Exception):
@@ -63,8 +63,12 @@ class RunCheckpoints:
         step = self.manager.latest_step()
         if step is None:
             return None
-        state = self.manager.restore(step, args=ocp.args.Composite(runner=ocp.args.JsonRestore()))["runner"]
-        saved = state.get("identity")
+        try:
+            state = self.manager.restore(step, args=ocp.args.Composite(runner=ocp.args.JsonRestore()))["runner"]
+            saved = state.get("identity")
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint gets the same clear message
+            raise CheckpointMismatch(f"the checkpoint {self.directory / str(step)} is unreadable "
+                                     f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
         if saved != self.identity:
             diffs = [f"{key}: {saved.get(key)!r} there, {value!r} here" for key, value in self.identity.items()
                      if (saved or {}).get(key) != value]
@@ -76,7 +80,7 @@ class RunCheckpoints:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 population=ocp.args.StandardRestore(abstract)))["population"]
-        except (ValueError, KeyError, TypeError) as e:
+        except Exception as e:  # noqa: BLE001 - shapes or structure that do not fit, or damaged files
             raise CheckpointMismatch(f"the checkpoint in {self.directory} does not fit this model and "
                                      f"optimizer ({str(e).splitlines()[0][:200]})") from None
         return restored, state

@@ -136,3 +136,17 @@ def test_sharded_over_4_devices_equals_one_device(reference, tmp_path):
         assert {k: a[k] for k in COMPARED[:5]} == {k: b[k] for k in COMPARED[:5]}
         assert a["final_train_accuracy"] == pytest.approx(b["final_train_accuracy"], abs=2e-3)
         assert a["final_test_accuracy"] == pytest.approx(b["final_test_accuracy"], abs=2e-3)
+
+
+def test_damaged_checkpoint_is_refused_with_one_line(tmp_path):
+    workdir = tmp_path / "run"
+    code, _, _ = start_and_signal(workdir, "adam", signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    for step in checkpoint_steps(workdir, "adam"):
+        for f in (step / "runner").rglob("*"):
+            if f.is_file():
+                f.write_text("{ truncated")
+    proc = run(workdir)
+    assert proc.returncode == 1
+    assert "is unreadable" in proc.stderr and "use another --workdir or --overwrite" in proc.stderr
+    assert "Traceback" not in proc.stderr
