@@ -2,7 +2,7 @@
 
   python benchmarks/study_valley.py [--model=small_cnn] [--max_steps=600] [--repack=true,false]
 
-Runs `python -m lrlab.experiments.lr_valley --flagfile=experiments/lr_valley_study.flags` as a
+Runs `python -m lrlab.experiments.lr_valley --flagfile=experiments/mack2018/lr_valley.flags` as a
 separate process (so start-up, imports and every compilation count), once per --repack value,
 with the model and step budget given here. Reports the process's wall time and its split (start-up,
 data, compile / training / test evaluation / other set-up, saving), the steps trained, and how many
@@ -35,7 +35,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def run_study(repack: str, workdir: pathlib.Path) -> dict:
     """One end-to-end sweep in a fresh process; its wall time and results.json timing."""
     cmd = [sys.executable, "-m", "lrlab.experiments.lr_valley",
-           f"--flagfile={ROOT / 'experiments' / 'lr_valley_study.flags'}", f"--model={FLAGS.model}",
+           f"--flagfile={ROOT / 'experiments' / 'mack2018' / 'lr_valley.flags'}", f"--model={FLAGS.model}",
            f"--max_steps={FLAGS.max_steps}", f"--optimizer={FLAGS.optimizer}", f"--repack={repack}",
            f"--workdir={workdir}", "--noprogress"]
     start = time.perf_counter()

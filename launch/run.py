@@ -1,7 +1,7 @@
 """Runs an lrlab experiment on every worker of a TPU VM at once (the same program on every host).
 
   python launch/run.py --name=valley-v4 --zone=us-central2-b --experiment=lr_valley \\
-      --workdir=runs/valley --flags=--flagfile=experiments/lr_valley_study.flags
+      --workdir=runs/valley --flags=--flagfile=experiments/mack2018/lr_valley.flags
   python launch/run.py ... --flags=--optimizer=all --flags=--max_steps=100 --log=valley.log --dry_run
 
 On each worker: cd ~/lrlab && python3 -u -m lrlab.experiments.EXPERIMENT --workdir=WORKDIR FLAGS...

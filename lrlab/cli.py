@@ -68,8 +68,12 @@ def _valid_lrs(values) -> bool:
                   "learning rates must be positive and finite")
 
 
-def define_flags(default_optimizer: str = "adam") -> None:
-    """Defines the flags every experiment shares, with validators."""
+def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> None:
+    """Defines the flags every experiment shares, with validators.
+
+    rate_grid=False leaves out the learning-rate grid (--lr_min, --lr_max, --num_lrs, --lrs), for an
+    experiment that chooses its rates otherwise (and may define its own --lrs).
+    """
     flags.DEFINE_string("optimizer", default_optimizer,
                         f"One of {', '.join(optimizers.OPTIMIZERS)}, a comma list, or 'all'.")
     flags.DEFINE_enum("model", "small_cnn", models.MODELS,
@@ -77,10 +81,11 @@ def define_flags(default_optimizer: str = "adam") -> None:
     flags.DEFINE_float("width", 1.0, "Width multiplier of the model's conv layers (the study: 1 to 10).")
     flags.DEFINE_string("dataset", "mnist", "'mnist' (shipped with lrlab) or 'tfds:NAME' (prepared under --data_dir).")
     flags.DEFINE_string("data_dir", None, "Folder of the dataset files (mnist: the shipped copy by default).")
-    flags.DEFINE_float("lr_min", 1e-6, "Lowest learning rate of the log-spaced grid.")
-    flags.DEFINE_float("lr_max", 100.0, "Highest learning rate of the log-spaced grid.")
-    flags.DEFINE_integer("num_lrs", 48, "Number of log-spaced learning rates (the study: 48).")
-    flags.DEFINE_list("lrs", None, "Explicit learning rates (comma list); overrides the grid flags.")
+    if rate_grid:
+        flags.DEFINE_float("lr_min", 1e-6, "Lowest learning rate of the log-spaced grid.")
+        flags.DEFINE_float("lr_max", 100.0, "Highest learning rate of the log-spaced grid.")
+        flags.DEFINE_integer("num_lrs", 48, "Number of log-spaced learning rates (the study: 48).")
+        flags.DEFINE_list("lrs", None, "Explicit learning rates (comma list); overrides the grid flags.")
     flags.DEFINE_integer("batch_size", 100, "Examples per step (the study: 100).")
     flags.DEFINE_integer("eval_every", 50, "Steps between evaluations: the resolution of steps to target.")
     flags.DEFINE_integer("eval_examples", 2000, "Size of the fixed training subset that measures the target.")
@@ -114,15 +119,16 @@ def define_flags(default_optimizer: str = "adam") -> None:
     flags.register_validator("width", lambda v: _check(v > 0, "must be positive"))
     flags.register_validator("dataset", lambda v: _check(
         v == "mnist" or (v.startswith("tfds:") and len(v) > 5), "must be 'mnist' or 'tfds:NAME'"))
-    flags.register_validator("lrs", _valid_lrs)
-    flags.register_validator("lr_min", lambda v: _check(np.isfinite(v) and v > 0, "must be positive"))
-    flags.register_validator("lr_max", lambda v: _check(np.isfinite(v) and v > 0, "must be positive"))
-    flags.register_multi_flags_validator(
-        ["lr_min", "lr_max", "num_lrs"],
-        lambda d: _check(d["lr_min"] < d["lr_max"] or (d["num_lrs"] == 1 and d["lr_min"] == d["lr_max"]),
-                         f"--lr_min ({d['lr_min']}) must be below --lr_max ({d['lr_max']})"),
-        message="learning-rate range")
-    flags.register_validator("num_lrs", lambda v: _check(v >= 1, "must be at least 1"))
+    if rate_grid:
+        flags.register_validator("lrs", _valid_lrs)
+        flags.register_validator("lr_min", lambda v: _check(np.isfinite(v) and v > 0, "must be positive"))
+        flags.register_validator("lr_max", lambda v: _check(np.isfinite(v) and v > 0, "must be positive"))
+        flags.register_multi_flags_validator(
+            ["lr_min", "lr_max", "num_lrs"],
+            lambda d: _check(d["lr_min"] < d["lr_max"] or (d["num_lrs"] == 1 and d["lr_min"] == d["lr_max"]),
+                             f"--lr_min ({d['lr_min']}) must be below --lr_max ({d['lr_max']})"),
+            message="learning-rate range")
+        flags.register_validator("num_lrs", lambda v: _check(v >= 1, "must be at least 1"))
     for name in ("batch_size", "eval_every", "eval_examples", "max_steps"):
         flags.register_validator(name, lambda v: _check(v >= 1, "must be at least 1"))
     flags.register_validator("max_seconds", lambda v: _check(v is None or v > 0, "must be positive"))
@@ -156,6 +162,32 @@ def optimizer_names() -> list[str]:
     return optimizers.parse_optimizer_list(FLAGS.optimizer)
 
 
+def parse_rate_pairs(entries: list[str]) -> dict[str, float]:
+    """['adam:0.001', 'sgd:0.1'] -> {'adam': 0.001, 'sgd': 0.1}; ValueError naming the bad entry.
+
+    Each optimizer once, known to the registry, with a positive finite rate.
+    """
+    rates: dict[str, float] = {}
+    for entry in entries:
+        name, sep, text = (part.strip() for part in entry.partition(":"))
+        if not sep:
+            raise ValueError(f"{entry!r} is not OPTIMIZER:RATE (for example adam:0.001)")
+        if name not in optimizers.REGISTRY:
+            raise ValueError(f"{entry!r}: unknown optimizer {name!r}: choose from {', '.join(optimizers.OPTIMIZERS)}")
+        if name in rates:
+            raise ValueError(f"{entry!r}: optimizer {name} given twice")
+        try:
+            rate = float(text)
+        except ValueError:
+            raise ValueError(f"{entry!r}: the rate {text!r} is not a number") from None
+        if not (np.isfinite(rate) and rate > 0):
+            raise ValueError(f"{entry!r}: the rate must be positive and finite")
+        rates[name] = rate
+    if not rates:
+        raise ValueError("no OPTIMIZER:RATE pairs given")
+    return rates
+
+
 def hparams_for(optimizer: str, lrs: np.ndarray) -> dict[str, np.ndarray]:
     """Per-member hyperparameters of `optimizer`: the learning rates and the flags' values."""
     overrides = {hp: FLAGS[flag].value for flag, (opt, hp, _, _) in HPARAM_FLAGS.items() if opt == optimizer}
@@ -171,7 +203,8 @@ OPERATIONAL_FLAGS = frozenset({"workdir", "overwrite", "checkpoint_every", "cpu_
                                "progress", "data_dir"})
 FLAGS_FILE = "flags.json"
 # What an experiment writes in its workdir (removed by --overwrite; nothing else is touched).
-OUTPUTS = ("results.json", "results_orbax", "checkpoints", FLAGS_FILE)
+OUTPUTS = ("results.json", "results_orbax", "checkpoints", FLAGS_FILE, "valley.png", "envelope.png", "curves.png",
+           "scaling.png")
 
 
 def init_runtime() -> None:

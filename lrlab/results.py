@@ -172,3 +172,132 @@ def format_table(records: list[dict[str, Any]], eval_every: int) -> str:
                          f"{best['seconds_to_target']:.1f} s); band that reached the target: "
                          f"{band[0]:.4g} to {band[1]:.4g} ({n} of {len(rows)} rates)")
     return "\n".join(lines)
+
+
+def envelope(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per learning rate (ascending): the fastest and slowest optimizer to the target, and how many
+    reached it. The article's second figure; rates no optimizer trained have None for both."""
+    by_lr: dict[float, list[dict[str, Any]]] = {}
+    for r in records:
+        by_lr.setdefault(r["learning_rate"], []).append(r)
+    rows = []
+    for lr in sorted(by_lr):
+        reached = sorted((r for r in by_lr[lr] if r["status"] == "reached"),
+                         key=lambda r: (r["steps_to_target"], r["optimizer"]))
+        fastest, slowest = (reached[0], reached[-1]) if reached else (None, None)
+        rows.append({
+            "learning_rate": lr, "optimizers": len(by_lr[lr]), "reached": len(reached),
+            "fastest": fastest and fastest["optimizer"], "fastest_steps": fastest and fastest["steps_to_target"],
+            "slowest": slowest and slowest["optimizer"], "slowest_steps": slowest and slowest["steps_to_target"],
+        })
+    return rows
+
+
+def trained_band(envelope_rows: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """The (lowest, highest) learning rate that trained with at least one optimizer, or None."""
+    lrs = [row["learning_rate"] for row in envelope_rows if row["reached"]]
+    return (min(lrs), max(lrs)) if lrs else None
+
+
+# optimizer_comparison: each optimizer at its best learning rate, its test-set curve and instability.
+
+def read_valley(path: str | os.PathLike) -> tuple[pathlib.Path, list[dict[str, Any]]]:
+    """The member records of an lr_valley results.json (`path`, or the one in the workdir `path`).
+
+    Raises ValueError with a one-line reason for a missing or unreadable file or another schema.
+    """
+    path = pathlib.Path(path)
+    folder = path.is_dir()
+    if folder:
+        path = path / "results.json"
+    try:
+        summary = read_json(path)
+    except FileNotFoundError:
+        raise ValueError("no results.json in that folder (run lr_valley there first)" if folder else
+                         "no such file (give an lr_valley results.json or its --workdir)") from None
+    except (OSError, ValueError) as e:  # JSON and Unicode decoding errors are ValueErrors
+        reason = str(e).splitlines()[0][:200] if str(e) else ""
+        raise ValueError(f"{path.name} is unreadable ({type(e).__name__}: {reason})") from None
+    if not (isinstance(summary, dict) and summary.get("experiment") == "lr_valley"
+            and summary.get("schema_version") == SCHEMA_VERSION):
+        found = (f"experiment {summary.get('experiment')!r}, schema version {summary.get('schema_version')!r}"
+                 if isinstance(summary, dict) else f"a JSON {type(summary).__name__}")
+        raise ValueError(f"{path.name} is not lr_valley's results of schema version {SCHEMA_VERSION} ({found})")
+    members = summary.get("members")
+    needed = {"optimizer", "learning_rate", "status", "steps_to_target", "seconds_to_target"}
+    if not isinstance(members, list) or not all(isinstance(m, dict) and needed <= m.keys() for m in members):
+        raise ValueError(f"{path.name}: its members lack some of {', '.join(sorted(needed))}")
+    return path, members
+
+
+def best_rates(members: Iterable[dict[str, Any]], optimizers: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+    """Per optimizer, its reached member with the fewest steps to target (ties: the lower rate);
+    None where none of its members reached the target."""
+    members = list(members)
+    best = {}
+    for name in optimizers:
+        reached = [m for m in members if m["optimizer"] == name and m["status"] == "reached"]
+        best[name] = min(reached, key=lambda m: (m["steps_to_target"], m["learning_rate"])) if reached else None
+    return best
+
+
+def first_at_target(train_accuracy: list[float], target: float) -> int | None:
+    """Index of the first evaluation at or above the target (lr_valley's rule), or None."""
+    return next((i for i, acc in enumerate(train_accuracy) if acc >= target), None)
+
+
+def accuracy_drops(accuracy: Iterable[float], threshold: float) -> tuple[int, float]:
+    """Instability of a curve: how many evaluations fell more than `threshold` (absolute) below the
+    best seen before them, and the largest such drop (0.0 when none)."""
+    best, count, largest = -math.inf, 0, 0.0
+    for acc in accuracy:
+        drop = best - acc
+        if drop > threshold:
+            count, largest = count + 1, max(largest, drop)
+        best = max(best, acc)
+    return count, largest
+
+
+def comparison_entry(record: dict[str, Any], lr_source: dict[str, Any], target: float, drop_threshold: float,
+                     batch_size: int) -> dict[str, Any]:
+    """optimizer_comparison's result for one optimizer, from its member record (whose curve holds
+    test_accuracy): steps and seconds to target, the test curve, final accuracies, instability."""
+    curve = record["curve"]
+    at = first_at_target(curve["train_accuracy"], target)
+    test_acc = curve.get("test_accuracy", [])
+    drops, largest = accuracy_drops(test_acc, drop_threshold)
+    if record["status"] == "diverged":
+        status = "diverged"  # even after reaching the target: its steps to target are kept
+    else:
+        status = "reached" if at is not None else "exhausted"
+    return {
+        "learning_rate": record["learning_rate"],
+        "lr_source": lr_source,
+        "hyperparameters": record["hyperparameters"],
+        "status": status,
+        "steps_to_target": None if at is None else curve["step"][at],
+        "examples_to_target": None if at is None else curve["step"][at] * batch_size,
+        "seconds_to_target": None if at is None else curve["seconds"][at],
+        "steps_trained": record["steps_trained"],
+        "final_train_accuracy": record["final_train_accuracy"],
+        "final_test_accuracy": record["final_test_accuracy"],
+        "final_test_subset_accuracy": test_acc[-1] if test_acc else None,
+        "instability": {"drops": drops, "largest_drop": largest, "threshold": drop_threshold},
+        "test_curve": {"step": curve["step"][:len(test_acc)], "seconds": curve["seconds"][:len(test_acc)],
+                       "test_accuracy": test_acc},
+        "train_curve": {k: curve[k] for k in ("step", "train_accuracy", "loss", "seconds")},
+    }
+
+
+def comparison_table(entries: dict[str, dict[str, Any]], target: float) -> str:
+    """optimizer_comparison's printed table: one row per optimizer."""
+    pct = f"{target * 100:g}%"
+    cell = lambda v, width, spec: f"{'-' if v is None else format(v, spec):>{width}}"
+    lines = [f"{'optimizer':<9}  {'lr':>9}  {'from':<6}  {'status':<9}  {'steps to ' + pct:>12}  "
+             f"{'seconds to ' + pct:>14}  {'final test acc':>14}  {'drops':>5}  {'largest drop':>12}"]
+    for name, e in entries.items():
+        lines.append(f"{name:<9}  {e['learning_rate']:>9.4g}  {e['lr_source']['from']:<6}  {e['status']:<9}  "
+                     f"{cell(e['steps_to_target'], 12, 'd')}  {cell(e['seconds_to_target'], 14, '.1f')}  "
+                     f"{e['final_test_accuracy']:>14.4f}  {e['instability']['drops']:>5d}  "
+                     f"{e['instability']['largest_drop']:>12.4f}")
+    return "\n".join(lines)

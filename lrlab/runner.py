@@ -21,6 +21,11 @@ from lrlab import population as pop_lib
 from lrlab.checkpoints import Interrupted, RunCheckpoints, StopSignal
 from lrlab.population import EngineConfig, Population, TrainData
 
+# Called after each segment with (population on device, positions of its real members in the original
+# population, step). It may return extra per-member metrics {name: values[n_real]}: each member that
+# got this segment's curve entry gets curve[name].append(value), checkpointed with the curves.
+SegmentCallback = Callable[[Population, np.ndarray, int], "dict[str, np.ndarray] | None"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
@@ -110,6 +115,7 @@ def train(
     desc: str = "",
     checkpoints: RunCheckpoints | None = None,
     stop: StopSignal | None = None,
+    segment_callback: SegmentCallback | None = None,
 ) -> RunOutput:
     """Trains `pop` until no member is running; returns the finished population and its curves.
 
@@ -117,6 +123,8 @@ def train(
     `checkpoints.every` segments, at the end, and when `stop` is requested (then raises
     `Interrupted`). A resumed run gives the uninterrupted run's results: batches depend only on
     (data_key, step), and the re-packed population is rebuilt from the saved statuses.
+    `segment_callback` (see SegmentCallback) runs outside the training clock; what it returns is
+    stored in the curves, so it survives a resume too.
     """
     k = pop.size
     curves = [{"step": [], "train_accuracy": [], "loss": [], "seconds": []} for _ in range(k)]
@@ -176,10 +184,12 @@ def train(
             sub = sub.replace(status=jnp.where(sub.status == pop_lib.RUNNING, pop_lib.EXHAUSTED, sub.status))
             sub_status = pop_lib.to_host(sub.status)
         acc, loss, trained = pop_lib.to_host((acc_K, sub.loss, sub.steps_trained))
+        recorded = []  # entries of `sub` whose member got a curve entry this segment
         for i in range(n_real):
             m = pos[i]
             if status[m] != pop_lib.RUNNING:
                 continue
+            recorded.append(i)
             curve = curves[m]
             curve["step"].append(int(trained[i]))
             curve["train_accuracy"].append(float(acc[i]))
@@ -189,6 +199,11 @@ def train(
             if sub_status[i] == pop_lib.REACHED:
                 seconds_to_target[m] = train_seconds
             status[m] = sub_status[i]
+        if segment_callback is not None:
+            extra = segment_callback(sub, pos[:n_real], step) or {}
+            for name, values in extra.items():
+                for i in recorded:
+                    curves[pos[i]].setdefault(name, []).append(float(values[i]))
         bar.update(num_steps)
         bar.set_postfix(_status_counts(status), refresh=False)
         running = np.flatnonzero(status == pop_lib.RUNNING)
@@ -235,6 +250,7 @@ def train_sequential(
     checkpoint_every: int = 10,
     identity: dict[str, Any] | None = None,
     stop: StopSignal | None = None,
+    segment_callback: SegmentCallback | None = None,
 ) -> RunOutput:
     """The baseline: the same members trained one after another (K=1 each), each timed on its own.
 
@@ -249,9 +265,12 @@ def train_sequential(
         pop = pop_lib.init_population(cfg, member_hparams, image_shape, seed, member_ids=np.array([i]))
         checkpoints = None if checkpoint_dir is None else RunCheckpoints(
             checkpoint_dir / f"member-{i}", {**(identity or {}), "member": i}, checkpoint_every)
+        callback = None if segment_callback is None else (  # positions in the whole population
+            lambda sub, pos, step, i=i: segment_callback(sub, pos + i, step))
         outputs.append(
             train(pop, data, budget, data_key, programs, repack=False, progress=progress,
-                  desc=f"{desc} member {i + 1}/{k}", checkpoints=checkpoints, stop=stop)
+                  desc=f"{desc} member {i + 1}/{k}", checkpoints=checkpoints, stop=stop,
+                  segment_callback=callback)
         )
     final = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *[o.final for o in outputs])
     return RunOutput(
@@ -306,11 +325,13 @@ def run_sweep(
     static_overrides: dict[str, tuple[tuple[str, float], ...]],
     settings: SweepSettings,
     stop: StopSignal | None = None,
+    make_segment_callback: Callable[[str, EngineConfig], SegmentCallback | None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """Trains one population per optimizer (population_hparams: optimizer -> hparams_K).
 
     With `settings.checkpoint_dir`, each optimizer's training checkpoints to its own folder there
-    and resumes from it; a finished one is restored, not retrained. Returns the member records
+    and resumes from it; a finished one is restored, not retrained. `make_segment_callback(optimizer,
+    cfg)` gives each optimizer's `train` its segment callback. Returns the member records
     (results.json) and per-optimizer timing statistics.
     """
     from lrlab import data as data_lib
@@ -329,16 +350,18 @@ def run_sweep(
         start = time.perf_counter()
         identity = run_identity(optimizer, hparams_K, settings, cfg.static_overrides)
         ckpt_dir = None if settings.checkpoint_dir is None else settings.checkpoint_dir / optimizer
+        callback = None if make_segment_callback is None else make_segment_callback(optimizer, cfg)
         if settings.sequential:
             out = train_sequential(cfg, hparams_K, data, settings.budget, settings.seed, data_key,
                                    dataset.image_shape, progress=settings.progress, desc=optimizer,
                                    checkpoint_dir=ckpt_dir, checkpoint_every=settings.checkpoint_every,
-                                   identity=identity, stop=stop)
+                                   identity=identity, stop=stop, segment_callback=callback)
         else:
             pop = pop_lib.init_population(cfg, hparams_K, dataset.image_shape, settings.seed)
             checkpoints = None if ckpt_dir is None else RunCheckpoints(ckpt_dir, identity, settings.checkpoint_every)
             out = train(pop, data, settings.budget, data_key, Programs(cfg), repack=settings.repack,
-                        progress=settings.progress, desc=optimizer, checkpoints=checkpoints, stop=stop)
+                        progress=settings.progress, desc=optimizer, checkpoints=checkpoints, stop=stop,
+                        segment_callback=callback)
         test_start = time.perf_counter()
         test_acc = test_accuracy(cfg, out.final.params, dataset.test_images, dataset.test_labels)
         test_seconds = time.perf_counter() - test_start

@@ -35,6 +35,9 @@ def test_tiny_valley_end_to_end(tmp_path):
     restored = results.restore_orbax(workdir / "results_orbax")
     assert list(restored["sgd"]["learning_rate"]) == pytest.approx([m["learning_rate"] for m in members[3:]])
     assert (workdir / "valley.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (workdir / "envelope.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # two optimizers
+    assert [row["learning_rate"] for row in summary["envelope"]] == sorted({m["learning_rate"] for m in members})
+    assert "rates that trained with at least one optimizer:" in proc.stdout
 
 
 @pytest.mark.parametrize("flag,needle", [

@@ -91,9 +91,9 @@ def test_install_source_must_be_a_git_checkout(tmp_path):
 
 def test_run_worked_example():
     assert dry_run("run", *VM, "--experiment=lr_valley", "--workdir=runs/valley",
-                   "--flags=--flagfile=experiments/lr_valley_study.flags") == [
+                   "--flags=--flagfile=experiments/mack2018/lr_valley.flags") == [
         f"{SSH} '--command=cd ~/lrlab && python3 -u -m lrlab.experiments.lr_valley "
-        "--workdir=runs/valley --flagfile=experiments/lr_valley_study.flags'"]
+        "--workdir=runs/valley --flagfile=experiments/mack2018/lr_valley.flags'"]
 
 
 def test_run_flags_log_and_project():

@@ -95,3 +95,18 @@ def test_disk_full_while_writing_fails_with_one_line_and_leaves_nothing_half(tmp
                                        "device (nothing half-written is left behind)\n")
     assert results.read_json(path) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_envelope_names_fastest_and_slowest_and_the_band():
+    records = [_record("adam", 0.01, "reached", 300), _record("sgd", 0.01, "reached", 900),
+               _record("rmsprop", 0.01, "diverged", None), _record("adam", 1.0, "diverged", None),
+               _record("sgd", 1.0, "reached", 500), _record("adam", 1e-5, "exhausted", None)]
+    rows = results.envelope(records)
+    assert [r["learning_rate"] for r in rows] == [1e-5, 0.01, 1.0]
+    assert rows[0] == {"learning_rate": 1e-5, "optimizers": 1, "reached": 0, "fastest": None,
+                       "fastest_steps": None, "slowest": None, "slowest_steps": None}
+    assert (rows[1]["fastest"], rows[1]["fastest_steps"], rows[1]["slowest"], rows[1]["slowest_steps"]) == \
+        ("adam", 300, "sgd", 900)
+    assert (rows[2]["fastest"], rows[2]["slowest"], rows[2]["reached"]) == ("sgd", "sgd", 1)
+    assert results.trained_band(rows) == (0.01, 1.0)
+    assert results.trained_band(rows[:1]) is None

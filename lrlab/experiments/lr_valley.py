@@ -86,8 +86,15 @@ def main(argv: list[str]) -> None:
         "timing": stats,
         "members": records,
     }
+    envelope = results.envelope(records)
+    band = results.trained_band(envelope)
+    if len(names) > 1:
+        summary["envelope"] = envelope
+        summary["trained_band"] = band
     paths = {"results": workdir / "results.json", "orbax": workdir / "results_orbax",
              "figure": workdir / "valley.png"}
+    if len(names) > 1:
+        paths["envelope"] = workdir / "envelope.png"
     save_start = time.perf_counter()
     with cli.writing(f"results to {workdir}"):
         results.save_orbax(paths["orbax"], results.orbax_tree(records))  # every process: Orbax syncs them
@@ -95,11 +102,19 @@ def main(argv: list[str]) -> None:
             plots.valley(records, paths["figure"], budget_steps=FLAGS.max_steps, eval_every=FLAGS.eval_every,
                          title=f"Learning-rate valley: {FLAGS.model} on {dataset.name}, "
                                f"target {FLAGS.target_accuracy:g}")
+            if "envelope" in paths:
+                plots.envelope(envelope, paths["envelope"], eval_every=FLAGS.eval_every,
+                               title=f"Fastest and slowest of {len(names)} optimizers: {FLAGS.model} on "
+                                     f"{dataset.name}, target {FLAGS.target_accuracy:g}")
             summary["stage_seconds"] = {"load_data": load_seconds, "sweep": sweep_seconds,
                                         "save_orbax_and_figure": time.perf_counter() - save_start}
             summary["wall_seconds"] = time.perf_counter() - start  # since main() began: imports not included
             results.write_json(paths["results"], summary)
     print(results.format_table(records, FLAGS.eval_every))
+    if len(names) > 1:
+        trained = sum(row["reached"] > 0 for row in envelope)
+        print(f"rates that trained with at least one optimizer: "
+              + (f"{band[0]:.4g} to {band[1]:.4g} ({trained} of {len(envelope)})" if band else "none"))
     for name, s in stats.items():
         print(f"{name}: {s['mode']}, {s['members']} members, compile {s['compile_seconds']:.1f} s, "
               f"training {s['train_seconds']:.1f} s")
