@@ -61,16 +61,20 @@ def envelope(envelope_rows: list[dict[str, Any]], path: str | os.PathLike, *, ev
     the range between them shaded and the band of rates that trained with any optimizer marked."""
     fig, ax = plt.subplots(figsize=(8, 5))
     rows = [row for row in envelope_rows if row["reached"]]
-    lrs = [row["learning_rate"] for row in rows]
-    fast = [row["fastest_steps"] for row in rows]
-    slow = [row["slowest_steps"] for row in rows]
+    nan = float("nan")  # rates no optimizer trained break the lines
+    lrs = [row["learning_rate"] for row in envelope_rows]
+    fast = [row["fastest_steps"] if row["reached"] else nan for row in envelope_rows]
+    slow = [row["slowest_steps"] if row["reached"] else nan for row in envelope_rows]
     if rows:
         ax.fill_between(lrs, fast, slow, color="tab:blue", alpha=0.15, linewidth=0)
         ax.plot(lrs, fast, "-", marker=".", color="tab:green", label="fastest optimizer")
         ax.plot(lrs, slow, "-", marker=".", color="tab:red", label="slowest optimizer (that reached it)")
-        for row in rows:
-            ax.annotate(row["fastest"], (row["learning_rate"], row["fastest_steps"]), fontsize=6,
-                        textcoords="offset points", xytext=(0, -9), ha="center", color="tab:green")
+        previous = None
+        for row in rows:  # name the fastest optimizer where it changes
+            if row["fastest"] != previous:
+                ax.annotate(row["fastest"], (row["learning_rate"], row["fastest_steps"]), fontsize=7,
+                            textcoords="offset points", xytext=(0, -10), ha="center", color="tab:green")
+            previous = row["fastest"]
         band = results_lib.trained_band(envelope_rows)
         ax.axvspan(band[0], band[1], color="grey", alpha=0.08,
                    label=f"trained with at least one optimizer: {band[0]:.3g} to {band[1]:.3g}")
