@@ -19,7 +19,7 @@ import numpy as np
 from absl import flags
 
 from lrlab import data as data_lib
-from lrlab import models, optimizers, results
+from lrlab import models, optimizers, results, schedules
 
 FLAGS = flags.FLAGS
 
@@ -111,6 +111,13 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
                          "population over them (0: JAX's default, one).")
     flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (multi-host: TPU pods, SLURM). "
                       "Default: when the environment names more than one TPU worker.")
+    flags.DEFINE_enum("schedule", "constant", schedules.SCHEDULES, "Learning-rate schedule; each member's rate "
+                      "is its peak: step and exponential decay, SGDR cosine restarts, one-cycle.")
+    flags.DEFINE_integer("decay_steps", 1000, "step / exponential: steps per decay by --decay_factor.")
+    flags.DEFINE_float("decay_factor", 0.5, "step / exponential: the multiplier per --decay_steps, in (0, 1].")
+    flags.DEFINE_integer("sgdr_period", 1000, "cosine_restarts: the first period in steps (SGDR T_0).")
+    flags.DEFINE_float("sgdr_mult", 2.0, "cosine_restarts: each period this times the previous (SGDR T_mult), >= 1.")
+    flags.DEFINE_integer("warmup_steps", 0, "Linear warmup from 0 to the peak rate before any schedule.")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
     for name, (_, _, default, help_) in {**HPARAM_FLAGS, **STATIC_FLAGS}.items():
         flags.DEFINE_float(name, default, help_)
@@ -137,12 +144,25 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.register_validator("workdir", lambda v: _check(
         v is None or "://" not in v, "object-store workdirs (gs://...) are not supported yet: use a path on "
         "the machine (launch/fetch.py copies it back from a TPU VM)"))
+    for name in ("decay_steps", "sgdr_period"):
+        flags.register_validator(name, lambda v: _check(v >= 1, "must be at least 1"))
+    flags.register_validator("warmup_steps", lambda v: _check(v >= 0, "must be 0 or positive"))
+    flags.register_validator("decay_factor", lambda v: _check(0 < v <= 1, "must be in (0, 1]"))
+    flags.register_validator("sgdr_mult", lambda v: _check(v >= 1, "must be at least 1"))
     flags.register_validator("checkpoint_every", lambda v: _check(v >= 0, "must be 0 or positive"))
     flags.register_validator("cpu_devices", lambda v: _check(v >= 0, "must be 0 (default) or positive"))
     for name in HPARAM_FLAGS:
         flags.register_validator(name, lambda v: _check(np.isfinite(v) and v >= 0, "must be finite and >= 0"))
     for name in STATIC_FLAGS:
         flags.register_validator(name, lambda v: _check(np.isfinite(v) and v >= 0, "must be finite and >= 0"))
+
+
+def schedule_spec() -> schedules.ScheduleSpec | None:
+    """The learning-rate schedule of the schedule flags (None: constant, no warmup)."""
+    if FLAGS.schedule == "constant" and not FLAGS.warmup_steps:
+        return None
+    return schedules.ScheduleSpec(FLAGS.schedule, FLAGS.decay_steps, FLAGS.decay_factor, FLAGS.sgdr_period,
+                                  FLAGS.sgdr_mult, FLAGS.warmup_steps, FLAGS.max_steps)
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -19,12 +19,15 @@ Defaults are TensorFlow 1's, which the study (Mack 2018) used:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from lrlab.schedules import ScheduleSpec, factor_schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,12 +105,31 @@ def population_hparams(
             **{k: np.full(lr_K.shape, v, np.float32) for k, v in default_hparams(name, overrides).items()}}
 
 
-def make_optimizer(name: str, static_overrides: Mapping[str, Any] | None = None) -> optax.GradientTransformation:
-    """The Optax transformation of `name` with every float hyperparameter injected as state."""
+def _scheduled(factory: Callable[..., optax.GradientTransformation],
+               factor: optax.Schedule) -> Callable[..., optax.GradientTransformation]:
+    """`factory` whose learning rate becomes the schedule `learning_rate * factor(count)`.
+
+    The signature is kept (functools.wraps), so inject_hyperparams still injects `learning_rate`:
+    the peak stays per-member state, the schedule counts each member's own steps.
+    """
+    @functools.wraps(factory)
+    def build(learning_rate, **kwargs):
+        return factory(learning_rate=lambda count: learning_rate * factor(count), **kwargs)
+
+    return build
+
+
+def make_optimizer(name: str, static_overrides: Mapping[str, Any] | None = None,
+                   schedule: ScheduleSpec | None = None) -> optax.GradientTransformation:
+    """The Optax transformation of `name` with every float hyperparameter injected as state, and
+    the learning rate (the peak, with a schedule) multiplied by `schedule`'s factor."""
     spec = REGISTRY[name]
     static = {**spec.static, **{k: v for k, v in (static_overrides or {}).items() if k in spec.static}}
     placeholders = {"learning_rate": 0.0, **spec.hparams}
-    injected = optax.inject_hyperparams(spec.factory, static_args=tuple(static))
+    factory = spec.factory
+    if schedule is not None and (schedule.name != "constant" or schedule.warmup_steps):
+        factory = _scheduled(factory, factor_schedule(schedule))
+    injected = optax.inject_hyperparams(factory, static_args=tuple(static))
     return injected(**placeholders, **static)
 
 

@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lrlab import data as data_lib
 from lrlab import optimizers
+from lrlab.schedules import ScheduleSpec
 
 RUNNING, REACHED, DIVERGED, EXHAUSTED, PADDING = 0, 1, 2, 3, 4
 STATUS_NAMES = ("running", "reached", "diverged", "exhausted", "padding")
@@ -74,9 +75,10 @@ class EngineConfig:
     distinct_seeds: bool = False  # False: all members share init, dropout and batch order
     member_chunk: int = 0  # members per vmap inside the member loop; 0: per backend (see member_map)
     static_overrides: tuple[tuple[str, float], ...] = ()
+    schedule: ScheduleSpec | None = None  # learning-rate schedule shape; the peak rate is per member
 
     def make_tx(self) -> optax.GradientTransformation:
-        return optimizers.make_optimizer(self.optimizer, dict(self.static_overrides))
+        return optimizers.make_optimizer(self.optimizer, dict(self.static_overrides), self.schedule)
 
 
 def make_train_data(

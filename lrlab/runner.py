@@ -20,6 +20,7 @@ import tqdm
 from lrlab import population as pop_lib
 from lrlab.checkpoints import Interrupted, RunCheckpoints, StopSignal
 from lrlab.population import EngineConfig, Population, TrainData
+from lrlab.schedules import ScheduleSpec
 
 # Called after each segment with (population on device, positions of its real members in the original
 # population, step). It may return extra per-member metrics {name: values[n_real]}: each member that
@@ -307,6 +308,7 @@ class SweepSettings:
     progress: bool = True
     checkpoint_dir: pathlib.Path | None = None  # None: no checkpoints (and no resume)
     checkpoint_every: int = 10  # segments between checkpoints (0: only at the end and on a signal)
+    schedule: ScheduleSpec | None = None  # learning-rate schedule (None: constant)
 
 
 def run_identity(optimizer: str, hparams_K: dict[str, np.ndarray], settings: SweepSettings,
@@ -316,7 +318,8 @@ def run_identity(optimizer: str, hparams_K: dict[str, np.ndarray], settings: Swe
             "hparams": {name: [float(v) for v in np.asarray(values)] for name, values in hparams_K.items()},
             "static": [list(kv) for kv in static_overrides], "batch_size": settings.batch_size,
             "seed": settings.seed, "distinct_seeds": settings.distinct_seeds,
-            "sequential": settings.sequential, "repack": settings.repack}
+            "sequential": settings.sequential, "repack": settings.repack,
+            "schedule": dataclasses.asdict(settings.schedule) if settings.schedule else None}
 
 
 def run_sweep(
@@ -345,7 +348,7 @@ def run_sweep(
     for optimizer, hparams_K in population_hparams.items():
         cfg = EngineConfig(model=settings.model, optimizer=optimizer, batch_size=settings.batch_size,
                            eval_chunk=eval_chunk, distinct_seeds=settings.distinct_seeds,
-                           member_chunk=settings.member_chunk,
+                           member_chunk=settings.member_chunk, schedule=settings.schedule,
                            static_overrides=static_overrides.get(optimizer, ()))
         start = time.perf_counter()
         identity = run_identity(optimizer, hparams_K, settings, cfg.static_overrides)

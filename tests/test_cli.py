@@ -56,6 +56,9 @@ def test_tiny_valley_end_to_end(tmp_path):
     ("--cpu_devices=-2", "--cpu_devices=-2: must be 0 (default) or positive"),
     ("--eval_every=0", "--eval_every=0: must be at least 1"),
     ("--batch_size=-5", "--batch_size=-5: must be at least 1"),
+    ("--decay_factor=2", "--decay_factor=2.0: must be in (0, 1]"),
+    ("--sgdr_mult=0.5", "--sgdr_mult=0.5: must be at least 1"),
+    ("--schedule=linear", "--schedule"),
     ("--workdir=gs://bucket/run", "--workdir=gs://bucket/run: object-store workdirs (gs://...) are not supported"),
 ])
 def test_bad_flags_fail_with_one_clear_line(tmp_path, flag, needle):

@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
         budget=runner.Budget(FLAGS.target_accuracy, FLAGS.max_steps, FLAGS.max_seconds, FLAGS.eval_every),
         batch_size=FLAGS.batch_size, eval_examples=FLAGS.eval_examples, seed=FLAGS.seed,
         distinct_seeds=FLAGS.distinct_seeds, sequential=FLAGS.sequential, repack=FLAGS.repack,
-        member_chunk=FLAGS.member_chunk, progress=FLAGS.progress,
+        member_chunk=FLAGS.member_chunk, progress=FLAGS.progress, schedule=cli.schedule_spec(),
         checkpoint_dir=workdir / "checkpoints", checkpoint_every=FLAGS.checkpoint_every,
     )
     sweep_start = time.perf_counter()

@@ -120,7 +120,7 @@ def train_widths(dataset: Any, width_models: dict[float, Any], params: dict[floa
         settings = runner.SweepSettings(
             model=model, budget=budget, batch_size=FLAGS.batch_size, eval_examples=FLAGS.eval_examples,
             seed=FLAGS.seed, distinct_seeds=FLAGS.distinct_seeds, sequential=FLAGS.sequential,
-            repack=FLAGS.repack, member_chunk=FLAGS.member_chunk, progress=FLAGS.progress,
+            repack=FLAGS.repack, member_chunk=FLAGS.member_chunk, progress=FLAGS.progress, schedule=cli.schedule_spec(),
             checkpoint_dir=workdir / "checkpoints" / f"width-{width:g}", checkpoint_every=FLAGS.checkpoint_every,
         )
         records, stats = runner.run_sweep(dataset, {optimizer: cli.hparams_for(optimizer, lrs)},

@@ -139,7 +139,7 @@ def main(argv: list[str]) -> None:
                              FLAGS.eval_every),
         batch_size=FLAGS.batch_size, eval_examples=FLAGS.eval_examples, seed=FLAGS.seed,
         distinct_seeds=FLAGS.distinct_seeds, sequential=FLAGS.sequential, repack=FLAGS.repack,
-        member_chunk=FLAGS.member_chunk, progress=FLAGS.progress,
+        member_chunk=FLAGS.member_chunk, progress=FLAGS.progress, schedule=cli.schedule_spec(),
         checkpoint_dir=workdir / "checkpoints", checkpoint_every=FLAGS.checkpoint_every,
     )
     test_curves = TestCurves(dataset.test_images[test_idx], dataset.test_labels[test_idx])
