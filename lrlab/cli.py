@@ -12,14 +12,16 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import sys
+import time
 
 import jax
 import numpy as np
 from absl import flags
 
 from lrlab import data as data_lib
-from lrlab import models, optimizers, results, schedules
+from lrlab import checkpoints, models, optimizers, results, schedules
 
 FLAGS = flags.FLAGS
 
@@ -163,6 +165,29 @@ def schedule_spec() -> schedules.ScheduleSpec | None:
         return None
     return schedules.ScheduleSpec(FLAGS.schedule, FLAGS.decay_steps, FLAGS.decay_factor, FLAGS.sgdr_period,
                                   FLAGS.sgdr_mult, FLAGS.warmup_steps, FLAGS.max_steps)
+
+
+@contextlib.contextmanager
+def resumable(experiment: str, workdir: pathlib.Path):
+    """Runs the training inside with a StopSignal (yielded). SIGTERM or Ctrl-C: the runner has saved
+    a checkpoint; say how to resume and exit 128 + signal. A checkpoint of another run, or one
+    that cannot be written: one clear line."""
+    try:
+        with checkpoints.StopSignal() as stop, writing(f"checkpoints in {workdir / 'checkpoints'}"):
+            yield stop
+    except checkpoints.Interrupted as e:
+        print(f"{experiment}: stopped by {e.signal_name} at step {e.step}; checkpoint saved in {e.directory}. "
+              f"Rerun the same command with --workdir={workdir} to resume.", file=sys.stderr)
+        sys.exit(128 + signal.Signals[e.signal_name].value)
+    except checkpoints.CheckpointMismatch as e:
+        fail(f"--workdir={workdir}: {e}; use another --workdir or --overwrite")
+
+
+def print_saved(paths: dict[str, pathlib.Path], start: float) -> None:
+    """The closing lines of every experiment: total wall time since `start`, and what was saved where."""
+    print(f"total wall time {time.perf_counter() - start:.1f} s")
+    for what, path in paths.items():
+        print(f"saved {what}: {path}")
 
 
 def fail(message: str, code: int = 1) -> None:

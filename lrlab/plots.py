@@ -23,6 +23,18 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike) -> None:
     results_lib.atomic_write(pathlib.Path(path), lambda f: f.write(buf.getvalue()))
 
 
+def _save_steps_vs_rate(fig: plt.Figure, ax: plt.Axes, path: str | os.PathLike, eval_every: int, title: str) -> None:
+    """Log-log axes of steps to target against learning rate, labelled, then saved."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"steps to target (resolution {eval_every} steps)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
 def valley(records: list[dict[str, Any]], path: str | os.PathLike, *, budget_steps: int,
            eval_every: int, title: str = "") -> None:
     """Steps to target against learning rate (log-log), one line per optimizer.
@@ -45,14 +57,7 @@ def valley(records: list[dict[str, Any]], path: str | os.PathLike, *, budget_ste
                         markerfacecolor="none", color=color,
                         label=f"{opt} {status}" if len(optimizers) > 1 else status)
     ax.axhline(budget_steps, color="grey", linewidth=0.6, linestyle=":")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel(f"steps to target (resolution {eval_every} steps)")
-    ax.set_title(title or "Learning-rate valley")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
+    _save_steps_vs_rate(fig, ax, path, eval_every, title or "Learning-rate valley")
 
 
 def envelope(envelope_rows: list[dict[str, Any]], path: str | os.PathLike, *, eval_every: int,
@@ -80,14 +85,7 @@ def envelope(envelope_rows: list[dict[str, Any]], path: str | os.PathLike, *, ev
                    label=f"trained with at least one optimizer: {band[0]:.3g} to {band[1]:.3g}")
     else:
         ax.text(0.5, 0.5, "no learning rate reached the target", transform=ax.transAxes, ha="center")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel(f"steps to target (resolution {eval_every} steps)")
-    ax.set_title(title or "Envelope: fastest and slowest optimizer per learning rate")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
+    _save_steps_vs_rate(fig, ax, path, eval_every, title or "Envelope: fastest and slowest optimizer per learning rate")
 
 
 def scaling(members: list[dict[str, Any]], fits: list[dict[str, Any]], best: list[dict[str, Any]],

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 
+from lrlab import __version__
 from lrlab import population as pop_lib
 
 SCHEMA_VERSION = 1
@@ -301,3 +302,9 @@ def comparison_table(entries: dict[str, dict[str, Any]], target: float) -> str:
                      f"{e['final_test_accuracy']:>14.4f}  {e['instability']['drops']:>5d}  "
                      f"{e['instability']['largest_drop']:>12.4f}")
     return "\n".join(lines)
+
+
+def run_header(experiment: str) -> dict[str, Any]:
+    """The fields every experiment's results.json starts with: schema, experiment, version, devices."""
+    return {"schema_version": SCHEMA_VERSION, "experiment": experiment, "lrlab_version": __version__,
+            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}

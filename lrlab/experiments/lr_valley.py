@@ -9,14 +9,12 @@ rerunning the same command with the same --workdir resumes it (after a crash, a 
 
 from __future__ import annotations
 
-import signal
-import sys
 import time
 
 import jax
 from absl import app, flags, logging
 
-from lrlab import checkpoints, cli, models, plots, results, runner
+from lrlab import cli, models, plots, results, runner
 from lrlab import __version__
 
 FLAGS = flags.FLAGS
@@ -57,28 +55,17 @@ def main(argv: list[str]) -> None:
         checkpoint_dir=workdir / "checkpoints", checkpoint_every=FLAGS.checkpoint_every,
     )
     sweep_start = time.perf_counter()
-    try:
-        with checkpoints.StopSignal() as stop, cli.writing(f"checkpoints in {workdir / 'checkpoints'}"):
-            records, stats = runner.run_sweep(
-                dataset,
-                {name: cli.hparams_for(name, lrs) for name in names},
-                {name: cli.static_overrides_for(name) for name in names},
-                settings,
-                stop=stop,
-            )
-    except checkpoints.Interrupted as e:
-        print(f"lr_valley: stopped by {e.signal_name} at step {e.step}; checkpoint saved. Rerun the same "
-              f"command with --workdir={workdir} to resume.", file=sys.stderr)
-        sys.exit(128 + signal.Signals[e.signal_name].value)
-    except checkpoints.CheckpointMismatch as e:
-        cli.fail(f"--workdir={workdir}: {e}; use another --workdir or --overwrite")
+    with cli.resumable("lr_valley", workdir) as stop:
+        records, stats = runner.run_sweep(
+            dataset,
+            {name: cli.hparams_for(name, lrs) for name in names},
+            {name: cli.static_overrides_for(name) for name in names},
+            settings,
+            stop=stop,
+        )
     sweep_seconds = time.perf_counter() - sweep_start
     summary = {
-        "schema_version": results.SCHEMA_VERSION,
-        "experiment": "lr_valley",
-        "lrlab_version": __version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
+        **results.run_header("lr_valley"),
         "model": {"name": FLAGS.model, "width": FLAGS.width, "parameters": n_params},
         "dataset": dataset.name,
         "steps_to_target_resolution": FLAGS.eval_every,
@@ -118,9 +105,7 @@ def main(argv: list[str]) -> None:
     for name, s in stats.items():
         print(f"{name}: {s['mode']}, {s['members']} members, compile {s['compile_seconds']:.1f} s, "
               f"training {s['train_seconds']:.1f} s")
-    print(f"total wall time {time.perf_counter() - start:.1f} s")
-    for what, path in paths.items():
-        print(f"saved {what}: {path}")
+    cli.print_saved(paths, start)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ command with the same --workdir resumes it; finished widths are restored, not re
 from __future__ import annotations
 
 import pathlib
-import signal
-import sys
 import time
 from typing import Any
 
@@ -157,22 +155,11 @@ def main(argv: list[str]) -> None:
     params = {w: count_parameters(m, dataset.image_shape) for w, m in width_models.items()}
     print(describe(widths, params, optimizer, lrs, dataset), flush=True)
     sweep_start = time.perf_counter()
-    try:
-        with checkpoints.StopSignal() as stop, cli.writing(f"checkpoints in {workdir / 'checkpoints'}"):
-            members, timing = train_widths(dataset, width_models, params, optimizer, lrs, workdir, stop)
-    except checkpoints.Interrupted as e:
-        print(f"model_scaling: stopped by {e.signal_name} at step {e.step} (checkpoint saved in {e.directory}). "
-              f"Rerun the same command with --workdir={workdir} to resume.", file=sys.stderr)
-        sys.exit(128 + signal.Signals[e.signal_name].value)
-    except checkpoints.CheckpointMismatch as e:
-        cli.fail(f"--workdir={workdir}: {e}; use another --workdir or --overwrite")
+    with cli.resumable("model_scaling", workdir) as stop:
+        members, timing = train_widths(dataset, width_models, params, optimizer, lrs, workdir, stop)
     sweep_seconds = time.perf_counter() - sweep_start
     summary = {
-        "schema_version": results.SCHEMA_VERSION,
-        "experiment": "model_scaling",
-        "lrlab_version": __version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
+        **results.run_header("model_scaling"),
         "model": {"name": FLAGS.model, "widths": widths, "parameters": [params[w] for w in widths]},
         "optimizer": optimizer,
         "learning_rates": sorted({m["learning_rate"] for m in members}),  # as trained (float32)
@@ -195,9 +182,7 @@ def main(argv: list[str]) -> None:
             summary["wall_seconds"] = time.perf_counter() - start  # since main() began: imports not included
             results.write_json(paths["results"], summary)
     print_report(summary)
-    print(f"total wall time {time.perf_counter() - start:.1f} s")
-    for what, path in paths.items():
-        print(f"saved {what}: {path}")
+    cli.print_saved(paths, start)
 
 
 if __name__ == "__main__":

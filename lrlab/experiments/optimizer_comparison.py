@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
-import sys
 import time
 from typing import Any
 
@@ -22,7 +20,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from lrlab import checkpoints, cli, models, plots, results, runner
+from lrlab import cli, models, plots, results, runner
 from lrlab import data as data_lib
 from lrlab import population as pop_lib
 from lrlab import __version__
@@ -144,22 +142,15 @@ def main(argv: list[str]) -> None:
     )
     test_curves = TestCurves(dataset.test_images[test_idx], dataset.test_labels[test_idx])
     sweep_start = time.perf_counter()
-    try:
-        with checkpoints.StopSignal() as stop, cli.writing(f"checkpoints in {workdir / 'checkpoints'}"):
-            records, stats = runner.run_sweep(
-                dataset,
-                {name: cli.hparams_for(name, np.array([lr])) for name, lr in rates.items()},
-                {name: cli.static_overrides_for(name) for name in rates},
-                settings,
-                stop=stop,
-                make_segment_callback=test_curves.callback_for,
-            )
-    except checkpoints.Interrupted as e:
-        print(f"optimizer_comparison: stopped by {e.signal_name} at step {e.step}; checkpoint saved. Rerun the "
-              f"same command with --workdir={workdir} to resume.", file=sys.stderr)
-        sys.exit(128 + signal.Signals[e.signal_name].value)
-    except checkpoints.CheckpointMismatch as e:
-        cli.fail(f"--workdir={workdir}: {e}; use another --workdir or --overwrite")
+    with cli.resumable("optimizer_comparison", workdir) as stop:
+        records, stats = runner.run_sweep(
+            dataset,
+            {name: cli.hparams_for(name, np.array([lr])) for name, lr in rates.items()},
+            {name: cli.static_overrides_for(name) for name in rates},
+            settings,
+            stop=stop,
+            make_segment_callback=test_curves.callback_for,
+        )
     sweep_seconds = time.perf_counter() - sweep_start
     for name in stats:
         stats[name]["test_curve_seconds"] = test_curves.seconds.get(name, 0.0)
@@ -168,11 +159,7 @@ def main(argv: list[str]) -> None:
     for name, entry in entries.items():
         entry["learning_rate"] = rates[name]  # as chosen; "hyperparameters" holds it as trained (float32)
     summary = {
-        "schema_version": results.SCHEMA_VERSION,
-        "experiment": "optimizer_comparison",
-        "lrlab_version": __version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
+        **results.run_header("optimizer_comparison"),
         "model": {"name": FLAGS.model, "width": FLAGS.width, "parameters": n_params},
         "dataset": dataset.name,
         "target_accuracy": target,
@@ -200,9 +187,7 @@ def main(argv: list[str]) -> None:
               f"test curve {s['test_curve_seconds']:.1f} s")
     print(f"final test acc: the full test set ({len(dataset.test_labels):,} images); drops: evaluations more "
           f"than {FLAGS.drop_threshold:g} below the best test accuracy before them")
-    print(f"total wall time {time.perf_counter() - start:.1f} s")
-    for what, path in paths.items():
-        print(f"saved {what}: {path}")
+    cli.print_saved(paths, start)
 
 
 if __name__ == "__main__":
