@@ -18,7 +18,7 @@ import time
 
 import jax
 import numpy as np
-from absl import flags
+from absl import flags, logging
 
 from lrlab import data as data_lib
 from lrlab import checkpoints, models, optimizers, results, schedules
@@ -252,6 +252,15 @@ OUTPUTS = ("results.json", "results_orbax", "checkpoints", FLAGS_FILE, "valley.p
            "scaling.png")
 
 
+def start(argv: list[str]) -> None:
+    """What every experiment's main() does first: refuse stray arguments, quiet absl's logging,
+    and apply --cpu_devices / --distributed (before any JAX computation)."""
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
+    logging.set_verbosity(logging.WARNING)
+    init_runtime()
+
+
 def init_runtime() -> None:
     """Applies --cpu_devices and --distributed; call first in main(), before any JAX computation."""
     if FLAGS.cpu_devices:
@@ -290,7 +299,7 @@ def run_flags() -> dict[str, object]:
 
 
 def claim_workdir(workdir: pathlib.Path, experiment: str) -> bool:
-    """Checks --workdir against this command; returns True when its run is already finished.
+    """Checks --workdir against this command; returns True (and says so) when its run is finished.
 
     --overwrite empties lrlab's outputs first. A workdir saved with other flags is refused with
     the differences named. Otherwise this command's flags are saved (flags.json) for later resumes.
@@ -315,7 +324,11 @@ def claim_workdir(workdir: pathlib.Path, experiment: str) -> bool:
         if diffs:
             fail(f"--workdir={workdir} holds a run with other flags ({'; '.join(diffs)}): use another "
                  "--workdir, the same flags to resume it, or --overwrite to discard it")
-        return (workdir / "results.json").exists()
+        finished = (workdir / "results.json").exists()
+        if finished:
+            print(f"{experiment}: --workdir={workdir} already holds this run's results "
+                  "(use --overwrite to recompute)")
+        return finished
     if is_writer():
         results.write_json(saved_path, current)
     return False

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 
 from lrlab import cli, models, plots, results, runner
 from lrlab import __version__
@@ -22,17 +22,13 @@ cli.define_flags()
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
-    logging.set_verbosity(logging.WARNING)
-    cli.init_runtime()
+    cli.start(argv)
     start = time.perf_counter()
     dataset = cli.load_dataset()
     load_seconds = time.perf_counter() - start
     workdir = cli.prepare_workdir("lr_valley")
     if cli.claim_workdir(workdir, "lr_valley"):
         summary = results.read_json(workdir / "results.json")
-        print(f"lr_valley: --workdir={workdir} already holds this run's results (use --overwrite to recompute)")
         print(results.format_table(summary["members"], summary["steps_to_target_resolution"]))
         return
     model = models.make_model(FLAGS.model, FLAGS.width, dataset.num_classes, FLAGS.conv_impl)

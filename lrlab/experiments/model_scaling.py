@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from lrlab import checkpoints, cli, models, optimizers, plots, results, runner, scaling
 from lrlab import __version__
@@ -133,19 +133,15 @@ def train_widths(dataset: Any, width_models: dict[float, Any], params: dict[floa
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
+    cli.start(argv)
     if FLAGS["width"].present:
         cli.fail("--width: model_scaling sets the width from --widths (a comma list)")
-    logging.set_verbosity(logging.WARNING)
     choose_learning_rates()
-    cli.init_runtime()
     start = time.perf_counter()
     dataset = cli.load_dataset()
     load_seconds = time.perf_counter() - start
     workdir = cli.prepare_workdir("model_scaling")
     if cli.claim_workdir(workdir, "model_scaling"):
-        print(f"model_scaling: --workdir={workdir} already holds this run's results (use --overwrite to recompute)")
         print_report(results.read_json(workdir / "results.json"))
         return
     widths = scaling.parse_widths(FLAGS.widths)

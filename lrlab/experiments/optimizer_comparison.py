@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from lrlab import cli, models, plots, results, runner
 from lrlab import data as data_lib
@@ -104,10 +104,7 @@ class TestCurves:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
-    logging.set_verbosity(logging.WARNING)
-    cli.init_runtime()
+    cli.start(argv)
     start = time.perf_counter()
     rates, sources, skipped = choose_rates()
     for name, why in skipped.items():
@@ -118,8 +115,6 @@ def main(argv: list[str]) -> None:
     target = FLAGS.target_accuracy
     if cli.claim_workdir(workdir, "optimizer_comparison"):
         summary = results.read_json(workdir / "results.json")
-        print(f"optimizer_comparison: --workdir={workdir} already holds this run's results "
-              "(use --overwrite to recompute)")
         print(results.comparison_table(summary["optimizers"], target))
         return
     model = models.make_model(FLAGS.model, FLAGS.width, dataset.num_classes, FLAGS.conv_impl)
