@@ -57,11 +57,11 @@ def eval_seconds(cfg: pop_lib.EngineConfig, k: int, data: pop_lib.TrainData) -> 
     images, labels, weight = pop_lib.pad_to_chunks(np.asarray(data.train_images[:2000]),
                                                    np.asarray(data.train_labels[:2000]), cfg.eval_chunk)
     evaluate = pop_lib.make_eval_fn(cfg)
-    jax.block_until_ready(evaluate(pop.params, images, labels, weight))
+    jax.block_until_ready(evaluate(pop.variables, images, labels, weight))
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        jax.block_until_ready(evaluate(pop.params, images, labels, weight))
+        jax.block_until_ready(evaluate(pop.variables, images, labels, weight))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -48,10 +48,23 @@ class Population(flax.struct.PyTreeNode):
     steps_to_target: jax.Array  # int32[K], NO_STEP until reached
     train_accuracy: jax.Array  # float32[K], at the latest evaluation
     loss: jax.Array  # float32[K], mean training loss over the latest segment
+    model_state: Any = flax.struct.field(default_factory=dict)  # non-trained collections (batch_stats)
 
     @property
     def size(self) -> int:
         return int(self.status.shape[0])
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """What `model.apply` takes: the parameters and the model state, per member."""
+        return {"params": self.params, **self.model_state}
+
+
+class SegmentMetrics(NamedTuple):
+    """What a segment measured besides the new population."""
+
+    accuracy: jax.Array  # float32[K]: training-subset accuracy after the segment
+    step_loss: jax.Array  # float32[K, S]: each step's training loss (NaN where the member did not step)
 
 
 class TrainData(NamedTuple):
@@ -237,22 +250,25 @@ def make_member_step(cfg: EngineConfig) -> Callable:
 
 
 def make_accuracy_fn(cfg: EngineConfig) -> Callable:
-    """accuracy_K(params_K, images, labels, weight): vectorized over members, chunked over examples."""
+    """accuracy_K(variables_K, images, labels, weight): vectorized over members, chunked over examples.
 
-    def accuracy(params_K, images_E, labels_E, weight_E):
+    variables_K is what `model.apply` takes, per member: {"params": ..., and any model state}.
+    """
+
+    def accuracy(variables_K, images_E, labels_E, weight_E):
         chunk = cfg.eval_chunk
         n_chunks = images_E.shape[0] // chunk
         images = images_E.reshape((n_chunks, chunk) + images_E.shape[1:])
         labels = labels_E.reshape(n_chunks, chunk)
         weight = weight_E.reshape(n_chunks, chunk)
 
-        k, chunk = _members_and_chunk(cfg, params_K)
-        logits_fn = lambda p, x: cfg.model.apply({"params": p}, x)
+        k, chunk = _members_and_chunk(cfg, variables_K["params"])
+        logits_fn = lambda v, x: cfg.model.apply(v, x)
         apply_K = member_map(logits_fn, (0, None), k, chunk)
 
         def chunk_correct(xs):
             x, y, w = xs
-            logits_KBC = apply_K(params_K, data_lib.to_float(x))
+            logits_KBC = apply_K(variables_K, data_lib.to_float(x))
             return jnp.sum((jnp.argmax(logits_KBC, -1) == y) * w, axis=-1)
 
         correct_K = jax.lax.map(chunk_correct, (images, labels, weight)).sum(0)
@@ -312,7 +328,7 @@ def make_segment_fn(cfg: EngineConfig, num_steps: int, mesh: Mesh | None = None)
 
 
 def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
-    """Builds segment(pop, data, step0, data_key, target, max_steps) -> (pop, accuracy_K), unjitted.
+    """Builds segment(pop, data, step0, data_key, target, max_steps) -> (pop, SegmentMetrics), unjitted.
 
     `num_steps` optimizer steps for every running member (one `lax.scan` of a `vmap`-ed step),
     then the training-subset accuracy of all members, then reached / exhausted marking. Learning
@@ -347,16 +363,16 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
             stepped = active & ~diverged
             steps_trained = steps_trained + stepped.astype(jnp.int32)
             loss_sum = loss_sum + jnp.where(stepped, loss, 0.0)
-            return (params, opt_state, status, steps_trained, loss_sum), None
+            return (params, opt_state, status, steps_trained, loss_sum), jnp.where(stepped, loss, jnp.nan)
 
         carry = (pop.params, pop.opt_state, pop.status, pop.steps_trained, jnp.zeros((k,), jnp.float32))
-        (params, opt_state, status, steps_trained, loss_sum), _ = jax.lax.scan(
+        (params, opt_state, status, steps_trained, loss_sum), loss_SK = jax.lax.scan(
             body, carry, (jnp.arange(num_steps), idx_steps)
         )
         was_running = pop.status == RUNNING
         n_stepped = steps_trained - pop.steps_trained
         loss = jnp.where(n_stepped > 0, loss_sum / jnp.maximum(n_stepped, 1), pop.loss)
-        acc_K = accuracy_fn(params, data.eval_images, data.eval_labels, data.eval_weight)
+        acc_K = accuracy_fn({**pop.variables, "params": params}, data.eval_images, data.eval_labels, data.eval_weight)
         running = status == RUNNING
         reached = running & (acc_K >= target)
         exhausted = running & ~reached & (steps_trained >= max_steps)
@@ -367,13 +383,13 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
             params=params, opt_state=opt_state, status=status, steps_trained=steps_trained,
             steps_to_target=steps_to_target, train_accuracy=train_accuracy, loss=loss,
         )
-        return new_pop, acc_K
+        return new_pop, SegmentMetrics(acc_K, loss_SK.T)
 
     return segment
 
 
 def make_eval_fn(cfg: EngineConfig) -> Callable:
-    """evaluate(params_K, images, labels, weight) -> accuracy_K, jitted (used for the test set)."""
+    """evaluate(variables_K, images, labels, weight) -> accuracy_K, jitted (used for the test set)."""
     return jax.jit(make_accuracy_fn(cfg))
 
 

@@ -176,7 +176,7 @@ def train(
         args = (sub, data, jnp.int32(step), data_key, target, max_steps)
         program = programs.get(num_steps, args)
         start = time.perf_counter()
-        sub, acc_K = program(*args)
+        sub, metrics = program(*args)
         sub_status = pop_lib.to_host(sub.status)  # the one host synchronisation per segment
         train_seconds += time.perf_counter() - start
         step += num_steps
@@ -184,7 +184,7 @@ def train(
         if budget.max_seconds is not None and train_seconds >= budget.max_seconds:
             sub = sub.replace(status=jnp.where(sub.status == pop_lib.RUNNING, pop_lib.EXHAUSTED, sub.status))
             sub_status = pop_lib.to_host(sub.status)
-        acc, loss, trained = pop_lib.to_host((acc_K, sub.loss, sub.steps_trained))
+        acc, loss, trained = pop_lib.to_host((metrics.accuracy, sub.loss, sub.steps_trained))
         recorded = []  # entries of `sub` whose member got a curve entry this segment
         for i in range(n_real):
             m = pos[i]
@@ -286,10 +286,11 @@ def train_sequential(
     )
 
 
-def test_accuracy(cfg: EngineConfig, params_K: Any, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Accuracy of every member on a held-out set, vectorized over members."""
+def test_accuracy(cfg: EngineConfig, variables_K: Any, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Accuracy of every member on a held-out set, vectorized over members (variables_K:
+    `Population.variables`, the parameters and any model state)."""
     images_E, labels_E, weight_E = pop_lib.pad_to_chunks(images, labels, cfg.eval_chunk)
-    return np.asarray(pop_lib.make_eval_fn(cfg)(params_K, images_E, labels_E, weight_E))
+    return np.asarray(pop_lib.make_eval_fn(cfg)(variables_K, images_E, labels_E, weight_E))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,7 +367,7 @@ def run_sweep(
                         progress=settings.progress, desc=optimizer, checkpoints=checkpoints, stop=stop,
                         segment_callback=callback)
         test_start = time.perf_counter()
-        test_acc = test_accuracy(cfg, out.final.params, dataset.test_images, dataset.test_labels)
+        test_acc = test_accuracy(cfg, out.final.variables, dataset.test_images, dataset.test_labels)
         test_seconds = time.perf_counter() - test_start
         records += results_lib.member_records(optimizer, hparams_K, out.final, out.curves,
                                               out.seconds_to_target, test_acc, settings.batch_size)

@@ -95,8 +95,8 @@ class TestCurves:
 
         def callback(sub: pop_lib.Population, pos: np.ndarray, step: int) -> dict[str, np.ndarray]:
             start = time.perf_counter()
-            params_K = jax.tree_util.tree_map(lambda x: x[: len(pos)], pop_lib.to_host(sub.params))
-            accuracy_K = np.asarray(evaluate(params_K, images_E, labels_E, weight_E))
+            variables_K = jax.tree_util.tree_map(lambda x: x[: len(pos)], pop_lib.to_host(sub.variables))
+            accuracy_K = np.asarray(evaluate(variables_K, images_E, labels_E, weight_E))
             self.seconds[optimizer] += time.perf_counter() - start
             return {"test_accuracy": accuracy_K}
 
