@@ -21,7 +21,7 @@ import numpy as np
 from absl import flags, logging
 
 from lrlab import data as data_lib
-from lrlab import checkpoints, models, optimizers, results, schedules
+from lrlab import checkpoints, models, optimizers, results, runner, schedules
 
 FLAGS = flags.FLAGS
 
@@ -165,6 +165,30 @@ def schedule_spec() -> schedules.ScheduleSpec | None:
         return None
     return schedules.ScheduleSpec(FLAGS.schedule, FLAGS.decay_steps, FLAGS.decay_factor, FLAGS.sgdr_period,
                                   FLAGS.sgdr_mult, FLAGS.warmup_steps, FLAGS.max_steps)
+
+
+def model_for(dataset: data_lib.Dataset, width: float | None = None):
+    """The Flax model the flags describe (--model, --width unless `width` is given, --conv_impl)."""
+    return models.make_model(FLAGS.model, FLAGS.width if width is None else width, dataset.num_classes,
+                             FLAGS.conv_impl)
+
+
+def flag_budget(target_accuracy: float | None = None) -> runner.Budget:
+    """When members stop, from the flags (`target_accuracy` replaces --target_accuracy)."""
+    target = FLAGS.target_accuracy if target_accuracy is None else target_accuracy
+    return runner.Budget(target, FLAGS.max_steps, FLAGS.max_seconds, FLAGS.eval_every)
+
+
+def sweep_settings(model, checkpoint_dir: pathlib.Path | None, budget: runner.Budget | None = None
+                   ) -> runner.SweepSettings:
+    """Everything `runner.run_sweep` needs from the shared flags: one place, so a new training flag
+    reaches every experiment."""
+    return runner.SweepSettings(
+        model=model, budget=budget or flag_budget(), batch_size=FLAGS.batch_size,
+        eval_examples=FLAGS.eval_examples, seed=FLAGS.seed, distinct_seeds=FLAGS.distinct_seeds,
+        sequential=FLAGS.sequential, repack=FLAGS.repack, member_chunk=FLAGS.member_chunk,
+        progress=FLAGS.progress, schedule=schedule_spec(), checkpoint_dir=checkpoint_dir,
+        checkpoint_every=FLAGS.checkpoint_every)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ gives the single-device results.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
         summary = results.read_json(workdir / "results.json")
         print(results.format_table(summary["members"], summary["steps_to_target_resolution"]))
         return
-    model = models.make_model(FLAGS.model, FLAGS.width, dataset.num_classes, FLAGS.conv_impl)
+    model = cli.model_for(dataset)
     lrs = cli.learning_rates()
     names = cli.optimizer_names()
     n_params = models.param_count(
@@ -42,14 +42,7 @@ def main(argv: list[str]) -> None:
           f"{jax.default_backend()}; target {FLAGS.target_accuracy:g} on {min(FLAGS.eval_examples, len(dataset.train_labels))} "
           f"training images every {FLAGS.eval_every} steps, budget {FLAGS.max_steps} steps"
           + (f" / {FLAGS.max_seconds:g} s" if FLAGS.max_seconds else ""))
-    settings = runner.SweepSettings(
-        model=model,
-        budget=runner.Budget(FLAGS.target_accuracy, FLAGS.max_steps, FLAGS.max_seconds, FLAGS.eval_every),
-        batch_size=FLAGS.batch_size, eval_examples=FLAGS.eval_examples, seed=FLAGS.seed,
-        distinct_seeds=FLAGS.distinct_seeds, sequential=FLAGS.sequential, repack=FLAGS.repack,
-        member_chunk=FLAGS.member_chunk, progress=FLAGS.progress, schedule=cli.schedule_spec(),
-        checkpoint_dir=workdir / "checkpoints", checkpoint_every=FLAGS.checkpoint_every,
-    )
+    settings = cli.sweep_settings(model, workdir / "checkpoints")
     sweep_start = time.perf_counter()
     with cli.resumable("lr_valley", workdir) as stop:
         records, stats = runner.run_sweep(
@@ -96,7 +89,7 @@ def main(argv: list[str]) -> None:
     print(results.format_table(records, FLAGS.eval_every))
     if len(names) > 1:
         trained = sum(row["reached"] > 0 for row in envelope)
-        print(f"rates that trained with at least one optimizer: "
+        print("rates that trained with at least one optimizer: "
               + (f"{band[0]:.4g} to {band[1]:.4g} ({trained} of {len(envelope)})" if band else "none"))
     for name, s in stats.items():
         print(f"{name}: {s['mode']}, {s['members']} members, compile {s['compile_seconds']:.1f} s, "

@@ -112,15 +112,9 @@ def train_widths(dataset: Any, width_models: dict[float, Any], params: dict[floa
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One population of all `lrs` per width, checkpointed per width; returns member records (with
     width and parameters) and per-width timing."""
-    budget = runner.Budget(FLAGS.target_accuracy, FLAGS.max_steps, FLAGS.max_seconds, FLAGS.eval_every)
     members, timing = [], []
     for width, model in width_models.items():
-        settings = runner.SweepSettings(
-            model=model, budget=budget, batch_size=FLAGS.batch_size, eval_examples=FLAGS.eval_examples,
-            seed=FLAGS.seed, distinct_seeds=FLAGS.distinct_seeds, sequential=FLAGS.sequential,
-            repack=FLAGS.repack, member_chunk=FLAGS.member_chunk, progress=FLAGS.progress, schedule=cli.schedule_spec(),
-            checkpoint_dir=workdir / "checkpoints" / f"width-{width:g}", checkpoint_every=FLAGS.checkpoint_every,
-        )
+        settings = cli.sweep_settings(model, workdir / "checkpoints" / f"width-{width:g}")
         records, stats = runner.run_sweep(dataset, {optimizer: cli.hparams_for(optimizer, lrs)},
                                           {optimizer: cli.static_overrides_for(optimizer)}, settings, stop=stop)
         members += [{"width": width, "parameters": params[width], **r} for r in records]
@@ -147,7 +141,7 @@ def main(argv: list[str]) -> None:
     widths = scaling.parse_widths(FLAGS.widths)
     (optimizer,) = cli.optimizer_names()
     lrs = cli.learning_rates()
-    width_models = {w: models.make_model(FLAGS.model, w, dataset.num_classes, FLAGS.conv_impl) for w in widths}
+    width_models = {w: cli.model_for(dataset, w) for w in widths}
     params = {w: count_parameters(m, dataset.image_shape) for w, m in width_models.items()}
     print(describe(widths, params, optimizer, lrs, dataset), flush=True)
     sweep_start = time.perf_counter()

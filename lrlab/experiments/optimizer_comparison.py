@@ -117,7 +117,7 @@ def main(argv: list[str]) -> None:
         summary = results.read_json(workdir / "results.json")
         print(results.comparison_table(summary["optimizers"], target))
         return
-    model = models.make_model(FLAGS.model, FLAGS.width, dataset.num_classes, FLAGS.conv_impl)
+    model = cli.model_for(dataset)
     n_params = models.param_count(
         jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.numpy.zeros((1,) + dataset.image_shape))["params"])
     test_idx = data_lib.eval_subset_indices(len(dataset.test_labels), FLAGS.test_examples, FLAGS.seed)
@@ -126,15 +126,8 @@ def main(argv: list[str]) -> None:
           + f"; test accuracy on {len(test_idx)} test images every {FLAGS.eval_every} steps, budget "
           f"{FLAGS.max_steps} steps" + (f" / {FLAGS.max_seconds:g} s" if FLAGS.max_seconds else "")
           + (", stopping at the target" if FLAGS.stop_at_target else ""))
-    settings = runner.SweepSettings(
-        model=model,
-        budget=runner.Budget(target if FLAGS.stop_at_target else math.inf, FLAGS.max_steps, FLAGS.max_seconds,
-                             FLAGS.eval_every),
-        batch_size=FLAGS.batch_size, eval_examples=FLAGS.eval_examples, seed=FLAGS.seed,
-        distinct_seeds=FLAGS.distinct_seeds, sequential=FLAGS.sequential, repack=FLAGS.repack,
-        member_chunk=FLAGS.member_chunk, progress=FLAGS.progress, schedule=cli.schedule_spec(),
-        checkpoint_dir=workdir / "checkpoints", checkpoint_every=FLAGS.checkpoint_every,
-    )
+    settings = cli.sweep_settings(model, workdir / "checkpoints",
+                                  cli.flag_budget(target if FLAGS.stop_at_target else math.inf))
     test_curves = TestCurves(dataset.test_images[test_idx], dataset.test_labels[test_idx])
     sweep_start = time.perf_counter()
     with cli.resumable("optimizer_comparison", workdir) as stop:
