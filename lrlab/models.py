@@ -102,19 +102,29 @@ class ConvReluPool(nn.Module):
     second adds, rectifies and back-propagates through 4x fewer values, and the convolution
     computes only the outputs the 'valid' pool reads (6x6 of 7x7 on small_cnn's second layer).
     Parameters: an HWIO kernel and a bias, as tf.layers.conv2d.
+
+    With `batch_norm`: maxpool2x2(relu(BatchNorm(conv(x)))), the BatchNorm's offset replacing the
+    bias (its scale may be negative, so the pool stays last); statistics over the batch while
+    training (each member its own under vmap), the running averages at evaluation.
     """
 
     features: int
     kernel_size: int = 5
     conv_impl: str = "auto"
+    batch_norm: bool = False
 
     @nn.compact
-    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    def __call__(self, x_BHWC: jax.Array, train: bool = False) -> jax.Array:
         k = self.kernel_size
         kernel = self.param("kernel", kernel_init, (k, k, x_BHWC.shape[-1], self.features))
+        impl = resolve_conv_impl(self.conv_impl)
+        if self.batch_norm:
+            _, h, w, _ = x_BHWC.shape
+            y = CONV_FNS[impl](x_BHWC, kernel, (h // 2 * 2, w // 2 * 2))
+            y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(y)
+            return max_pool_2x2(nn.relu(y))
         bias = self.param("bias", bias_init, (self.features,))
-        conv_max_pool = CONV_MAX_POOL_FNS[resolve_conv_impl(self.conv_impl)]
-        return nn.relu(conv_max_pool(x_BHWC, kernel) + bias)
+        return nn.relu(CONV_MAX_POOL_FNS[impl](x_BHWC, kernel) + bias)
 
 
 class CNN(nn.Module):
@@ -130,13 +140,15 @@ class CNN(nn.Module):
     kernel_sizes: Sequence[int] | None = None  # default 5x5 everywhere
     pool_input: bool = False
     conv_impl: str = "auto"
+    batch_norm: bool = False  # batch normalization in each conv block (see ConvReluPool)
 
     @nn.compact
     def __call__(self, x_BHWC: jax.Array, train: bool = False) -> jax.Array:
         x = max_pool_2x2(x_BHWC) if self.pool_input else x_BHWC
         kernel_sizes = self.kernel_sizes or (5,) * len(self.conv_features)
         for i, (features, k) in enumerate(zip(self.conv_features, kernel_sizes)):
-            x = ConvReluPool(features, k, conv_impl=self.conv_impl, name=f"Conv_{i}")(x)
+            x = ConvReluPool(features, k, conv_impl=self.conv_impl, batch_norm=self.batch_norm,
+                             name=f"Conv_{i}")(x, train)
         x = x.reshape(x.shape[0], -1)
         if self.dense_features:
             x = nn.relu(nn.Dense(self.dense_features, kernel_init=kernel_init)(x))
@@ -161,7 +173,8 @@ class MLP(nn.Module):
 MODELS = ("tutorial_cnn", "small_cnn", "mlp")
 
 
-def make_model(name: str, width: float = 1.0, num_classes: int = 10, conv_impl: str = "auto") -> nn.Module:
+def make_model(name: str, width: float = 1.0, num_classes: int = 10, conv_impl: str = "auto",
+               batch_norm: bool = False) -> nn.Module:
     """Builds a model by name.
 
     tutorial_cnn: the study's network (TensorFlow's MNIST tutorial): conv 32w, pool, conv 64w, pool,
@@ -170,15 +183,19 @@ def make_model(name: str, width: float = 1.0, num_classes: int = 10, conv_impl: 
         weights at width 1 on MNIST, the ~3.4k the article's text gives. Shaped for speed on a CPU
         (14x14 feature maps, ~9x fewer FLOPs per weight than the study's CNN).
     mlp: one hidden layer of 128w units.
+    batch_norm: batch normalization in every conv block (the CNNs; the MLP has none to give).
     """
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
     scaled = lambda n: max(1, round(n * width))
     if name == "tutorial_cnn":
-        return CNN((scaled(32), scaled(64)), 1024, num_classes, dropout_rate=0.4, conv_impl=conv_impl)
+        return CNN((scaled(32), scaled(64)), 1024, num_classes, dropout_rate=0.4, conv_impl=conv_impl,
+                   batch_norm=batch_norm)
     if name == "small_cnn":
         return CNN((scaled(8), scaled(20)), None, num_classes, kernel_sizes=(5, 3), pool_input=True,
-                   conv_impl=conv_impl)
+                   conv_impl=conv_impl, batch_norm=batch_norm)
+    if batch_norm:
+        raise ValueError(f"batch_norm needs a CNN ({name} has no conv blocks)")
     if name == "mlp":
         return MLP((scaled(128),), num_classes)
     raise ValueError(f"unknown model {name!r}: choose from {', '.join(MODELS)}")

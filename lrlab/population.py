@@ -10,6 +10,13 @@ Member status:
   diverged   non-finite loss or parameters: the update that produced them is dropped and the member
              is frozen by a mask, so NaN never reaches its state (or anyone else's)
   exhausted  budget (steps or seconds) spent without reaching the target
+  pruned     stopped at a rung of successive halving for ranking low (runner, --prune=sha)
+  stopped    early stopping: no validation improvement for `patience` evaluations (best kept)
+
+Training techniques are static settings of the program (EngineConfig): the compute dtype (16-bit
+compute on float32 master weights, with dynamic loss scaling for float16), augmentation drawn
+from each step's key, batch normalization (its statistics are model state, per member), and
+early stopping on a held-out validation set.
 """
 
 from __future__ import annotations
@@ -31,8 +38,11 @@ from lrlab import data as data_lib
 from lrlab import optimizers
 from lrlab.schedules import ScheduleSpec
 
-RUNNING, REACHED, DIVERGED, EXHAUSTED, PADDING = 0, 1, 2, 3, 4
-STATUS_NAMES = ("running", "reached", "diverged", "exhausted", "padding")
+RUNNING, REACHED, DIVERGED, EXHAUSTED, PADDING, PRUNED, STOPPED = 0, 1, 2, 3, 4, 5, 6
+STATUS_NAMES = ("running", "reached", "diverged", "exhausted", "padding", "pruned", "stopped")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+FLOAT16_INITIAL_SCALE = 2.0**15  # dynamic loss scaling (float16): the starting scale,
+SCALE_PERIOD = 2000  # doubled after this many steps without overflow, halved at each overflow
 NO_STEP = -1  # steps_to_target of a member that has not reached the target
 
 
@@ -49,6 +59,11 @@ class Population(flax.struct.PyTreeNode):
     train_accuracy: jax.Array  # float32[K], at the latest evaluation
     loss: jax.Array  # float32[K], mean training loss over the latest segment
     model_state: Any = flax.struct.field(default_factory=dict)  # non-trained collections (batch_stats)
+    loss_scale: jax.Array | None = None  # float32[K]: 1, or float16's dynamic loss scale
+    scale_steps: jax.Array | None = None  # int32[K]: steps since the loss scale last changed
+    best: Any = None  # early stopping: the variables at the best validation accuracy (else None)
+    best_accuracy: jax.Array | None = None  # float32[K]: best validation accuracy so far (-1 before any)
+    evals_since_best: jax.Array | None = None  # int32[K]
 
     @property
     def size(self) -> int:
@@ -65,6 +80,7 @@ class SegmentMetrics(NamedTuple):
 
     accuracy: jax.Array  # float32[K]: training-subset accuracy after the segment
     step_loss: jax.Array  # float32[K, S]: each step's training loss (NaN where the member did not step)
+    val_accuracy: jax.Array  # float32[K]: validation accuracy (early stopping), NaN without it
 
 
 class TrainData(NamedTuple):
@@ -75,6 +91,9 @@ class TrainData(NamedTuple):
     eval_images: jax.Array  # uint8[E, H, W, C], E a multiple of the eval chunk
     eval_labels: jax.Array  # int32[E]
     eval_weight: jax.Array  # float32[E]: 1 for real examples, 0 for chunk padding
+    val_images: jax.Array | None = None  # uint8[V, H, W, C]: held out from training (early stopping)
+    val_labels: jax.Array | None = None  # int32[V]
+    val_weight: jax.Array | None = None  # float32[V]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,24 +108,41 @@ class EngineConfig:
     member_chunk: int = 0  # members per vmap inside the member loop; 0: per backend (see member_map)
     static_overrides: tuple[tuple[str, float], ...] = ()
     schedule: ScheduleSpec | None = None  # learning-rate schedule shape; the peak rate is per member
+    dtype: str = "float32"  # compute dtype (COMPUTE_DTYPES); parameters and optimizer state stay float32
+    augment: tuple[float, float] | None = None  # (max shift in pixels, max rotation in degrees)
+    patience: int = 0  # early stopping: evaluations without validation improvement; 0: off
+
+    def __post_init__(self):
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {self.dtype!r}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0, got {self.patience}")
+
+    @property
+    def compute_dtype(self) -> Any:
+        return COMPUTE_DTYPES[self.dtype]
 
     def make_tx(self) -> optax.GradientTransformation:
         return optimizers.make_optimizer(self.optimizer, dict(self.static_overrides), self.schedule)
 
 
 def make_train_data(
-    train_images: np.ndarray, train_labels: np.ndarray, eval_idx: np.ndarray, eval_chunk: int
+    train_images: np.ndarray, train_labels: np.ndarray, eval_idx: np.ndarray, eval_chunk: int,
+    val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
 ) -> TrainData:
-    """Moves the dataset to the device once; pads the eval subset to a multiple of `eval_chunk`."""
+    """Moves the dataset to the device once; pads the eval subset (and the validation set, if
+    given) to a multiple of `eval_chunk`."""
     eval_images, eval_labels, eval_weight = pad_to_chunks(
         train_images[eval_idx], train_labels[eval_idx], eval_chunk
     )
+    val = (None, None, None) if val_images is None else pad_to_chunks(val_images, val_labels, eval_chunk)
     return TrainData(
         jnp.asarray(train_images, jnp.uint8),
         jnp.asarray(train_labels, jnp.int32),
         eval_images,
         eval_labels,
         eval_weight,
+        *val,
     )
 
 
@@ -140,11 +176,18 @@ def init_population(
         rng_K = jax.vmap(lambda m: jax.random.fold_in(root, m))(jnp.asarray(member))
     else:
         rng_K = jnp.broadcast_to(root, (k,) + root.shape)
-    params_K = _init_params(cfg.model, rng_K, tuple(image_shape))
+    variables_K = dict(_init_variables(cfg.model, rng_K, tuple(image_shape)))
+    params_K = variables_K.pop("params")
     tx = cfg.make_tx()
     opt_state = optimizers.init_population_state(tx, params_K, hparams_K)
     return Population(
         params=params_K,
+        model_state=variables_K,
+        loss_scale=jnp.full((k,), FLOAT16_INITIAL_SCALE if cfg.dtype == "float16" else 1.0, jnp.float32),
+        scale_steps=jnp.zeros((k,), jnp.int32),
+        best={"params": params_K, **variables_K} if cfg.patience else None,
+        best_accuracy=jnp.full((k,), -1.0, jnp.float32),
+        evals_since_best=jnp.zeros((k,), jnp.int32),
         opt_state=opt_state,
         rng=rng_K,
         member=jnp.asarray(member),
@@ -204,10 +247,11 @@ def member_map(fn: Callable, in_axes: tuple, k: int, chunk: int) -> Callable:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
-def _init_params(model: nn.Module, rng_K: jax.Array, image_shape: tuple[int, ...]) -> Any:
-    """Each member's initial parameters from its key (compiled once per model and K)."""
+def _init_variables(model: nn.Module, rng_K: jax.Array, image_shape: tuple[int, ...]) -> Any:
+    """Each member's initial variables (parameters, batch statistics) from its key (compiled once
+    per model and K)."""
     dummy = jnp.zeros((1,) + image_shape, jnp.float32)
-    return jax.vmap(lambda r: model.init(jax.random.fold_in(r, 0), dummy)["params"])(rng_K)
+    return jax.vmap(lambda r: model.init(jax.random.fold_in(r, 0), dummy))(rng_K)
 
 
 def cross_entropy(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:
@@ -217,7 +261,7 @@ def cross_entropy(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:
 
 def tree_all_finite(tree: Any) -> jax.Array:
     """True when every element of every leaf is finite."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)] + [jnp.bool_(True)]))
 
 
 def tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
@@ -225,26 +269,65 @@ def tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-def make_member_step(cfg: EngineConfig) -> Callable:
-    """One optimizer step of one member; frozen (no change) unless `active` and the result finite."""
-    tx = cfg.make_tx()
+class MemberState(NamedTuple):
+    """What one optimizer step changes for a member (a slice of the Population)."""
 
-    def member_step(params, opt_state, rng, active, images_B, labels_B, step):
+    params: Any
+    opt_state: Any
+    model_state: Any
+    loss_scale: jax.Array
+    scale_steps: jax.Array
+
+
+def cast_floats(tree: Any, dtype: Any) -> Any:
+    """The floating-point leaves of `tree` in `dtype` (the 16-bit compute copy of the weights)."""
+    return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def make_member_step(cfg: EngineConfig) -> Callable:
+    """One optimizer step of one member; frozen (no change) unless `active` and the result finite.
+
+    The forward and backward passes run in `cfg.dtype` on a cast copy of the float32 weights, so
+    gradients, optimizer state and updates stay float32. With float16 the loss is scaled by the
+    member's dynamic loss scale: a step whose gradients overflow is skipped and the scale halved
+    (it is divergence only once the scale is down to 1); SCALE_PERIOD clean steps double it.
+    """
+    tx = cfg.make_tx()
+    dtype = cfg.compute_dtype
+    dynamic_scale = cfg.dtype == "float16"
+
+    def member_step(state: MemberState, rng, active, images_B, labels_B, step):
+        x = data_lib.to_float(images_B)
+        if cfg.augment is not None:
+            x = data_lib.augment_batch(jax.random.fold_in(jax.random.fold_in(rng, 3), step), x, *cfg.augment)
+        x = x.astype(dtype)
         dropout_key = jax.random.fold_in(jax.random.fold_in(rng, 1), step)
+        mutable = list(state.model_state)
 
         def loss_fn(p):
-            logits = cfg.model.apply({"params": p}, data_lib.to_float(images_B), train=True,
-                                     rngs={"dropout": dropout_key})
-            return cross_entropy(logits, labels_B)
+            variables = {"params": cast_floats(p, dtype), **state.model_state}
+            logits, model_state = cfg.model.apply(variables, x, train=True, rngs={"dropout": dropout_key},
+                                                  mutable=mutable)
+            loss = cross_entropy(logits.astype(jnp.float32), labels_B)
+            return loss * state.loss_scale, (loss, model_state)
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, new_opt_state = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & tree_all_finite(new_params)
-        keep = active & finite
-        params = tree_select(keep, new_params, params)
-        opt_state = tree_select(keep, new_opt_state, opt_state)
-        return params, opt_state, loss, active & ~finite
+        (_, (loss, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads = jax.tree_util.tree_map(lambda g: g / state.loss_scale, grads)
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        loss_finite = jnp.isfinite(loss)
+        overflow = (loss_finite & ~tree_all_finite(grads) & (state.loss_scale > 1.0)) if dynamic_scale else False
+        finite = loss_finite & tree_all_finite(new_params) & tree_all_finite(model_state)
+        keep = active & finite & ~overflow
+        diverged = active & ~finite & ~overflow
+        loss_scale, scale_steps = state.loss_scale, state.scale_steps
+        if dynamic_scale:
+            grow = keep & (scale_steps + 1 >= SCALE_PERIOD)
+            loss_scale = jnp.where(active & overflow, loss_scale / 2, jnp.where(grow, loss_scale * 2, loss_scale))
+            scale_steps = jnp.where(active & overflow | grow, 0, scale_steps + keep.astype(jnp.int32))
+        new_state = MemberState(new_params, new_opt_state, model_state, loss_scale, scale_steps)
+        kept = tree_select(keep, new_state, state)
+        return kept._replace(loss_scale=loss_scale, scale_steps=scale_steps), loss, diverged
 
     return member_step
 
@@ -263,7 +346,8 @@ def make_accuracy_fn(cfg: EngineConfig) -> Callable:
         weight = weight_E.reshape(n_chunks, chunk)
 
         k, chunk = _members_and_chunk(cfg, variables_K["params"])
-        logits_fn = lambda v, x: cfg.model.apply(v, x)
+        dtype = cfg.compute_dtype
+        logits_fn = lambda v, x: cfg.model.apply({**v, "params": cast_floats(v["params"], dtype)}, x.astype(dtype))
         apply_K = member_map(logits_fn, (0, None), k, chunk)
 
         def chunk_correct(xs):
@@ -350,42 +434,70 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
             idx_steps = data_lib.segment_batch_indices(data_key, step0, num_steps, n, cfg.batch_size)
             batch_axis = None
         k, chunk = _members_and_chunk(cfg, pop.params)
-        vstep = member_map(member_step, (0, 0, 0, 0, batch_axis, batch_axis, None), k, chunk)
+        vstep = member_map(member_step, (0, 0, 0, batch_axis, batch_axis, None), k, chunk)
 
         def body(carry, xs):
-            params, opt_state, status, steps_trained, loss_sum = carry
+            state, status, steps_trained, loss_sum = carry
             t, idx = xs
             active = status == RUNNING
-            params, opt_state, loss, diverged = vstep(
-                params, opt_state, pop.rng, active, data.train_images[idx], data.train_labels[idx], step0 + t
-            )
+            state, loss, diverged = vstep(state, pop.rng, active, data.train_images[idx], data.train_labels[idx],
+                                          step0 + t)
             status = jnp.where(diverged, DIVERGED, status)
             stepped = active & ~diverged
             steps_trained = steps_trained + stepped.astype(jnp.int32)
             loss_sum = loss_sum + jnp.where(stepped, loss, 0.0)
-            return (params, opt_state, status, steps_trained, loss_sum), jnp.where(stepped, loss, jnp.nan)
+            return (state, status, steps_trained, loss_sum), jnp.where(stepped, loss, jnp.nan)
 
-        carry = (pop.params, pop.opt_state, pop.status, pop.steps_trained, jnp.zeros((k,), jnp.float32))
-        (params, opt_state, status, steps_trained, loss_sum), loss_SK = jax.lax.scan(
+        state0 = MemberState(pop.params, pop.opt_state, pop.model_state, pop.loss_scale, pop.scale_steps)
+        carry = (state0, pop.status, pop.steps_trained, jnp.zeros((k,), jnp.float32))
+        (state, status, steps_trained, loss_sum), loss_SK = jax.lax.scan(
             body, carry, (jnp.arange(num_steps), idx_steps)
         )
         was_running = pop.status == RUNNING
         n_stepped = steps_trained - pop.steps_trained
         loss = jnp.where(n_stepped > 0, loss_sum / jnp.maximum(n_stepped, 1), pop.loss)
-        acc_K = accuracy_fn({**pop.variables, "params": params}, data.eval_images, data.eval_labels, data.eval_weight)
+        variables = {"params": state.params, **state.model_state}
+        acc_K = accuracy_fn(variables, data.eval_images, data.eval_labels, data.eval_weight)
         running = status == RUNNING
         reached = running & (acc_K >= target)
-        exhausted = running & ~reached & (steps_trained >= max_steps)
-        status = jnp.where(reached, REACHED, jnp.where(exhausted, EXHAUSTED, status))
-        steps_to_target = jnp.where(reached, steps_trained, pop.steps_to_target)
-        train_accuracy = jnp.where(was_running, acc_K, pop.train_accuracy)
+        status = jnp.where(reached, REACHED, status)
         new_pop = pop.replace(
-            params=params, opt_state=opt_state, status=status, steps_trained=steps_trained,
-            steps_to_target=steps_to_target, train_accuracy=train_accuracy, loss=loss,
+            params=state.params, opt_state=state.opt_state, model_state=state.model_state,
+            loss_scale=state.loss_scale, scale_steps=state.scale_steps, status=status,
+            steps_trained=steps_trained, steps_to_target=jnp.where(reached, steps_trained, pop.steps_to_target),
+            train_accuracy=jnp.where(was_running, acc_K, pop.train_accuracy), loss=loss,
         )
-        return new_pop, SegmentMetrics(acc_K, loss_SK.T)
+        val_acc_K = jnp.full((k,), jnp.nan, jnp.float32)
+        if cfg.patience:
+            val_acc_K = accuracy_fn(variables, data.val_images, data.val_labels, data.val_weight)
+            new_pop = early_stopping_update(new_pop, variables, val_acc_K, running, cfg.patience)
+        exhausted = (new_pop.status == RUNNING) & (steps_trained >= max_steps)
+        new_pop = new_pop.replace(status=jnp.where(exhausted, EXHAUSTED, new_pop.status))
+        return new_pop, SegmentMetrics(acc_K, loss_SK.T, val_acc_K)
 
     return segment
+
+
+def early_stopping_update(pop: Population, variables_K: Any, val_acc_K: jax.Array, evaluated_K: jax.Array,
+                          patience: int) -> Population:
+    """After an evaluation of the members in `evaluated_K`: keep the variables of each one whose
+    validation accuracy improved, and stop (STOPPED) a still-running member after `patience`
+    evaluations without improvement."""
+    improved = evaluated_K & (val_acc_K > pop.best_accuracy)
+    keep_new = lambda best, new: jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, best)
+    evals_since = jnp.where(improved, 0, pop.evals_since_best + evaluated_K.astype(jnp.int32))
+    stop = (pop.status == RUNNING) & (evals_since >= patience)
+    return pop.replace(best=jax.tree_util.tree_map(keep_new, pop.best, variables_K),
+                       best_accuracy=jnp.where(improved, val_acc_K, pop.best_accuracy),
+                       evals_since_best=evals_since, status=jnp.where(stop, STOPPED, pop.status))
+
+
+def restore_best(pop: Population) -> Population:
+    """Early stopping's result: every member's variables at its best validation accuracy."""
+    if pop.best is None:
+        return pop
+    best = dict(pop.best)
+    return pop.replace(params=best.pop("params"), model_state=best)
 
 
 def make_eval_fn(cfg: EngineConfig) -> Callable:

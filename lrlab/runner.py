@@ -86,7 +86,10 @@ class Programs:
 
 
 def _status_counts(status: np.ndarray) -> dict[str, int]:
-    return {name: int(np.sum(status == code)) for code, name in enumerate(pop_lib.STATUS_NAMES[:4])}
+    """Members per status for the progress bar (statuses nobody has are left out, except running)."""
+    counts = {name: int(np.sum(status == code)) for code, name in enumerate(pop_lib.STATUS_NAMES)
+              if code != pop_lib.PADDING}
+    return {name: n for name, n in counts.items() if n or name == "running"}
 
 
 def _merge(full: Population | None, pos: np.ndarray, sub: Population) -> Population:
@@ -184,7 +187,8 @@ def train(
         if budget.max_seconds is not None and train_seconds >= budget.max_seconds:
             sub = sub.replace(status=jnp.where(sub.status == pop_lib.RUNNING, pop_lib.EXHAUSTED, sub.status))
             sub_status = pop_lib.to_host(sub.status)
-        acc, loss, trained = pop_lib.to_host((metrics.accuracy, sub.loss, sub.steps_trained))
+        acc, val_acc, loss, trained = pop_lib.to_host((metrics.accuracy, metrics.val_accuracy, sub.loss,
+                                                       sub.steps_trained))
         recorded = []  # entries of `sub` whose member got a curve entry this segment
         for i in range(n_real):
             m = pos[i]
@@ -196,6 +200,8 @@ def train(
             curve["train_accuracy"].append(float(acc[i]))
             curve["loss"].append(float(loss[i]))
             curve["seconds"].append(train_seconds)
+            if programs.cfg.patience:
+                curve.setdefault("val_accuracy", []).append(float(val_acc[i]))
             seconds_trained[m] = train_seconds
             if sub_status[i] == pop_lib.REACHED:
                 seconds_to_target[m] = train_seconds
@@ -225,7 +231,7 @@ def train(
     if sub is not None:
         full = _merge(full, pos[:n_real], sub)
     return RunOutput(
-        final=pop_lib.to_host(full),
+        final=pop_lib.restore_best(pop_lib.to_host(full)),
         curves=curves,
         seconds_to_target=seconds_to_target,
         seconds_trained=seconds_trained,
