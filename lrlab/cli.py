@@ -21,7 +21,8 @@ import numpy as np
 from absl import flags, logging
 
 from lrlab import data as data_lib
-from lrlab import checkpoints, models, optimizers, results, runner, schedules
+from lrlab import population as pop_lib
+from lrlab import checkpoints, models, optimizers, pruning, results, runner, schedules
 
 FLAGS = flags.FLAGS
 
@@ -115,6 +116,20 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
                       "Default: when the environment names more than one TPU worker.")
     flags.DEFINE_enum("schedule", "constant", schedules.SCHEDULES, "Learning-rate schedule; each member's rate "
                       "is its peak: step and exponential decay, SGDR cosine restarts, one-cycle.")
+    flags.DEFINE_enum("dtype", "float32", list(pop_lib.COMPUTE_DTYPES), "Compute dtype of the forward and "
+                      "backward passes; weights and optimizer state stay float32 (float16 adds dynamic loss scaling).")
+    flags.DEFINE_bool("batch_norm", False, "Batch normalization in each conv block, statistics per member.")
+    flags.DEFINE_bool("augment", False, "On-device augmentation: random shifts and rotations drawn from each step's key.")
+    flags.DEFINE_float("augment_shift", 2.0, "--augment: largest shift in pixels, each way.")
+    flags.DEFINE_float("augment_degrees", 10.0, "--augment: largest rotation in degrees, each way.")
+    flags.DEFINE_bool("early_stopping", False, "Stop a member when its validation accuracy has not improved for "
+                      "--patience evaluations, and keep its best variables.")
+    flags.DEFINE_integer("patience", 5, "--early_stopping: evaluations (of --eval_every steps) without improvement.")
+    flags.DEFINE_integer("validation_examples", 5000, "--early_stopping: training images held out as the validation set.")
+    flags.DEFINE_enum("prune", "none", ["none", "sha"], "sha: successive halving, stop the weakest running members "
+                      "at rungs of --prune_min_steps x --prune_eta^i steps, keeping the top 1/eta.")
+    flags.DEFINE_integer("prune_min_steps", 200, "--prune=sha: the first rung, in steps.")
+    flags.DEFINE_integer("prune_eta", 3, "--prune=sha: keep the top 1/eta at each rung (>= 2).")
     flags.DEFINE_integer("decay_steps", 1000, "step / exponential: steps per decay by --decay_factor.")
     flags.DEFINE_float("decay_factor", 0.5, "step / exponential: the multiplier per --decay_steps, in (0, 1].")
     flags.DEFINE_integer("sgdr_period", 1000, "cosine_restarts: the first period in steps (SGDR T_0).")
@@ -153,6 +168,18 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.register_validator("sgdr_mult", lambda v: _check(v >= 1, "must be at least 1"))
     flags.register_validator("checkpoint_every", lambda v: _check(v >= 0, "must be 0 or positive"))
     flags.register_validator("cpu_devices", lambda v: _check(v >= 0, "must be 0 (default) or positive"))
+    flags.register_validator("augment_shift", lambda v: _check(np.isfinite(v) and v >= 0, "must be finite and >= 0"))
+    flags.register_validator("augment_degrees", lambda v: _check(0 <= v <= 180, "must be in [0, 180]"))
+    flags.register_validator("patience", lambda v: _check(v >= 1, "must be at least 1"))
+    flags.register_validator("validation_examples", lambda v: _check(v >= 1, "must be at least 1"))
+    flags.register_validator("prune_min_steps", lambda v: _check(v >= 1, "must be at least 1"))
+    flags.register_validator("prune_eta", lambda v: _check(v >= 2, "must be at least 2"))
+    flags.register_multi_flags_validator(
+        ["model", "batch_norm"], lambda f: _check(not f["batch_norm"] or f["model"] != "mlp",
+                                                  "--batch_norm needs a CNN: the mlp has no conv blocks"))
+    flags.register_multi_flags_validator(
+        ["prune", "sequential"], lambda f: _check(f["prune"] == "none" or not f["sequential"],
+                                                  "--prune ranks members against each other: not with --sequential"))
     for name in HPARAM_FLAGS:
         flags.register_validator(name, lambda v: _check(np.isfinite(v) and v >= 0, "must be finite and >= 0"))
     for name in STATIC_FLAGS:
@@ -170,7 +197,7 @@ def schedule_spec() -> schedules.ScheduleSpec | None:
 def model_for(dataset: data_lib.Dataset, width: float | None = None):
     """The Flax model the flags describe (--model, --width unless `width` is given, --conv_impl)."""
     return models.make_model(FLAGS.model, FLAGS.width if width is None else width, dataset.num_classes,
-                             FLAGS.conv_impl)
+                             FLAGS.conv_impl, batch_norm=FLAGS.batch_norm)
 
 
 def flag_budget(target_accuracy: float | None = None) -> runner.Budget:
@@ -188,7 +215,10 @@ def sweep_settings(model, checkpoint_dir: pathlib.Path | None, budget: runner.Bu
         eval_examples=FLAGS.eval_examples, seed=FLAGS.seed, distinct_seeds=FLAGS.distinct_seeds,
         sequential=FLAGS.sequential, repack=FLAGS.repack, member_chunk=FLAGS.member_chunk,
         progress=FLAGS.progress, schedule=schedule_spec(), checkpoint_dir=checkpoint_dir,
-        checkpoint_every=FLAGS.checkpoint_every)
+        checkpoint_every=FLAGS.checkpoint_every, dtype=FLAGS.dtype,
+        augment=(FLAGS.augment_shift, FLAGS.augment_degrees) if FLAGS.augment else None,
+        patience=FLAGS.patience if FLAGS.early_stopping else 0, validation_examples=FLAGS.validation_examples,
+        prune=pruning.PruneSpec(FLAGS.prune_min_steps, FLAGS.prune_eta) if FLAGS.prune == "sha" else None)
 
 
 @contextlib.contextmanager
@@ -370,9 +400,13 @@ def writing(what: str):
 def load_dataset() -> data_lib.Dataset:
     """The dataset of --dataset / --data_dir, or one clear line naming the flag."""
     try:
-        return data_lib.load_dataset(FLAGS.dataset, FLAGS.data_dir)
+        dataset = data_lib.load_dataset(FLAGS.dataset, FLAGS.data_dir)
     except data_lib.DatasetError as e:
         fail(f"--dataset={FLAGS.dataset}: {e}")
+    n = len(dataset.train_labels)
+    if FLAGS.early_stopping and FLAGS.validation_examples >= n:
+        fail(f"--validation_examples={FLAGS.validation_examples}: {FLAGS.dataset} has only {n} training images")
+    return dataset
 
 
 def flag_values() -> dict[str, object]:

@@ -185,7 +185,7 @@ def init_population(
         model_state=variables_K,
         loss_scale=jnp.full((k,), FLOAT16_INITIAL_SCALE if cfg.dtype == "float16" else 1.0, jnp.float32),
         scale_steps=jnp.zeros((k,), jnp.int32),
-        best={"params": params_K, **variables_K} if cfg.patience else None,
+        best=jax.tree_util.tree_map(jnp.copy, {"params": params_K, **variables_K}) if cfg.patience else None,
         best_accuracy=jnp.full((k,), -1.0, jnp.float32),
         evals_since_best=jnp.zeros((k,), jnp.int32),
         opt_state=opt_state,

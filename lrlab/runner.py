@@ -17,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from lrlab import data as data_lib
 from lrlab import population as pop_lib
+from lrlab.pruning import PruneSpec, rung_cut
 from lrlab.checkpoints import Interrupted, RunCheckpoints, StopSignal
 from lrlab.population import EngineConfig, Population, TrainData
 from lrlab.schedules import ScheduleSpec
@@ -120,8 +122,12 @@ def train(
     checkpoints: RunCheckpoints | None = None,
     stop: StopSignal | None = None,
     segment_callback: SegmentCallback | None = None,
+    prune: PruneSpec | None = None,
 ) -> RunOutput:
     """Trains `pop` until no member is running; returns the finished population and its curves.
+
+    With `prune`, successive halving stops the weakest running members at its rungs (PRUNED).
+    With early stopping (cfg.patience), each member's returned variables are its best ones.
 
     With `checkpoints`, it resumes from the latest one (if any) and saves one every
     `checkpoints.every` segments, at the end, and when `stop` is requested (then raises
@@ -154,6 +160,10 @@ def train(
     def save() -> None:
         checkpoints.save(segments, _merge(full, pos[:n_real], sub), host_state())
 
+    rungs = set(prune.rungs(budget.max_steps, budget.eval_every)) if prune is not None else set()
+    last_accuracy = lambda: np.array([c["train_accuracy"][-1] if c["train_accuracy"] else np.nan for c in curves])
+    reached_at = lambda: np.array([c["step"][-1] if status[m] == pop_lib.REACHED else -1
+                                   for m, c in enumerate(curves)])
     running = np.flatnonzero(status == pop_lib.RUNNING)
     multiple = programs.multiple
     if restored is not None:  # rebuild the population the uninterrupted run would hold now
@@ -211,6 +221,12 @@ def train(
             for name, values in extra.items():
                 for i in recorded:
                     curves[pos[i]].setdefault(name, []).append(float(values[i]))
+        if prune is not None and step in rungs:
+            cut = rung_cut(status, last_accuracy(), reached_at(), prune.eta)
+            if cut.size:
+                status[cut] = pop_lib.PRUNED
+                is_cut = np.isin(pos, cut) & (np.arange(sub.size) < n_real)
+                sub = sub.replace(status=jnp.where(programs.shard(jnp.asarray(is_cut)), pop_lib.PRUNED, sub.status))
         bar.update(num_steps)
         bar.set_postfix(_status_counts(status), refresh=False)
         running = np.flatnonzero(status == pop_lib.RUNNING)
@@ -316,6 +332,11 @@ class SweepSettings:
     checkpoint_dir: pathlib.Path | None = None  # None: no checkpoints (and no resume)
     checkpoint_every: int = 10  # segments between checkpoints (0: only at the end and on a signal)
     schedule: ScheduleSpec | None = None  # learning-rate schedule (None: constant)
+    dtype: str = "float32"  # compute dtype; weights and optimizer state stay float32
+    augment: tuple[float, float] | None = None  # (max shift pixels, max degrees) or None
+    patience: int = 0  # early stopping after this many evaluations without improvement; 0: off
+    validation_examples: int = 5000  # held out of the training set for early stopping (patience > 0)
+    prune: PruneSpec | None = None  # successive halving (vectorized runs only)
 
 
 def run_identity(optimizer: str, hparams_K: dict[str, np.ndarray], settings: SweepSettings,
@@ -326,7 +347,38 @@ def run_identity(optimizer: str, hparams_K: dict[str, np.ndarray], settings: Swe
             "static": [list(kv) for kv in static_overrides], "batch_size": settings.batch_size,
             "seed": settings.seed, "distinct_seeds": settings.distinct_seeds,
             "sequential": settings.sequential, "repack": settings.repack,
-            "schedule": dataclasses.asdict(settings.schedule) if settings.schedule else None}
+            "schedule": dataclasses.asdict(settings.schedule) if settings.schedule else None,
+            "dtype": settings.dtype, "augment": list(settings.augment) if settings.augment else None,
+            "patience": settings.patience,
+            "validation_examples": settings.validation_examples if settings.patience else 0,
+            "prune": dataclasses.asdict(settings.prune) if settings.prune else None}
+
+
+def sweep_data(dataset: Any, settings: SweepSettings) -> tuple[TrainData, int]:
+    """The device-resident training data of a sweep and its evaluation chunk.
+
+    With early stopping, `validation_examples` training images (drawn by the seed) are held out:
+    training and the target's evaluation subset use the rest, early stopping the held-out ones.
+    """
+    images, labels = dataset.train_images, dataset.train_labels
+    val_images = val_labels = None
+    if settings.patience:
+        train_idx, val_idx = data_lib.split_validation(len(labels), settings.validation_examples, settings.seed)
+        val_images, val_labels = images[val_idx], labels[val_idx]
+        images, labels = images[train_idx], labels[train_idx]
+    eval_idx = data_lib.eval_subset_indices(len(labels), settings.eval_examples, settings.seed)
+    eval_chunk = min(250, len(eval_idx))
+    return pop_lib.make_train_data(images, labels, eval_idx, eval_chunk, val_images, val_labels), eval_chunk
+
+
+def sweep_config(settings: SweepSettings, optimizer: str, eval_chunk: int,
+                 static_overrides: tuple[tuple[str, float], ...] = ()) -> EngineConfig:
+    """The engine configuration of one optimizer's population under `settings`."""
+    return EngineConfig(model=settings.model, optimizer=optimizer, batch_size=settings.batch_size,
+                        eval_chunk=eval_chunk, distinct_seeds=settings.distinct_seeds,
+                        member_chunk=settings.member_chunk, schedule=settings.schedule,
+                        static_overrides=static_overrides, dtype=settings.dtype, augment=settings.augment,
+                        patience=settings.patience)
 
 
 def run_sweep(
@@ -344,19 +396,15 @@ def run_sweep(
     cfg)` gives each optimizer's `train` its segment callback. Returns the member records
     (results.json) and per-optimizer timing statistics.
     """
-    from lrlab import data as data_lib
     from lrlab import results as results_lib
 
-    eval_idx = data_lib.eval_subset_indices(len(dataset.train_labels), settings.eval_examples, settings.seed)
-    eval_chunk = min(250, len(eval_idx))
-    data = pop_lib.make_train_data(dataset.train_images, dataset.train_labels, eval_idx, eval_chunk)
+    if settings.sequential and settings.prune is not None:
+        raise ValueError("pruning ranks members against each other: it needs a vectorized run, not sequential")
+    data, eval_chunk = sweep_data(dataset, settings)
     data_key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), 2**20)
     records, stats = [], {}
     for optimizer, hparams_K in population_hparams.items():
-        cfg = EngineConfig(model=settings.model, optimizer=optimizer, batch_size=settings.batch_size,
-                           eval_chunk=eval_chunk, distinct_seeds=settings.distinct_seeds,
-                           member_chunk=settings.member_chunk, schedule=settings.schedule,
-                           static_overrides=static_overrides.get(optimizer, ()))
+        cfg = sweep_config(settings, optimizer, eval_chunk, static_overrides.get(optimizer, ()))
         start = time.perf_counter()
         identity = run_identity(optimizer, hparams_K, settings, cfg.static_overrides)
         ckpt_dir = None if settings.checkpoint_dir is None else settings.checkpoint_dir / optimizer
@@ -371,7 +419,7 @@ def run_sweep(
             checkpoints = None if ckpt_dir is None else RunCheckpoints(ckpt_dir, identity, settings.checkpoint_every)
             out = train(pop, data, settings.budget, data_key, Programs(cfg), repack=settings.repack,
                         progress=settings.progress, desc=optimizer, checkpoints=checkpoints, stop=stop,
-                        segment_callback=callback)
+                        segment_callback=callback, prune=settings.prune)
         test_start = time.perf_counter()
         test_acc = test_accuracy(cfg, out.final.variables, dataset.test_images, dataset.test_labels)
         test_seconds = time.perf_counter() - test_start

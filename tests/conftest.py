@@ -24,8 +24,8 @@ def small_data(mnist):
 
 
 def make_cfg(optimizer="adam", batch_size=32, **kw):
-    return pop_lib.EngineConfig(model=models.make_model("small_cnn"), optimizer=optimizer,
-                                batch_size=batch_size, eval_chunk=100, **kw)
+    kw.setdefault("model", models.make_model("small_cnn"))
+    return pop_lib.EngineConfig(optimizer=optimizer, batch_size=batch_size, eval_chunk=100, **kw)
 
 
 def hparams(optimizer, lrs):

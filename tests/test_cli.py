@@ -60,10 +60,14 @@ def test_tiny_valley_end_to_end(tmp_path):
     ("--sgdr_mult=0.5", "--sgdr_mult=0.5: must be at least 1"),
     ("--schedule=linear", "--schedule"),
     ("--workdir=gs://bucket/run", "--workdir=gs://bucket/run: object-store workdirs (gs://...) are not supported"),
+    ("--dtype=float8", "--dtype"),
+    ("--model=mlp --batch_norm", "--batch_norm needs a CNN: the mlp has no conv blocks"),
+    ("--prune=sha --sequential", "--prune ranks members against each other: not with --sequential"),
+    ("--early_stopping --validation_examples=60000", "--validation_examples=60000: mnist has only 60000 training images"),
 ])
 def test_bad_flags_fail_with_one_clear_line(tmp_path, flag, needle):
     workdir = tmp_path / "run"
-    proc = run_valley(*TINY, f"--workdir={workdir}", flag)  # the bad flag last: it wins
+    proc = run_valley(*TINY, f"--workdir={workdir}", *flag.split())  # the bad flags last: they win
     assert proc.returncode != 0
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
