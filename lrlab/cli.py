@@ -303,7 +303,8 @@ OPERATIONAL_FLAGS = frozenset({"workdir", "overwrite", "checkpoint_every", "cpu_
 FLAGS_FILE = "flags.json"
 # What an experiment writes in its workdir (removed by --overwrite; nothing else is touched).
 OUTPUTS = ("results.json", "results_orbax", "checkpoints", FLAGS_FILE, "valley.png", "envelope.png", "curves.png",
-           "scaling.png")
+           "scaling.png", "schedules.png", "techniques.png", "search.png", "pbt.png", "lr_finder.png",
+           "search_compare.png")
 
 
 def start(argv: list[str]) -> None:

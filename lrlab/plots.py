@@ -40,7 +40,7 @@ def valley(records: list[dict[str, Any]], path: str | os.PathLike, *, budget_ste
     """Steps to target against learning rate (log-log), one line per optimizer.
 
     Runs that missed the target are gaps in the line, marked on the budget line: x for diverged,
-    o for exhausted.
+    o for exhausted, v for pruned (--prune), s for stopped (--early_stopping).
     """
     fig, ax = plt.subplots(figsize=(8, 5))
     optimizers = list(dict.fromkeys(r["optimizer"] for r in records))
@@ -50,7 +50,7 @@ def valley(records: list[dict[str, Any]], path: str | os.PathLike, *, budget_ste
         steps = [r["steps_to_target"] if r["steps_to_target"] is not None else float("nan") for r in rows]
         (line,) = ax.plot(lrs, steps, "-", marker=".", label=opt)
         color = line.get_color()
-        for status, marker in (("diverged", "x"), ("exhausted", "o")):
+        for status, marker in (("diverged", "x"), ("exhausted", "o"), ("pruned", "v"), ("stopped", "s")):
             failed = [r["learning_rate"] for r in rows if r["status"] == status]
             if failed:
                 ax.plot(failed, [budget_steps] * len(failed), linestyle="none", marker=marker,
@@ -148,4 +148,207 @@ def optimizer_curves(entries: dict[str, dict[str, Any]], path: str | os.PathLike
     ax_steps.set_ylabel("test accuracy (fixed test subset)")
     ax_steps.legend(fontsize=8, loc="lower right")
     fig.suptitle(title or "Optimizers at their best learning rates")
+    save_figure(fig, path)
+
+
+def valleys_overlaid(records: list[dict[str, Any]], path: str | os.PathLike, *, field: str, budget_steps: int,
+                     eval_every: int, title: str = "") -> None:
+    """Several valleys of one optimizer overlaid (one per value of `field`, e.g. "schedule"): steps
+    to target against learning rate (log-log), one line with markers each; rates that missed the
+    target are gaps, marked near the budget line (x diverged, o exhausted, v pruned, s stopped;
+    each group a little apart). Below, each group's band of rates that reached the target as a horizontal bar, with a
+    dot per rate that reached it (so gaps in a band show)."""
+    groups = list(dict.fromkeys(r[field] for r in records))
+    fig, (ax, ax_band) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True,
+                                      gridspec_kw={"height_ratios": [4, 0.35 + 0.25 * len(groups)], "hspace": 0.2})
+    nan = float("nan")
+    for n, group in enumerate(groups):
+        rows = sorted((r for r in records if r[field] == group), key=lambda r: r["learning_rate"])
+        lrs = [r["learning_rate"] for r in rows]
+        steps = [r["steps_to_target"] if r["status"] == "reached" else nan for r in rows]
+        (line,) = ax.plot(lrs, steps, "-", marker=".", markersize=7, linewidth=1.3, label=str(group))
+        color = line.get_color()
+        level = budget_steps * 1.06 ** n  # groups' failure markers stacked just above the budget line
+        for status, marker in (("diverged", "x"), ("exhausted", "o"), ("pruned", "v"), ("stopped", "s")):
+            failed = [r["learning_rate"] for r in rows if r["status"] == status]
+            if failed:
+                ax.plot(failed, [level] * len(failed), linestyle="none", marker=marker, markersize=5,
+                        markerfacecolor="none", color=color, alpha=0.8)
+        reached = [r["learning_rate"] for r in rows if r["status"] == "reached"]
+        y = len(groups) - 1 - n
+        if reached:
+            ax_band.plot([min(reached), max(reached)], [y, y], "-", linewidth=6, alpha=0.35, color=color,
+                         solid_capstyle="butt")
+            ax_band.plot(reached, [y] * len(reached), linestyle="none", marker="o", markersize=3, color=color)
+            ax_band.annotate(f"{len(reached)}", (max(reached), y), textcoords="offset points", xytext=(6, -3),
+                             fontsize=7, color=color)
+        else:
+            ax_band.text(0.01, y, "none reached", transform=ax_band.get_yaxis_transform(), fontsize=7,
+                         color=color, va="center")
+    ax.axhline(budget_steps, color="grey", linewidth=0.6, linestyle=":")
+    statuses = {r["status"] for r in records}
+    for status, marker, label in (("diverged", "x", "diverged"), ("exhausted", "o", "exhausted the budget"),
+                                  ("pruned", "v", "pruned"), ("stopped", "s", "stopped early")):
+        if status in statuses:
+            ax.plot([], [], linestyle="none", marker=marker, markerfacecolor="none", color="grey",
+                    label=f"{label} (above the budget line)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_ylabel(f"steps to target (resolution {eval_every} steps)")
+    ax.set_title(title or f"Learning-rate valleys per {field}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax_band.set_yticks(range(len(groups)), [str(g) for g in reversed(groups)], fontsize=8)
+    ax_band.set_ylim(-0.7, len(groups) - 0.3)
+    ax_band.set_xlabel("learning rate (peak of the schedule)" if field == "schedule" else "learning rate")
+    ax_band.set_title("rates that reached the target (bar: lowest to highest; number: how many)", fontsize=8)
+    ax_band.grid(True, axis="x", which="both", alpha=0.3)
+    save_figure(fig, path)
+
+
+def lr_range_test(records: list[dict[str, Any]], path: str | os.PathLike, *,
+                  known_best: dict[str, tuple[float, float]] | None = None, title: str = "") -> None:
+    """lr_finder's figure, one panel per optimizer (records: lr_finder.FinderResult.to_json()): the
+    smoothed loss averaged over seeds against the rate (log x), each seed's raw loss light behind it,
+    a vertical line per rule's suggestion, and `known_best` (optimizer -> lowest, highest rate) shaded."""
+    import numpy as np
+
+    fig, axes = plt.subplots(len(records), 1, figsize=(8, 4.4 * len(records)), squeeze=False,
+                             gridspec_kw={"hspace": 0.4})
+    colors = {"steep": "tab:red", "minimum": "tab:green", "valley": "tab:purple"}
+    for ax, rec in zip(axes[:, 0], records):
+        as_array = lambda v: np.array([[np.nan if x is None else x for x in row] for row in v], np.float64)
+        lr = np.asarray(rec["lr_S"], np.float64)
+        loss_KS, smoothed = as_array(rec["loss_KS"]), as_array([rec["smoothed_S"]])[0]
+        for k, row in enumerate(loss_KS):
+            ax.plot(lr, row, "-", linewidth=0.6, alpha=0.25, color="grey", label="each seed (raw)" if k == 0 else None)
+        ax.plot(lr, smoothed, "-", linewidth=1.8, color="tab:blue",
+                label=f"smoothed mean of {len(loss_KS)} seeds")
+        for rule, pick in rec["suggestions"].items():
+            if pick is not None:
+                ax.axvline(pick["learning_rate"], color=colors.get(rule, "black"), linestyle="--", linewidth=1,
+                           label=f"{rule}{' / 10' if rule == 'minimum' else ''}: {pick['learning_rate']:.3g}")
+        if known_best and rec["optimizer"] in known_best:
+            low, high = known_best[rec["optimizer"]]
+            ax.axvspan(low, high, color="gold", alpha=0.25, label=f"best in the valley: {low:.3g}-{high:.3g}")
+        finite = smoothed[np.isfinite(smoothed)]
+        if finite.size:  # the smoothed curve's range, not the raw spikes past divergence
+            low, start = finite.min(), finite[0]
+            ax.set_ylim(0.9 * min(low, np.nanmin(loss_KS)), 1.15 * max(start, min(4 * low, finite.max())))
+        if rec["diverged_at"] is not None:
+            ax.axvline(lr[rec["diverged_at"]], color="black", linewidth=0.6, linestyle=":",
+                       label="diverged (smoothed > 4x its minimum)")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate (exponential ramp, one step each)")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"{rec['optimizer']}: {rec['steps_run']} of {rec['num_steps']} steps, "
+                     f"{rec['lr_min']:.3g} to {rec['lr_max']:.3g}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(title or "Learning-rate range test")
+    save_figure(fig, path)
+
+
+def search_trials(trials: list[dict[str, Any]], trace: list[dict[str, Any]], rounds: list[dict[str, Any]],
+                  path: str | os.PathLike, *, budget_steps: int, eval_every: int, title: str = "") -> None:
+    """random_search / bayes_search's figure. Left: each trial's objective against its learning rate
+    (log-log), coloured by round: steps to target when reached (filled), above the budget line when
+    missed (hollow o, ranked by best accuracy; x diverged); the best starred. Right: the incumbent's
+    objective against the model-steps spent so far, round ends marked."""
+    fig, (ax, ax_inc) = plt.subplots(1, 2, figsize=(13, 5))
+    n_rounds = max([t["round"] for t in trials], default=0) + 1
+    colors = (plt.get_cmap("tab10")(range(n_rounds)) if n_rounds <= 10
+              else plt.get_cmap("viridis")([i / (n_rounds - 1) * 0.9 for i in range(n_rounds)]))
+    for r in range(n_rounds):
+        rows = [t for t in trials if t["round"] == r]
+        label = "samples" if n_rounds == 1 else f"round {r + 1}"
+        for status, marker, filled in (("reached", "o", True), ("missed", "o", False), ("diverged", "x", True)):
+            pick = [t for t in rows if (t["status"] if t["status"] in ("reached", "diverged") else "missed") == status]
+            if pick:
+                ax.plot([t["learning_rate"] for t in pick], [t["objective"] for t in pick], linestyle="none",
+                        marker=marker, markersize=6, color=colors[r], markerfacecolor=colors[r] if filled else "none",
+                        label=label)
+                label = None  # one legend entry per round
+    best = min(trials, key=lambda t: (t["objective"], t["index"])) if trials else None
+    if best is not None:
+        ax.plot([best["learning_rate"]], [best["objective"]], linestyle="none", marker="*", markersize=15,
+                markerfacecolor="none", color="tab:red", label=f"best: lr {best['learning_rate']:.3g}")
+    for a in (ax, ax_inc):
+        a.axhline(budget_steps, color="grey", linewidth=0.6, linestyle=":",
+                  label=None if a is ax else f"budget {budget_steps} steps (above: none reached the target yet)")
+    ax.plot([], [], linestyle="none", marker="o", markerfacecolor="none", color="grey",
+            label="missed (above the budget line: lower = better accuracy)")
+    ax.plot([], [], linestyle="none", marker="x", color="grey", label="diverged (top)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"objective: steps to target (resolution {eval_every}); missed above {budget_steps}")
+    ax.set_title("Trials")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
+    if trace:
+        ax_inc.step([p["cumulative_model_steps"] for p in trace], [p["incumbent_objective"] for p in trace],
+                    where="post", color="tab:blue", label="incumbent after each trial")
+        ax_inc.plot([e["cumulative_model_steps"] for e in rounds], [e["incumbent_objective"] for e in rounds],
+                    linestyle="none", marker="o", color="tab:red", label="end of a round")
+    ax_inc.set_yscale("log")
+    ax_inc.set_xlabel("model-steps spent (sum of every trial's training steps)")
+    ax_inc.set_ylabel("incumbent objective (best so far)")
+    ax_inc.set_title("Best so far against compute")
+    ax_inc.grid(True, which="both", alpha=0.3)
+    ax_inc.legend(fontsize=8)
+    for a in (ax, ax_inc):
+        a.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        a.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
+    fig.suptitle(title or "Hyperparameter search")
+    save_figure(fig, path)
+
+
+def pbt_lineage(summary: dict[str, Any], path: str | os.PathLike, *, title: str = "") -> None:
+    """The PBT experiment's figure (from its results.json): left, the learning rate over steps of
+    the best final member's lineage (log y), every member's in light grey; right, the training-subset
+    accuracy over steps of every member (light) and of the best lineage (bold), the target dashed."""
+    fig, (ax_lr, ax_acc) = plt.subplots(1, 2, figsize=(13, 5))
+    curves, best = summary["curves"], summary["best"]
+    end = curves["step"][-1] if curves["step"] else 0
+    every = summary["hyperparameter_schedules"]
+    starts = every["step"] + [end]
+    for slot in range(summary["members"]):
+        values = [row[slot] for row in every["learning_rate"]]
+        ax_lr.plot(starts, values + values[-1:], drawstyle="steps-post", color="grey", alpha=0.35, linewidth=0.8)
+    schedule = best["schedules"].get("learning_rate")
+    if schedule is not None:
+        values = schedule["learning_rate"]
+        ax_lr.plot(schedule["step"] + [end], values + values[-1:], drawstyle="steps-post", color="tab:red",
+                   linewidth=2, label=f"best lineage (member {best['member']})")
+    for step in every["step"][1:]:
+        ax_lr.axvline(step, color="grey", linewidth=0.4, linestyle=":")
+    ax_lr.plot([], [], color="grey", alpha=0.5, label="every member")
+    ax_lr.set_yscale("log")
+    ax_lr.set_xlabel("training steps (dotted: ready events)")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_title("Learning rate over steps")
+    ax_lr.grid(True, which="major", alpha=0.3)
+    ax_lr.legend(fontsize=8)
+    steps, acc_TK = curves["step"], curves["train_accuracy"]
+    for slot in range(summary["members"]):
+        ax_acc.plot(steps, [row[slot] for row in acc_TK], color="grey", alpha=0.35, linewidth=0.8)
+    ax_acc.plot(steps, curves["best_lineage_train_accuracy"], color="tab:red", linewidth=2,
+                label=f"best lineage (member {best['member']})")
+    target = summary["target_accuracy"]
+    ax_acc.axhline(target, color="black", linewidth=0.8, linestyle="--", label=f"target {target:g}")
+    if summary["steps_to_target"] is not None:
+        ax_acc.axvline(summary["steps_to_target"], color="tab:green", linewidth=0.8,
+                       label=f"first member at target: step {summary['steps_to_target']}")
+    ax_acc.set_yscale("logit", nonpositive="clip")
+    ax_acc.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax_acc.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax_acc.set_xlabel("training steps")
+    ax_acc.set_ylabel("training-subset accuracy")
+    ax_acc.set_title("The population's accuracy (each slot; copies jump at ready events)")
+    ax_acc.grid(True, alpha=0.3)
+    ax_acc.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title or "Population Based Training")
     save_figure(fig, path)

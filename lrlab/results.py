@@ -308,3 +308,70 @@ def run_header(experiment: str) -> dict[str, Any]:
     """The fields every experiment's results.json starts with: schema, experiment, version, devices."""
     return {"schema_version": SCHEMA_VERSION, "experiment": experiment, "lrlab_version": __version__,
             "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
+
+
+# Valleys side by side (the schedules experiment; any experiment that groups one optimizer's members):
+# each group's best rate, time to target and band of rates that reached the target.
+
+def valley_summary(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """One valley's headline numbers: members per status, the best member (fewest steps to target)
+    and the band of rates that reached the target: lowest..highest, how many reached it, how many
+    of the tried rates lie in the band (more than reached: gaps), its width in decades."""
+    rows = list(records)
+    best, band = best_and_band(rows)
+    statuses = {name: sum(r["status"] == name for r in rows) for name in dict.fromkeys(r["status"] for r in rows)}
+    summary: dict[str, Any] = {"members": len(rows), "statuses": statuses, "best": None, "band": None}
+    if best is not None:
+        summary["best"] = {k: best[k] for k in ("learning_rate", "steps_to_target", "examples_to_target",
+                                                "seconds_to_target")}
+        summary["band"] = {"low": band[0], "high": band[1], "reached": statuses["reached"],
+                           "rates_in_band": sum(band[0] <= r["learning_rate"] <= band[1] for r in rows),
+                           "decades": math.log10(band[1] / band[0])}
+    return summary
+
+
+def valley_summaries(records: list[dict[str, Any]], field: str) -> dict[str, dict[str, Any]]:
+    """`valley_summary` of each value of `field` (for example "schedule"), in first-seen order."""
+    return {group: valley_summary(r for r in records if r[field] == group)
+            for group in dict.fromkeys(r[field] for r in records)}
+
+
+def summaries_table(summaries: dict[str, dict[str, Any]], label: str, eval_every: int) -> str:
+    """Printed table of `valley_summaries`: one row per group with its best rate, time to target
+    there, and the band of rates that reached the target."""
+    cell = lambda v, width, spec: f"{'-' if v is None else format(v, spec):>{width}}"
+    width = max([len(label)] + [len(str(g)) for g in summaries])
+    lines = [f"{label:<{width}}  {'reached':>7}  {'diverged':>8}  {'exhausted':>9}  {'other':>5}  {'best lr':>9}  "
+             f"{'steps':>6}  {'examples':>9}  {'seconds':>8}  {'band low':>9}  {'band high':>9}  {'decades':>7}  "
+             f"{'in band':>7}"]
+    for group, s in summaries.items():
+        best, band = s["best"] or {}, s["band"] or {}
+        other = sum(n for name, n in s["statuses"].items() if name not in ("reached", "diverged", "exhausted"))
+        lines.append(
+            f"{str(group):<{width}}  {s['statuses'].get('reached', 0):>7d}  {s['statuses'].get('diverged', 0):>8d}  "
+            f"{s['statuses'].get('exhausted', 0):>9d}  {other:>5d}  {cell(best.get('learning_rate'), 9, '.4g')}  "
+            f"{cell(best.get('steps_to_target'), 6, 'd')}  {cell(best.get('examples_to_target'), 9, 'd')}  "
+            f"{cell(best.get('seconds_to_target'), 8, '.1f')}  {cell(band.get('low'), 9, '.4g')}  "
+            f"{cell(band.get('high'), 9, '.4g')}  {cell(band.get('decades'), 7, '.2f')}  "
+            f"{(str(band['reached']) + '/' + str(band['rates_in_band'])) if band else '-':>7}")
+    lines.append(f"other: members pruned or stopped early; steps, examples, seconds: to the target at the best "
+                 f"rate (steps resolved to {eval_every}); in band: rates that reached the target / rates tried "
+                 "between band low and high")
+    return "\n".join(lines)
+
+
+def valley_matrix(records: list[dict[str, Any]], field: str) -> str:
+    """Steps to target per learning rate (rows) and value of `field` (columns); a member that missed
+    the target shows its status."""
+    groups = list(dict.fromkeys(r[field] for r in records))
+    by_key = {(r["learning_rate"], r[field]): r for r in records}
+    width = max([9] + [len(str(g)) for g in groups])
+    lines = [f"{'lr':>11}  " + "  ".join(f"{str(g):>{width}}" for g in groups)]
+    for lr in sorted({r["learning_rate"] for r in records}):
+        cells = []
+        for g in groups:
+            r = by_key.get((lr, g))
+            text = "" if r is None else str(r["steps_to_target"]) if r["status"] == "reached" else r["status"]
+            cells.append(f"{text:>{width}}")
+        lines.append(f"{lr:>11.4g}  " + "  ".join(cells))
+    return "\n".join(lines)

@@ -436,3 +436,23 @@ def run_sweep(
             "population_sizes": out.population_sizes,
         }
     return records, stats
+
+
+def train_variants(dataset: Any, optimizer: str, hparams_K: dict[str, np.ndarray],
+                   static_overrides: tuple[tuple[str, float], ...], variants: dict[str, SweepSettings], field: str,
+                   stop: StopSignal | None = None) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """One population of the same members per variant of the settings (a schedule, a technique),
+    each checkpointed in its own folder; returns the member records, each with `field` = its
+    variant's name, and per-variant timing."""
+    members, timing = [], {}
+    for n, (name, settings) in enumerate(variants.items()):
+        if settings.progress:
+            print(f"{field} {name} ({n + 1} of {len(variants)})", flush=True)
+        records, stats = run_sweep(dataset, {optimizer: hparams_K}, {optimizer: static_overrides}, settings, stop=stop)
+        members += [{field: name, **r} for r in records]
+        timing[name] = stats[optimizer]
+        reached = sum(r["status"] == "reached" for r in records)
+        print(f"{field} {name}: {reached} of {len(records)} rates reached the target; compile "
+              f"{stats[optimizer]['compile_seconds']:.1f} s, training {stats[optimizer]['train_seconds']:.1f} s",
+              flush=True)
+    return members, timing

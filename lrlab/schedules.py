@@ -12,6 +12,7 @@ import dataclasses
 import optax
 
 SCHEDULES = ("constant", "step", "exponential", "cosine_restarts", "one_cycle")
+RANGE_TEST = "range_test"  # internal (lr_finder): the LR range test's exponential ramp, not a --schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,14 +21,14 @@ class ScheduleSpec:
 
     name: str = "constant"
     decay_steps: int = 1000  # step / exponential: steps per decay by decay_factor
-    decay_factor: float = 0.5
+    decay_factor: float = 0.5  # range_test: the ramp's first factor (lr_min / lr_max)
     period: int = 1000  # cosine_restarts: first period (SGDR T_0)
     period_mult: float = 2.0  # cosine_restarts: each period this times the previous (SGDR T_mult)
     warmup_steps: int = 0  # linear warmup from 0 to the peak before the schedule (all schedules)
-    total_steps: int = 3000  # one_cycle: the cycle's length; cosine_restarts: cycles cover it
+    total_steps: int = 3000  # one_cycle: the cycle's length; cosine_restarts: cycles cover it; range_test: the ramp
 
     def __post_init__(self):
-        if self.name not in SCHEDULES:
+        if self.name not in SCHEDULES + (RANGE_TEST,):
             raise ValueError(f"unknown schedule {self.name!r}: choose from {', '.join(SCHEDULES)}")
         if min(self.decay_steps, self.period, self.total_steps) < 1 or self.warmup_steps < 0:
             raise ValueError("schedule steps must be positive (warmup_steps >= 0)")
@@ -54,8 +55,20 @@ def factor_schedule(spec: ScheduleSpec) -> optax.Schedule:
         "exponential": lambda: optax.exponential_decay(1.0, spec.decay_steps, spec.decay_factor),
         "cosine_restarts": lambda: _cosine_restarts(spec),
         "one_cycle": lambda: optax.cosine_onecycle_schedule(spec.total_steps, 1.0),
+        RANGE_TEST: lambda: range_test_factor(spec.decay_factor, spec.total_steps),
     }[spec.name]()
     if not spec.warmup_steps:
         return base
     warmup = optax.linear_schedule(0.0, 1.0, spec.warmup_steps)
     return optax.join_schedules([warmup, base], [spec.warmup_steps])
+
+
+def range_test_factor(start_factor: float, num_steps: int) -> optax.Schedule:
+    """The LR range test's ramp (internal, not in SCHEDULES): a factor rising geometrically from
+    `start_factor` (lr_min / lr_max) at step 0 to 1 at step num_steps - 1, then held at 1.
+
+    With the injected peak lr_max, the rate at step t is lr_min * (lr_max / lr_min)^(t / (num_steps - 1)).
+    """
+    if not 0 < start_factor <= 1 or num_steps < 2:
+        raise ValueError(f"start_factor must be in (0, 1] and num_steps >= 2, got {start_factor}, {num_steps}")
+    return optax.exponential_decay(start_factor, num_steps - 1, 1.0 / start_factor, end_value=1.0)

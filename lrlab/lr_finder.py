@@ -1,0 +1,369 @@
+"""The learning-rate range test (Smith 2015; fastai's `lr_find`): one short run whose rate rises
+exponentially every step, several seeds as one population, and rules that read a rate off the
+loss-against-rate curve.
+
+Every member's injected learning rate is lr_max (per-member data, as everywhere in lrlab) and an
+Optax factor ramps it from lr_min / lr_max to 1 over the run (`schedules.range_test_factor`), so the
+rate at step t is lr_min * (lr_max / lr_min)^(t / (T - 1)). The members differ only by seed (init,
+batch order, dropout). The run stops early once every member's smoothed loss has exceeded 4x its
+minimum or gone non-finite (fastai's divergence rule).
+
+The rules (pure numpy, on the bias-corrected exponential moving average of the loss averaged over
+seeds, fastai's trimming: the first T // 10 and the last 5 points left out):
+  steep    the rate where the smoothed loss falls fastest against log(rate), before its minimum
+  minimum  the rate of the lowest smoothed loss, divided by 10
+  valley   fastai's rule: the longest decreasing stretch of the loss, a point about halfway down it
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from lrlab import data as data_lib
+from lrlab import optimizers, runner, schedules
+from lrlab import population as pop_lib
+
+RULES = ("steep", "minimum", "valley")
+# The rule whose rate the experiment reports first. Measured on small_cnn, MNIST, batch 100 (README),
+# against lr_valley's fastest rates to 97% (Adam 0.0147-0.0215, SGD 0.316-0.464): minimum/10 gave Adam
+# 0.017-0.020 at ramps of 100 to 300 steps (among the fastest) and SGD 0.075-0.107 (3-4x below, still
+# inside the band that reaches 97%); steep was closest for SGD (1.3-1.5x above) but gave Adam 0.115 at
+# 100 steps, where it never trains; valley (fastai's default) was 3-21x too low for both: these
+# losses stay flat for most of the ramp, so the longest descent starts far too early.
+HEADLINE = "minimum"
+LR_MIN, LR_MAX, NUM_STEPS, NUM_SEEDS = 1e-7, 10.0, 100, 4  # fastai's defaults; 4 seeds
+BETA = 0.98  # fastai's smoothing of the recorded loss
+DIVERGE_FACTOR = 4.0  # fastai: stop once the smoothed loss exceeds 4x its minimum
+NEVER = 2.0  # target accuracy no member can reach: nobody is frozen for reaching it
+EVAL_EXAMPLES = 100  # the segment program always evaluates; the range test does not need it
+
+
+
+def ramp_rates(lr_min: float, lr_max: float, num_steps: int) -> np.ndarray:
+    """float64[T]: the rate of each step of the ramp, lr_min first, lr_max last, geometric."""
+    return np.geomspace(lr_min, lr_max, num_steps)
+
+
+def smooth(loss_S: np.ndarray, beta: float = BETA) -> np.ndarray:
+    """fastai's smoothing: exponential moving average with bias correction, along the last axis.
+    A non-finite loss makes every later value NaN (the average has lost its meaning)."""
+    loss = np.asarray(loss_S, np.float64)
+    out = np.empty_like(loss)
+    avg = np.zeros(loss.shape[:-1])
+    bad = np.zeros(loss.shape[:-1], bool)
+    for t in range(loss.shape[-1]):
+        x = loss[..., t]
+        bad |= ~np.isfinite(x)
+        avg = beta * avg + (1 - beta) * np.where(bad, 0.0, x)
+        out[..., t] = np.where(bad, np.nan, avg / (1 - beta ** (t + 1)))
+    return out
+
+
+def divergence_step(smoothed_S: np.ndarray, factor: float = DIVERGE_FACTOR) -> int | None:
+    """The first step whose smoothed loss is non-finite or above `factor` x the minimum so far
+    (fastai's stop rule), or None."""
+    s = np.asarray(smoothed_S, np.float64)
+    running_min = np.minimum.accumulate(np.where(np.isfinite(s), s, np.inf))
+    hit = np.flatnonzero(~np.isfinite(s) | (s > factor * running_min))
+    return int(hit[0]) if hit.size else None
+
+
+def all_diverged(smoothed_KS: np.ndarray, factor: float = DIVERGE_FACTOR) -> bool:
+    """True when every member (row) has diverged by divergence_step's rule: the range test stops."""
+    return all(divergence_step(row, factor) is not None for row in np.asarray(smoothed_KS))
+
+
+def steep(lr_S: np.ndarray, smoothed_S: np.ndarray) -> int | None:
+    """Index of the steepest descent: the most negative d(smoothed loss)/d(log rate) between
+    neighbouring steps, before the minimum (its left step, as fastai). None with no descent."""
+    lo = int(np.argmin(smoothed_S))
+    if lo < 1:
+        return None
+    grad = np.diff(smoothed_S[: lo + 1]) / np.diff(np.log(lr_S[: lo + 1]))
+    return int(np.argmin(grad))
+
+
+def minimum(smoothed_S: np.ndarray) -> int:
+    """Index of the lowest smoothed loss (the rule suggests a tenth of its rate)."""
+    return int(np.argmin(smoothed_S))
+
+
+def valley(smoothed_S: np.ndarray) -> int:
+    """fastai's `valley` rule. The longest strictly decreasing subsequence of the loss ends at the
+    first index `end` reaching the longest length L; the stretch is taken as [end - L, end] and the
+    suggestion is at (end - L) + floor(span/3) + floor(span/6) with span = L: about halfway down
+    (fastai's docs say "roughly 2/3 through the longest valley"; this is what its code picks).
+    Indices as fastai's, except an all-rising curve gives 0 (fastai's would wrap to the last point)."""
+    loss = np.asarray(smoothed_S, np.float64)
+    lds = np.ones(len(loss), np.int64)  # length of the longest decreasing subsequence ending at i
+    for i in range(1, len(loss)):
+        higher = loss[:i] > loss[i]
+        if higher.any():
+            lds[i] = 1 + lds[:i][higher].max()
+    end = int(np.argmax(lds))
+    start = end - int(lds[end])
+    third = (end - start) / 3
+    return max(start + int(third) + int(third / 2), 0)
+
+
+def suggest(lr_S: np.ndarray, smoothed_S: np.ndarray, num_steps: int, skip_end: int = 5
+            ) -> dict[str, dict[str, float | int] | None]:
+    """Each rule's suggestion {"learning_rate", "step", "loss"} (None where it has no answer).
+
+    As fastai: the curve up to its divergence step (inclusive), without its first num_steps // 10
+    and last `skip_end` points. "step" indexes the whole run; "loss" is the smoothed loss there
+    (for minimum: at the minimum, whose rate is ten times the suggestion).
+    """
+    smoothed_S = np.asarray(smoothed_S, np.float64)
+    stop = divergence_step(smoothed_S)
+    end = (len(smoothed_S) if stop is None else stop + 1) - skip_end
+    first = num_steps // 10
+    finite = np.isfinite(smoothed_S[first:max(end, first)])
+    end = first + (int(np.argmin(finite)) if not finite.all() else finite.size)
+    if end - first < 3:
+        return {rule: None for rule in RULES}
+    lr, loss = np.asarray(lr_S[first:end], np.float64), smoothed_S[first:end]
+    picks = {"steep": steep(lr, loss), "minimum": minimum(loss), "valley": valley(loss)}
+    out: dict[str, dict[str, float | int] | None] = {}
+    for rule, i in picks.items():
+        if i is None:
+            out[rule] = None
+            continue
+        rate = float(lr[i]) / (10.0 if rule == "minimum" else 1.0)
+        out[rule] = {"learning_rate": rate, "step": first + i, "loss": float(loss[i])}
+    return out
+
+
+@dataclasses.dataclass
+class FinderResult:
+    """What one range test measured (host arrays; S = steps run, K = seeds)."""
+
+    optimizer: str
+    lr_min: float
+    lr_max: float
+    num_steps: int  # the ramp's length (the run may stop earlier, at divergence)
+    num_seeds: int
+    lr_S: np.ndarray  # float64[S]: the rate of each step run
+    loss_KS: np.ndarray  # float32[K, S]: each seed's training loss (NaN where it did not step)
+    smoothed_KS: np.ndarray  # float64[K, S]: each seed's smoothed loss (the stop rule)
+    smoothed_S: np.ndarray  # float64[S]: the smoothed loss averaged over seeds (the rules)
+    suggestions: dict[str, dict[str, float | int] | None]  # rule -> {learning_rate, step, loss}
+    steps_run: int
+    diverged_at: int | None  # the step where the seed-averaged curve diverged (None: never)
+    stopped_early: bool  # every seed diverged before the ramp's end
+    model_steps: int  # K x steps run: the compute spent
+    compile_seconds: float
+    train_seconds: float
+
+    @property
+    def suggested_lr(self) -> float | None:
+        """The headline rule's rate (HEADLINE), None when the curve was too short for it."""
+        pick = self.suggestions[HEADLINE]
+        return None if pick is None else pick["learning_rate"]
+
+    def to_json(self) -> dict[str, Any]:
+        """results.json's entry for this test (NaN becomes null there)."""
+        record = dataclasses.asdict(self)
+        for name in ("lr_S", "loss_KS", "smoothed_KS", "smoothed_S"):
+            record[name] = np.asarray(record[name], np.float64).tolist()
+        return record
+
+
+def lr_range_test(
+    dataset: data_lib.Dataset,
+    optimizer: str,
+    lr_min: float,
+    lr_max: float,
+    num_steps: int,
+    num_seeds: int,
+    settings: runner.SweepSettings,
+    *,
+    overrides: Mapping[str, float] | None = None,
+    static_overrides: tuple[tuple[str, float], ...] = (),
+    segment_steps: int = 20,
+    stop_at_divergence: bool = True,
+    desc: str = "",
+) -> FinderResult:
+    """Runs the range test of `optimizer` on `dataset` with `num_seeds` seeds as one population.
+
+    `settings` gives the model, batch size, seed, progress and the training techniques (dtype,
+    augmentation) as `runner.sweep_config` reads them; its budget, evaluation, schedule, early
+    stopping, pruning and sequential fields do not apply (the seeds are always distinct).
+    `overrides` sets the optimizer's other per-member hyperparameters, `static_overrides` its static
+    ones. Between segments of `segment_steps` the run stops once every seed has diverged (fastai's
+    rule), unless `stop_at_divergence` is False.
+    """
+    if not 0 < lr_min < lr_max or num_steps < 2 or num_seeds < 1:
+        raise ValueError(f"need 0 < lr_min < lr_max, num_steps >= 2, num_seeds >= 1; got {lr_min}, {lr_max}, "
+                         f"{num_steps}, {num_seeds}")
+    eval_idx = data_lib.eval_subset_indices(len(dataset.train_labels), EVAL_EXAMPLES, settings.seed)
+    data = pop_lib.make_train_data(dataset.train_images, dataset.train_labels, eval_idx, len(eval_idx))
+    cfg = range_test_config(settings, optimizer, lr_min / lr_max, num_steps, len(eval_idx), static_overrides)
+    programs = runner.Programs(cfg)
+    k = pop_lib.round_up(num_seeds, programs.multiple)  # padding members fill the mesh, train nothing
+    hparams_K = optimizers.population_hparams(optimizer, np.full(k, lr_max), overrides)
+    pop = pop_lib.init_population(cfg, hparams_K, dataset.image_shape, settings.seed)
+    pop = pop.replace(status=jnp.where(jnp.arange(k) < num_seeds, pop_lib.RUNNING, pop_lib.PADDING))
+    lr_T = ramp_rates(lr_min, lr_max, num_steps)
+    bar = tqdm.tqdm(total=num_steps, desc=desc or f"{optimizer} range test", unit="step",
+                    disable=not settings.progress, leave=True, dynamic_ncols=True)
+
+    def show(n: int, step: int, smoothed_KS: np.ndarray) -> None:
+        bar.update(n)
+        bar.set_postfix({"lr": f"{lr_T[step - 1]:.3g}", "smoothed loss": f"{np.nanmean(smoothed_KS[:, -1]):.3g}"})
+
+    with bar:
+        loss_KS, train_seconds = run_ramp(programs, programs.shard(pop), programs.replicate(data), num_seeds,
+                                          num_steps, segment_steps, stop_at_divergence, settings.seed, show)
+    steps = loss_KS.shape[1]
+    lr_S, smoothed_S = lr_T[:steps], smooth(loss_KS.mean(axis=0))
+    return FinderResult(
+        optimizer=optimizer, lr_min=lr_min, lr_max=lr_max, num_steps=num_steps, num_seeds=num_seeds,
+        lr_S=lr_S, loss_KS=loss_KS, smoothed_KS=smooth(loss_KS), smoothed_S=smoothed_S,
+        suggestions=suggest(lr_S, smoothed_S, num_steps), steps_run=steps,
+        diverged_at=divergence_step(smoothed_S), stopped_early=steps < num_steps,
+        model_steps=num_seeds * steps, compile_seconds=programs.compile_seconds, train_seconds=train_seconds)
+
+
+def range_test_config(settings: runner.SweepSettings, optimizer: str, ramp_start: float, ramp_steps: int,
+                      eval_chunk: int, static_overrides: tuple[tuple[str, float], ...] = ()) -> pop_lib.EngineConfig:
+    """A sweep's engine configuration (`runner.sweep_config`: dtype, augmentation, ...) with distinct
+    seeds, no early stopping, and the range test's ramp as the schedule of each member's rate (its
+    injected peak, lr_max, stays per-member data)."""
+    ramp = schedules.ScheduleSpec(schedules.RANGE_TEST, decay_factor=ramp_start, total_steps=ramp_steps)
+    return runner.sweep_config(dataclasses.replace(settings, distinct_seeds=True, schedule=ramp, patience=0),
+                               optimizer, eval_chunk, static_overrides)
+
+
+def run_ramp(programs: runner.Programs, pop: pop_lib.Population, data: pop_lib.TrainData, num_seeds: int,
+             num_steps: int, segment_steps: int, stop_at_divergence: bool, seed: int,
+             progress: Callable[[int, int, np.ndarray], None] | None = None) -> tuple[np.ndarray, float]:
+    """Trains `pop` (sharded; its first `num_seeds` members real) through the ramp in segments;
+    returns each seed's loss per step run, float32[K, S], and the training seconds.
+
+    After each segment it calls progress(segment steps, steps so far, smoothed loss [K, S]) and stops
+    once every seed has diverged (all_diverged), unless `stop_at_divergence` is False.
+    """
+    data_key = jax.random.fold_in(jax.random.PRNGKey(seed), 2**20)  # unused: each seed its own batch order
+    target, max_steps = jnp.float32(NEVER), jnp.int32(num_steps)
+    losses, step, train_seconds = [], 0, 0.0
+    while step < num_steps:
+        n = min(segment_steps, num_steps - step)
+        args = (pop, data, jnp.int32(step), data_key, target, max_steps)
+        program = programs.get(n, args)
+        start = time.perf_counter()
+        pop, metrics = program(*args)
+        losses.append(pop_lib.to_host(metrics.step_loss)[:num_seeds])
+        train_seconds += time.perf_counter() - start
+        step += n
+        smoothed_KS = smooth(np.concatenate(losses, axis=1))
+        if progress is not None:
+            progress(n, step, smoothed_KS)
+        if stop_at_divergence and step < num_steps and all_diverged(smoothed_KS):
+            break
+    return np.concatenate(losses, axis=1), train_seconds
+
+
+def suggestions_table(records: list[dict[str, Any]], headline: str = HEADLINE) -> str:
+    """Printed table of range tests (FinderResult.to_json records): per optimizer each rule's
+    suggested rate (the headline rule starred), the steps run and where the loss diverged."""
+    lines = [f"{'optimizer':<9}  " + "  ".join(f"{r + (' *' if r == headline else ''):>10}" for r in RULES)
+             + f"  {'steps':>5}  {'model-steps':>11}  {'lowest loss at lr':>17}  ended"]
+    for rec in records:
+        cells = [f"{'-' if s is None else format(s['learning_rate'], '.4g'):>10}"
+                 for s in (rec["suggestions"][r] for r in RULES)]
+        smoothed = np.array([np.nan if v is None else v for v in rec["smoothed_S"]], np.float64)
+        low = (f"{np.nanmin(smoothed):.3f} at {rec['lr_S'][int(np.nanargmin(smoothed))]:.3g}"
+               if np.isfinite(smoothed).any() else "-")
+        ended = (f"diverged at lr {rec['lr_S'][rec['diverged_at']]:.3g}" if rec["diverged_at"] is not None
+                 else f"ramp end (lr {rec['lr_max']:.3g})")
+        if rec["stopped_early"]:
+            ended += ", every seed diverged: stopped"
+        lines.append(f"{rec['optimizer']:<9}  " + "  ".join(cells) + f"  {rec['steps_run']:>5d}  "
+                     f"{rec['model_steps']:>11d}  {low:>17}  {ended}")
+    lines.append("* the headline rule. steep: fastest fall of the smoothed loss against log(rate); minimum: a "
+                 "tenth of the rate at the lowest smoothed loss; valley: fastai's default")
+    return "\n".join(lines)
+
+
+def versus_valley(suggestions: dict[str, dict[str, float | int] | None], members: list[dict[str, Any]],
+                  optimizer: str) -> dict[str, Any] | None:
+    """How far each rule's suggestion is from an lr_valley sweep's best (members: its records).
+
+    best: the rates tied at the fewest steps to target (lowest, highest); band: the rates that reached
+    the target. Per rule: factor = suggestion / the nearest best rate (1 inside the best range, > 1
+    above it), and whether it lies inside the band. None when no rate of `optimizer` reached the target.
+    """
+    reached = [m for m in members if m["optimizer"] == optimizer and m["status"] == "reached"]
+    if not reached:
+        return None
+    fewest = min(m["steps_to_target"] for m in reached)
+    best = [m["learning_rate"] for m in reached if m["steps_to_target"] == fewest]
+    lrs = [m["learning_rate"] for m in reached]
+    out: dict[str, Any] = {"best": [min(best), max(best)], "best_steps": fewest, "band": [min(lrs), max(lrs)]}
+    for rule, pick in suggestions.items():
+        if pick is None:
+            out[rule] = None
+            continue
+        lr = pick["learning_rate"]
+        factor = lr / max(best) if lr > max(best) else lr / min(best) if lr < min(best) else 1.0
+        out[rule] = {"factor": factor, "in_band": min(lrs) <= lr <= max(lrs)}
+    return out
+
+
+def versus_valley_table(comparisons: dict[str, dict[str, Any] | None]) -> str:
+    """Printed comparison with the valley: per optimizer its best rates and each rule's factor off them."""
+    cell = lambda v: "-" if v is None else f"x{v['factor']:.2g} ({'in' if v['in_band'] else 'out'})"  # noqa: E731
+    lines = [f"{'optimizer':<9}  {'valley best':>17}  {'steps':>5}  {'band that reached':>17}  "
+             + "  ".join(f"{r:>14}" for r in RULES)]
+    for name, c in comparisons.items():
+        if c is None:
+            lines.append(f"{name:<9}  no rate reached the target in the valley")
+            continue
+        lines.append(f"{name:<9}  {c['best'][0]:>8.3g}-{c['best'][1]:<8.3g}  {c['best_steps']:>5d}  "
+                     f"{c['band'][0]:>8.3g}-{c['band'][1]:<8.3g}  " + "  ".join(f"{cell(c[r]):>14}" for r in RULES))
+    lines.append("x: the suggestion over the nearest best rate (1: among the best); in/out: inside the band of "
+                 "rates that reached the target")
+    return "\n".join(lines)
+
+
+RULE_TEXT = {
+    "smoothing": f"exponential moving average (beta {BETA}, bias-corrected) of the loss averaged over seeds",
+    "trim": f"the first num_steps // 10 and the last 5 points left out; the curve cut where the smoothed loss "
+            f"exceeds {DIVERGE_FACTOR:g}x its minimum",
+    "steep": "the most negative slope of the smoothed loss against log(rate), before its minimum",
+    "minimum": "the rate at the lowest smoothed loss, divided by 10",
+    "valley": "fastai's valley: about halfway down the longest decreasing stretch",
+}
+
+
+def summarize(tests: dict[str, FinderResult], valley_members: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """results.json's body for range tests (optimizer -> FinderResult): the headline suggestion per
+    optimizer, the rules, the comparison with an lr_valley sweep's records (if given), timing, and
+    every test's curves."""
+    return {
+        "headline_rule": HEADLINE,
+        "suggested": {name: t.suggested_lr for name, t in tests.items()},
+        "rules": RULE_TEXT,
+        "versus_valley": None if valley_members is None else
+        {name: versus_valley(t.suggestions, valley_members, name) for name, t in tests.items()},
+        "timing": {name: {"compile_seconds": t.compile_seconds, "train_seconds": t.train_seconds,
+                          "model_steps": t.model_steps} for name, t in tests.items()},
+        "tests": {name: t.to_json() for name, t in tests.items()},
+    }
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """What the experiment prints (and reprints from results.json): the suggestions, then the
+    comparison with the valley when there is one."""
+    text = suggestions_table(list(summary["tests"].values()), summary["headline_rule"])
+    if summary.get("versus_valley"):
+        text += "\n" + versus_valley_table(summary["versus_valley"])
+    return text
