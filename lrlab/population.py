@@ -176,7 +176,7 @@ def init_population(
         rng_K = jax.vmap(lambda m: jax.random.fold_in(root, m))(jnp.asarray(member))
     else:
         rng_K = jnp.broadcast_to(root, (k,) + root.shape)
-    variables_K = dict(_init_variables(cfg.model, rng_K, tuple(image_shape)))
+    variables_K = dict(_init_variables(cfg.model, rng_K, tuple(image_shape), shared=not cfg.distinct_seeds))
     params_K = variables_K.pop("params")
     tx = cfg.make_tx()
     opt_state = optimizers.init_population_state(tx, params_K, hparams_K)
@@ -247,11 +247,19 @@ def member_map(fn: Callable, in_axes: tuple, k: int, chunk: int) -> Callable:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
-def _init_variables(model: nn.Module, rng_K: jax.Array, image_shape: tuple[int, ...]) -> Any:
-    """Each member's initial variables (parameters, batch statistics) from its key (compiled once
-    per model and K)."""
-    dummy = jnp.zeros((1,) + image_shape, jnp.float32)
-    return jax.vmap(lambda r: model.init(jax.random.fold_in(r, 0), dummy))(rng_K)
+def _init_one(model: nn.Module, rng: jax.Array, image_shape: tuple[int, ...]) -> Any:
+    """One member's initial variables from its key (compiled once per model, whatever K)."""
+    return model.init(jax.random.fold_in(rng, 0), jnp.zeros((1,) + image_shape, jnp.float32))
+
+
+def _init_variables(model: nn.Module, rng_K: jax.Array, image_shape: tuple[int, ...], shared: bool) -> Any:
+    """Each member's initial variables (parameters, batch statistics): one initialisation
+    broadcast to all with a shared seed, else one per member's key, stacked."""
+    k = rng_K.shape[0]
+    if shared:
+        one = _init_one(model, rng_K[0], image_shape)
+        return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (k,) + x.shape), one)
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[_init_one(model, r, image_shape) for r in rng_K])
 
 
 def cross_entropy(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:
