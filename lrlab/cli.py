@@ -186,6 +186,29 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
         flags.register_validator(name, lambda v: _check(np.isfinite(v) and v >= 0, "must be finite and >= 0"))
 
 
+def validate_with(flag: str, parse) -> None:
+    """Registers `parse(value)` as the validator of `flag`: its ValueError becomes the flag's one-line error."""
+    def check(value) -> bool:
+        try:
+            parse(value)
+        except ValueError as e:
+            raise flags.ValidationError(str(e)) from None
+        return True
+    flags.register_validator(flag, check)
+
+
+def require_one_optimizer(experiment: str) -> None:
+    """--optimizer must name one optimizer in `experiment` (the shared validator names unknown ones)."""
+    def one(value: str) -> bool:
+        try:
+            names = optimizers.parse_optimizer_list(value)
+        except ValueError:
+            return True
+        return _check(len(names) == 1, f"{experiment} trains one optimizer: name one "
+                                       f"({', '.join(optimizers.OPTIMIZERS)}), not 'all' or a list")
+    flags.register_validator("optimizer", one)
+
+
 def schedule_spec() -> schedules.ScheduleSpec | None:
     """The learning-rate schedule of the schedule flags (None: constant, no warmup)."""
     if FLAGS.schedule == "constant" and not FLAGS.warmup_steps:

@@ -352,3 +352,39 @@ def pbt_lineage(summary: dict[str, Any], path: str | os.PathLike, *, title: str 
     ax_acc.legend(fontsize=8, loc="lower right")
     fig.suptitle(title or "Population Based Training")
     save_figure(fig, path)
+
+
+def search_compare(rows: list[dict[str, Any]], path: str | os.PathLike, *, good_factor: float = 1.1,
+                   title: str = "") -> None:
+    """search_compare's figure: each method/seed's cost (model-steps, log) against its found rate's
+    steps to target / S* (log), one marker per method; a miss is drawn hollow at the top edge; the
+    line at `good_factor` separates good rates (below) from the rest."""
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    markers = ["s", "D", "o", "v", "^", "P", "X", "*", "h"]
+    colors = plt.get_cmap("tab10")
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
+    miss_y = max(ratios + [good_factor]) * 1.4
+    for i, method in enumerate(methods):
+        mine = [r for r in rows if r["method"] == method]
+        hit = [r for r in mine if r["ratio"] is not None]
+        miss = [r for r in mine if r["ratio"] is None]
+        style = dict(linestyle="none", marker=markers[i % len(markers)], markersize=9, color=colors(i % 10), alpha=0.85)
+        ax.plot([r["model_steps"] for r in hit], [r["ratio"] for r in hit], label=method, **style)
+        if miss:
+            ax.plot([r["model_steps"] for r in miss], [miss_y] * len(miss), markerfacecolor="none",
+                    label=None if hit else method, **style)
+    ax.axhline(good_factor, color="tab:red", linestyle="--", linewidth=1, label=f"{good_factor:g} x S* (good below)")
+    ax.axhline(1.0, color="grey", linewidth=0.6, linestyle=":")
+    if any(r["ratio"] is None for r in rows):
+        ax.axhline(miss_y, color="grey", linewidth=0.6, linestyle=":", label="hollow at this line: missed the target")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("model-steps spent by the method (sum of every member's training steps)")
+    ax.set_ylabel("found rate's steps to target / S*")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title or "Cost of finding a good learning rate")
+    save_figure(fig, path)

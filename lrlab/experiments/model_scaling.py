@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from lrlab import checkpoints, cli, models, optimizers, plots, results, runner, scaling
+from lrlab import checkpoints, cli, models, plots, results, runner, scaling
 from lrlab import __version__
 
 FLAGS = flags.FLAGS
@@ -31,27 +31,6 @@ flags.DEFINE_list("widths", [f"{w:g}" for w in scaling.STUDY_WIDTHS],
                   "Width multipliers of the model (comma list; the study: 1 to 9.75 in steps of 0.25). "
                   "All --lrs of one width train as one population.")
 GRID_FLAGS = ("lr_min", "lr_max", "num_lrs")
-
-
-def _valid_widths(values: list[str]) -> bool:
-    """--widths: positive numbers, one at least, each once (scaling.parse_widths says which fails)."""
-    try:
-        scaling.parse_widths(values)
-    except ValueError as e:
-        raise flags.ValidationError(str(e)) from None
-    return True
-
-
-def _one_optimizer(value: str) -> bool:
-    """--optimizer: one name; the shared validator reports unknown names."""
-    try:
-        names = optimizers.parse_optimizer_list(value)
-    except ValueError:
-        return True
-    if len(names) != 1:
-        raise flags.ValidationError("model_scaling trains one optimizer: name one "
-                                    f"({', '.join(optimizers.OPTIMIZERS)}), not 'all' or a list")
-    return True
 
 
 def _distinct_lrs(values: list[str] | None) -> bool:
@@ -65,8 +44,8 @@ def _distinct_lrs(values: list[str] | None) -> bool:
     return True
 
 
-flags.register_validator("widths", _valid_widths)
-flags.register_validator("optimizer", _one_optimizer)
+cli.validate_with("widths", scaling.parse_widths)
+cli.require_one_optimizer("model_scaling")
 flags.register_validator("lrs", _distinct_lrs)
 
 

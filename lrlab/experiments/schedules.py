@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from lrlab import cli, models, optimizers, plots, results, runner
+from lrlab import cli, models, plots, results, runner
 from lrlab import __version__
 from lrlab.schedules import SCHEDULES, ScheduleSpec
 
@@ -61,28 +61,8 @@ def flag_template() -> ScheduleSpec:
                         FLAGS.warmup_steps, FLAGS.max_steps)
 
 
-def _valid_schedules(values: list[str]) -> bool:
-    try:
-        parse_schedules(values)
-    except ValueError as e:
-        raise flags.ValidationError(str(e)) from None
-    return True
-
-
-def _one_optimizer(value: str) -> bool:
-    """--optimizer: one name; the shared validator reports unknown names."""
-    try:
-        names = optimizers.parse_optimizer_list(value)
-    except ValueError:
-        return True
-    if len(names) != 1:
-        raise flags.ValidationError("schedules compares the schedules of one optimizer: name one "
-                                    f"({', '.join(optimizers.OPTIMIZERS)}), not 'all' or a list")
-    return True
-
-
-flags.register_validator("schedules", _valid_schedules)
-flags.register_validator("optimizer", _one_optimizer)
+cli.validate_with("schedules", parse_schedules)
+cli.require_one_optimizer("schedules")
 flags.register_validator("schedule", lambda v: v == "constant",
                          "not used by this experiment: list the schedules to compare in --schedules")
 

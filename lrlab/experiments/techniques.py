@@ -61,20 +61,11 @@ def technique_settings(name: str, settings: runner.SweepSettings, dataset: Any) 
     raise ValueError(f"unknown technique {name!r}")
 
 
-def _valid_techniques(values: list[str]) -> bool:
-    try:
-        parse_techniques(values)
-    except ValueError as e:
-        raise flags.ValidationError(str(e)) from None
-    return True
-
-
-flags.register_validator("techniques", _valid_techniques)
+cli.validate_with("techniques", parse_techniques)
+cli.require_one_optimizer("techniques")
 for _flag in ("dtype", "batch_norm", "augment", "early_stopping"):
     flags.register_validator(_flag, lambda v, d=FLAGS[_flag].default: v == d,
                              "set by --techniques in this experiment (one technique per population)")
-flags.register_validator("optimizer", lambda v: "," not in v and v != "all",
-                         "techniques compares one optimizer: name one, not 'all' or a list")
 flags.register_multi_flags_validator(
     ["model", "techniques"], lambda f: f["model"] != "mlp" or "batch_norm" not in f["techniques"],
     "--techniques=batch_norm needs a CNN (--model=small_cnn or tutorial_cnn)")
