@@ -316,6 +316,12 @@ def hparams_for(optimizer: str, lrs: np.ndarray) -> dict[str, np.ndarray]:
     return optimizers.population_hparams(optimizer, lrs, overrides)
 
 
+def hparam_overrides(optimizer: str) -> dict[str, float]:
+    """`optimizer`'s hyperparameters other than the learning rate (defaults and flags), for searches
+    and tests that choose the rates themselves."""
+    return {k: float(v[0]) for k, v in hparams_for(optimizer, np.ones(1)).items() if k != "learning_rate"}
+
+
 def static_overrides_for(optimizer: str) -> tuple[tuple[str, float], ...]:
     return tuple((arg, FLAGS[flag].value) for flag, (opt, arg, _, _) in STATIC_FLAGS.items() if opt == optimizer)
 

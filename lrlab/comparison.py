@@ -171,27 +171,25 @@ def summary_table(rows: Sequence[Row]) -> list[dict[str, Any]]:
 
 def format_rows(rows: Sequence[Row]) -> str:
     """Printed table of every method/seed row."""
-    cell = lambda v, width, spec: f"{'-' if v is None else format(v, spec):>{width}}"
     lines = [f"{'method':<13}  {'seed':>4}  {'trainings':>9}  {'model-steps':>11}  {'found lr':>9}  "
              f"{'steps':>5}  {'ratio':>5}  good"]
     for r in rows:
         lines.append(f"{r['method']:<13}  {r['seed']:>4}  {r['trainings']:>9}  {r['model_steps']:>11,}  "
-                     f"{cell(r['found_lr'], 9, '.4g')}  {cell(r['found_steps'], 5, 'd')}  "
-                     f"{cell(r['ratio'], 5, '.2f')}  {'yes' if r['good'] else 'no'}")
+                     f"{results.cell(r['found_lr'], 9, '.4g')}  {results.cell(r['found_steps'], 5, 'd')}  "
+                     f"{results.cell(r['ratio'], 5, '.2f')}  {'yes' if r['good'] else 'no'}")
     return "\n".join(lines)
 
 
 def format_summary(table: Sequence[Mapping[str, Any]], s_star: int, best_lr: float, eval_every: int) -> str:
     """Printed per-method table, with S* and what 'good' means."""
-    cell = lambda v, width, spec: f"{'-' if v is None else format(v, spec):>{width}}"
     lines = [f"S* = {s_star} steps (valley best, learning rate {best_lr:.4g}); good: <= {GOOD_FACTOR:g} x S* = "
              f"{GOOD_FACTOR * s_star:g} steps (resolution {eval_every} steps)",
              f"{'method':<13}  {'good/seeds':>10}  {'median model-steps':>18}  {'median trainings':>16}  "
              f"{'median ratio':>12}"]
     for t in table:
         lines.append(f"{t['method']:<13}  {t['successes']:>4}/{t['seeds']:<5}  "
-                     f"{cell(t['median_model_steps'], 18, ',.0f')}  {cell(t['median_trainings'], 16, 'g')}  "
-                     f"{cell(t['median_ratio'], 12, '.2f')}")
+                     f"{results.cell(t['median_model_steps'], 18, ',.0f')}  {results.cell(t['median_trainings'], 16, 'g')}  "
+                     f"{results.cell(t['median_ratio'], 12, '.2f')}")
     return "\n".join(lines)
 
 

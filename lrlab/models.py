@@ -204,3 +204,9 @@ def make_model(name: str, width: float = 1.0, num_classes: int = 10, conv_impl: 
 def param_count(params) -> int:
     """Number of scalar weights in one member's parameter pytree."""
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def count_parameters(model: nn.Module, image_shape: tuple[int, ...]) -> int:
+    """Weights of one member of `model` on images of `image_shape` (shapes only, nothing computed)."""
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(image_shape)))
+    return param_count(shapes["params"])

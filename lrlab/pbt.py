@@ -34,7 +34,7 @@ import tqdm
 
 from lrlab import checkpoints as ckpt_lib
 from lrlab import data as data_lib
-from lrlab import optimizers, runner
+from lrlab import optimizers, results, runner
 from lrlab import population as pop_lib
 from lrlab.population import Population
 
@@ -495,7 +495,6 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The printed report of a PBT results.json: time to target and cost, the best lineage's
     hyperparameter schedule, and every final member."""
     pct = f"{summary['target_accuracy'] * 100:g}%"
-    cell = lambda v, width, spec: f"{'-' if v is None else format(v, spec):>{width}}"
     k, best = summary["members"], summary["best"]
     names = list(best["schedules"])
     lines = [f"PBT {summary['optimizer']}: {k} members, {len(summary['events'])} ready events; stopped by "
@@ -508,8 +507,8 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{summary['seconds_to_target']:.1f} s, member {summary['member_at_target']}; resolution "
                      f"{summary.get('steps_to_target_resolution', '?')} steps), model-steps to target "
                      f"{summary['model_steps_to_target']:,}")
-    lines.append(f"best member {best['member']}: train acc {cell(best['final_train_accuracy'], 0, '.4f')}, "
-                 f"test acc {cell(best['final_test_accuracy'], 0, '.4f')}; its lineage's schedule:")
+    lines.append(f"best member {best['member']}: train acc {results.cell(best['final_train_accuracy'], 0, '.4f')}, "
+                 f"test acc {results.cell(best['final_test_accuracy'], 0, '.4f')}; its lineage's schedule:")
     lines.append(f"{'from step':>9}  {'slot':>4}  " + "  ".join(f"{n:>13}" for n in names))
     first = best["schedules"][names[0]]
     for i, step in enumerate(first["step"]):
@@ -520,5 +519,5 @@ def format_summary(summary: dict[str, Any]) -> str:
     for m in summary["final_members"]:
         lines.append(f"{m['member']:>6d}  {m['status']:<9}  "
                      + "  ".join(f"{m['hyperparameters'][n]:>13.4g}" for n in names)
-                     + f"  {cell(m['final_train_accuracy'], 9, '.4f')}  {cell(m['final_test_accuracy'], 8, '.4f')}")
+                     + f"  {results.cell(m['final_train_accuracy'], 9, '.4f')}  {results.cell(m['final_test_accuracy'], 8, '.4f')}")
     return "\n".join(lines)

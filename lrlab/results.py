@@ -25,6 +25,11 @@ ORBAX_FIELDS = ("learning_rate", "status", "steps_to_target", "examples_to_targe
                 "seconds_to_target", "final_train_accuracy", "final_test_accuracy", "steps_trained")
 
 
+def cell(value: Any, width: int, spec: str) -> str:
+    """A right-aligned table cell of `value` in `spec`, or '-' where there is none."""
+    return f"{'-' if value is None else format(value, spec):>{width}}"
+
+
 def member_records(
     optimizer: str,
     hparams_K: dict[str, np.ndarray],
@@ -158,7 +163,6 @@ def format_table(records: list[dict[str, Any]], eval_every: int) -> str:
         lines.append(f"\n{opt}: {len(rows)} learning rates (steps to target resolved to {eval_every} steps)")
         lines.append(f"{'learning_rate':>13}  {'status':<9}  {'steps':>6}  {'examples':>9}  {'seconds':>8}  "
                      f"{'train_acc':>9}  {'test_acc':>8}")
-        cell = lambda v, width, spec: f"{'-' if v is None else format(v, spec):>{width}}"
         for r in rows:
             lines.append(f"{r['learning_rate']:>13.4g}  {r['status']:<9}  {cell(r['steps_to_target'], 6, 'd')}  "
                          f"{cell(r['examples_to_target'], 9, 'd')}  {cell(r['seconds_to_target'], 8, '.1f')}  "
@@ -293,7 +297,6 @@ def comparison_entry(record: dict[str, Any], lr_source: dict[str, Any], target: 
 def comparison_table(entries: dict[str, dict[str, Any]], target: float) -> str:
     """optimizer_comparison's printed table: one row per optimizer."""
     pct = f"{target * 100:g}%"
-    cell = lambda v, width, spec: f"{'-' if v is None else format(v, spec):>{width}}"
     lines = [f"{'optimizer':<9}  {'lr':>9}  {'from':<6}  {'status':<9}  {'steps to ' + pct:>12}  "
              f"{'seconds to ' + pct:>14}  {'final test acc':>14}  {'drops':>5}  {'largest drop':>12}"]
     for name, e in entries.items():
@@ -339,7 +342,6 @@ def valley_summaries(records: list[dict[str, Any]], field: str) -> dict[str, dic
 def summaries_table(summaries: dict[str, dict[str, Any]], label: str, eval_every: int) -> str:
     """Printed table of `valley_summaries`: one row per group with its best rate, time to target
     there, and the band of rates that reached the target."""
-    cell = lambda v, width, spec: f"{'-' if v is None else format(v, spec):>{width}}"
     width = max([len(label)] + [len(str(g)) for g in summaries])
     lines = [f"{label:<{width}}  {'reached':>7}  {'diverged':>8}  {'exhausted':>9}  {'other':>5}  {'best lr':>9}  "
              f"{'steps':>6}  {'examples':>9}  {'seconds':>8}  {'band low':>9}  {'band high':>9}  {'decades':>7}  "

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from lrlab import optimizers, runner
+from lrlab import optimizers, results, runner
 from lrlab.checkpoints import StopSignal
 
 # name -> (low, high, log scale)
@@ -320,7 +320,6 @@ def bayes_search(dataset: Any, optimizer: str, ranges: Ranges, rounds: int, batc
 
 def format_trials(trials: list[Trial], searched: list[str], eval_every: int) -> str:
     """Printed table of the trials ranked by objective (best first), then the best one."""
-    cell = lambda v, width, spec: f"{'-' if v is None else format(v, spec):>{width}}"
     others = [n for n in searched if n != "learning_rate"]
     lines = [f"{'rank':>4}  {'round':>5}  {'learning_rate':>13}  " + "".join(f"{n:>10}  " for n in others)
              + f"{'status':<9}  {'steps':>6}  {'best_acc':>8}  {'test_acc':>8}  {'objective':>9}"]
@@ -328,7 +327,7 @@ def format_trials(trials: list[Trial], searched: list[str], eval_every: int) -> 
     for rank, t in enumerate(ranked, 1):
         lines.append(f"{rank:>4}  {t['round'] + 1:>5}  {t['learning_rate']:>13.4g}  "
                      + "".join(f"{t['hyperparameters'][n]:>10.4g}  " for n in others)
-                     + f"{t['status']:<9}  {cell(t['steps_to_target'], 6, 'd')}  {t['best_train_accuracy']:>8.4f}  "
+                     + f"{t['status']:<9}  {results.cell(t['steps_to_target'], 6, 'd')}  {t['best_train_accuracy']:>8.4f}  "
                      f"{t['final_test_accuracy']:>8.4f}  {t['objective']:>9.1f}")
     lines.append(f"steps: to the target (resolution {eval_every}); objective: steps when reached, else above "
                  "the budget and ranked by best training accuracy; diverged last")

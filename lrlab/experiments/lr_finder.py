@@ -60,15 +60,14 @@ def main(argv: list[str]) -> None:
         print(lr_finder.summary_text(results.read_json(workdir / "results.json")))
         return
     model = cli.model_for(dataset)
-    n_params = models.param_count(
-        jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.numpy.zeros((1,) + dataset.image_shape))["params"])
+    n_params = models.count_parameters(model, dataset.image_shape)
     print(f"lrlab {__version__}: range test of {', '.join(names)} on {FLAGS.model} ({n_params:,} weights), "
           f"{dataset.name}; rate {FLAGS.lr_min:g} to {FLAGS.lr_max:g} over {FLAGS.num_steps} steps, "
           f"{FLAGS.num_seeds} seeds as one population, batch {FLAGS.batch_size}, on {jax.default_backend()}")
     settings = cli.sweep_settings(model, None)
     tests = {}
     for name in names:
-        overrides = {k: float(v[0]) for k, v in cli.hparams_for(name, np.array([1.0])).items() if k != "learning_rate"}
+        overrides = cli.hparam_overrides(name)
         tests[name] = lr_finder.lr_range_test(
             dataset, name, FLAGS.lr_min, FLAGS.lr_max, FLAGS.num_steps, FLAGS.num_seeds, settings,
             overrides=overrides, static_overrides=cli.static_overrides_for(name))

@@ -34,8 +34,7 @@ def main(argv: list[str]) -> None:
     model = cli.model_for(dataset)
     lrs = cli.learning_rates()
     names = cli.optimizer_names()
-    n_params = models.param_count(
-        jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.numpy.zeros((1,) + dataset.image_shape))["params"])
+    n_params = models.count_parameters(model, dataset.image_shape)
     print(f"lrlab {__version__}: {FLAGS.model} (width {FLAGS.width:g}, {n_params:,} weights) on {dataset.name} "
           f"({len(dataset.train_labels):,} training images); {', '.join(names)} x {len(lrs)} learning rates "
           f"{lrs.min():.3g}..{lrs.max():.3g}, {'sequential' if FLAGS.sequential else 'vectorized'} on "

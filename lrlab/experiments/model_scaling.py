@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -47,12 +46,6 @@ def _distinct_lrs(values: list[str] | None) -> bool:
 cli.validate_with("widths", scaling.parse_widths)
 cli.require_one_optimizer("model_scaling")
 flags.register_validator("lrs", _distinct_lrs)
-
-
-def count_parameters(model: Any, image_shape: tuple[int, ...]) -> int:
-    """Weights of one member of `model` on images of `image_shape` (shapes only, nothing computed)."""
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(image_shape)))
-    return models.param_count(shapes["params"])
 
 
 def choose_learning_rates() -> None:
@@ -121,7 +114,7 @@ def main(argv: list[str]) -> None:
     (optimizer,) = cli.optimizer_names()
     lrs = cli.learning_rates()
     width_models = {w: cli.model_for(dataset, w) for w in widths}
-    params = {w: count_parameters(m, dataset.image_shape) for w, m in width_models.items()}
+    params = {w: models.count_parameters(m, dataset.image_shape) for w, m in width_models.items()}
     print(describe(widths, params, optimizer, lrs, dataset), flush=True)
     sweep_start = time.perf_counter()
     with cli.resumable("model_scaling", workdir) as stop:

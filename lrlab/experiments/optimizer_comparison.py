@@ -118,8 +118,7 @@ def main(argv: list[str]) -> None:
         print(results.comparison_table(summary["optimizers"], target))
         return
     model = cli.model_for(dataset)
-    n_params = models.param_count(
-        jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.numpy.zeros((1,) + dataset.image_shape))["params"])
+    n_params = models.count_parameters(model, dataset.image_shape)
     test_idx = data_lib.eval_subset_indices(len(dataset.test_labels), FLAGS.test_examples, FLAGS.seed)
     print(f"lrlab {__version__}: {FLAGS.model} (width {FLAGS.width:g}, {n_params:,} weights) on {dataset.name}; "
           + ", ".join(f"{n} at {lr:.4g}" for n, lr in rates.items())

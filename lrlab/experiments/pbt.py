@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 
-import jax
 from absl import app, flags
 
 from lrlab import cli, models, pbt, plots, results, runner
@@ -76,8 +75,7 @@ def main(argv: list[str]) -> None:
         return
     model = cli.model_for(dataset)
     lrs = cli.learning_rates()
-    n_params = models.param_count(
-        jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.numpy.zeros((1,) + dataset.image_shape))["params"])
+    n_params = models.count_parameters(model, dataset.image_shape)
     print(f"lrlab {__version__}: PBT of {optimizer} on {FLAGS.model} ({n_params:,} weights), {dataset.name}; "
           f"{len(lrs)} members from learning rates {lrs.min():.3g}..{lrs.max():.3g}; every {FLAGS.ready_steps} "
           f"steps the bottom {FLAGS.truncation:g} copy the top and explore {', '.join(config.names)}; target "

@@ -11,93 +11,24 @@ training: rerunning the same command resumes it.
 
 from __future__ import annotations
 
-import time
-
-import jax
-import numpy as np
 from absl import app, flags
 
-from lrlab import cli, models, optimizers, plots, results, search
-from lrlab import __version__
+from lrlab import search
+from lrlab.experiments import search_command
 
 FLAGS = flags.FLAGS
-cli.define_flags("adam", rate_grid=False)
-flags.DEFINE_list("search", ["learning_rate:1e-6:100"], "Ranges NAME:LOW:HIGH[:log|linear], comma separated; "
-                  "log scale by default for learning_rate and eps, linear otherwise (e.g. b1:0.8:0.99).")
+search_command.define_flags()
 flags.DEFINE_integer("num_samples", 48, "Candidates drawn, trained as one population.")
-flags.DEFINE_integer("search_seed", 0, "Seed of the sampling (--seed seeds the training).")
 flags.register_validator("num_samples", lambda v: v >= 1, "must be at least 1")
 
 
-def _valid_search(f: dict) -> bool:
-    """--optimizer names one family (the shared validator reports unknown names); --search parses."""
-    try:
-        names = optimizers.parse_optimizer_list(f["optimizer"])
-    except ValueError:
-        return True
-    if len(names) != 1:
-        raise flags.ValidationError("--optimizer: a search tunes one optimizer family: name one")
-    try:
-        search.parse_ranges(f["search"], names[0])
-    except ValueError as e:
-        raise flags.ValidationError(f"--search: {e}") from None
-    return True
-
-
-flags.register_multi_flags_validator(["optimizer", "search"], _valid_search)
-
-
 def main(argv: list[str]) -> None:
-    cli.start(argv)
-    start = time.perf_counter()
-    dataset = cli.load_dataset()
-    workdir = cli.prepare_workdir("random_search")
-    if cli.claim_workdir(workdir, "random_search"):
-        summary = results.read_json(workdir / "results.json")
-        print(search.format_trials(summary["trials"], list(summary["search"]["ranges"]), FLAGS.eval_every))
-        return
-    optimizer = cli.optimizer_names()[0]
-    ranges = search.parse_ranges(FLAGS.search, optimizer)
-    model = cli.model_for(dataset)
-    n_params = models.param_count(
-        jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.numpy.zeros((1,) + dataset.image_shape))["params"])
-    print(f"lrlab {__version__}: random_search, {optimizer} on {FLAGS.model} ({n_params:,} weights), {dataset.name}; "
-          f"{FLAGS.num_samples} candidates over "
-          + ", ".join(f"{n} {lo:g}..{hi:g} ({'log' if log else 'linear'})" for n, (lo, hi, log) in ranges.items())
-          + f"; target {FLAGS.target_accuracy:g}, budget {FLAGS.max_steps} steps per candidate")
-    settings = cli.sweep_settings(model, workdir / "checkpoints")
-    overrides = {k: float(v[0]) for k, v in cli.hparams_for(optimizer, np.ones(1)).items() if k != "learning_rate"}
-    with cli.resumable("random_search", workdir) as stop:
-        result = search.random_search(dataset, optimizer, ranges, FLAGS.num_samples, settings, FLAGS.search_seed,
-                                      overrides=overrides, static_overrides=cli.static_overrides_for(optimizer),
-                                      stop=stop)
-    summary = {
-        **results.run_header("random_search"),
-        "model": {"name": FLAGS.model, "width": FLAGS.width, "parameters": n_params},
-        "dataset": dataset.name,
-        "steps_to_target_resolution": FLAGS.eval_every,
-        "target_accuracy": FLAGS.target_accuracy,
-        "max_steps": FLAGS.max_steps,
-        "flags": cli.flag_values(),
-        "search": {"optimizer": optimizer, "ranges": search.describe_ranges(ranges), "seed": FLAGS.search_seed,
-                   "num_samples": FLAGS.num_samples},
-        "objective": search.OBJECTIVE,
-        **result.to_json(),
-    }
-    paths = {"results": workdir / "results.json", "figure": workdir / "search.png"}
-    if cli.is_writer():
-        with cli.writing(f"results to {workdir}"):
-            plots.search_trials(result.trials, summary["trace"], result.rounds, paths["figure"],
-                                budget_steps=FLAGS.max_steps, eval_every=FLAGS.eval_every,
-                                title=f"Random search, {optimizer} on {FLAGS.model}, {dataset.name}: "
-                                      f"{FLAGS.num_samples} samples, target {FLAGS.target_accuracy:g}")
-            summary["wall_seconds"] = time.perf_counter() - start
-            results.write_json(paths["results"], summary)
-    print(search.format_trials(result.trials, list(ranges), FLAGS.eval_every))
-    timing = result.timing[0]
-    print(f"total {result.total_model_steps:,} model-steps over {len(result.trials)} candidates; compile "
-          f"{timing['compile_seconds']:.1f} s, training {timing['train_seconds']:.1f} s")
-    cli.print_saved(paths, start)
+    def train(dataset, optimizer, ranges, settings, overrides, static_overrides, stop):
+        return search.random_search(dataset, optimizer, ranges, FLAGS.num_samples, settings, FLAGS.search_seed,
+                                    overrides=overrides, static_overrides=static_overrides, stop=stop)
+
+    search_command.run(argv, "random_search", "Random search", f"{FLAGS.num_samples} candidates",
+                       {"num_samples": FLAGS.num_samples}, train)
 
 
 if __name__ == "__main__":

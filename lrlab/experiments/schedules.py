@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -101,8 +100,7 @@ def main(argv: list[str]) -> None:
     specs = schedule_specs(names, flag_template())
     lrs = cli.learning_rates()
     model = cli.model_for(dataset)
-    n_params = models.param_count(
-        jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1,) + dataset.image_shape))["params"])
+    n_params = models.count_parameters(model, dataset.image_shape)
     print(describe(names, optimizer, lrs, n_params, dataset), flush=True)
     sweep_start = time.perf_counter()
     with cli.resumable("schedules", workdir) as stop:

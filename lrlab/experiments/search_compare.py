@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from absl import app, flags
 
 from lrlab import cli, comparison, plots, results
@@ -45,7 +44,7 @@ def main(argv: list[str]) -> None:
         cli.fail("--prune, --early_stopping and --sequential: the comparison sets pruning per method; leave them off")
     optimizer = cli.optimizer_names()[0]
     methods = comparison.parse_methods(FLAGS.methods)
-    overrides = {k: float(v[0]) for k, v in cli.hparams_for(optimizer, np.ones(1)).items() if k != "learning_rate"}
+    overrides = cli.hparam_overrides(optimizer)
     setup = comparison.Setup(dataset, optimizer, cli.sweep_settings(cli.model_for(dataset), workdir / "checkpoints"),
                              overrides, cli.static_overrides_for(optimizer))
     print(f"lrlab {__version__}: search_compare, {optimizer} on {FLAGS.model}, {dataset.name}; methods "

@@ -17,8 +17,6 @@ import dataclasses
 import time
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 from absl import app, flags
 
 from lrlab import cli, models, plots, results, runner
@@ -94,8 +92,7 @@ def main(argv: list[str]) -> None:
     names = parse_techniques(FLAGS.techniques)
     lrs = cli.learning_rates()
     model = cli.model_for(dataset)
-    n_params = models.param_count(
-        jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1,) + dataset.image_shape))["params"])
+    n_params = models.count_parameters(model, dataset.image_shape)
     print(f"lrlab {__version__}: {FLAGS.model} ({n_params:,} weights) on {dataset.name}; {optimizer} x {len(lrs)} "
           f"learning rates {lrs.min():.3g}..{lrs.max():.3g} x techniques {', '.join(names)}; target "
           f"{FLAGS.target_accuracy:g} every {FLAGS.eval_every} steps, budget {FLAGS.max_steps} steps", flush=True)
