@@ -260,6 +260,22 @@ def resumable(experiment: str, workdir: pathlib.Path):
         fail(f"--workdir={workdir}: {e}; use another --workdir or --overwrite")
 
 
+def save_outputs(workdir: pathlib.Path, summary: dict, figure: str, draw, start: float,
+                 stages: dict[str, float] | None = None) -> dict[str, pathlib.Path]:
+    """On the writing process: the figure (`draw(path)`), then results.json with `wall_seconds`
+    since `start` (and `stage_seconds`: `stages` plus the saving). Returns the paths for print_saved."""
+    paths = {"results": workdir / "results.json", "figure": workdir / figure}
+    save_start = time.perf_counter()
+    with writing(f"results to {workdir}"):
+        if is_writer():
+            draw(paths["figure"])
+            if stages is not None:
+                summary["stage_seconds"] = {**stages, "save_figure": time.perf_counter() - save_start}
+            summary["wall_seconds"] = time.perf_counter() - start  # since main() began: imports not included
+            results.write_json(paths["results"], summary)
+    return paths
+
+
 def print_saved(paths: dict[str, pathlib.Path], start: float) -> None:
     """The closing lines of every experiment: total wall time since `start`, and what was saved where."""
     print(f"total wall time {time.perf_counter() - start:.1f} s")

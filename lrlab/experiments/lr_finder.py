@@ -74,15 +74,11 @@ def main(argv: list[str]) -> None:
     summary = {**results.run_header("lr_finder"),
                "model": {"name": FLAGS.model, "width": FLAGS.width, "parameters": n_params},
                "dataset": dataset.name, "flags": cli.flag_values(), **lr_finder.summarize(tests, valley_members)}
-    paths = {"results": workdir / "results.json", "figure": workdir / FIGURE}
     known_best = {n: tuple(c["best"]) for n, c in (summary["versus_valley"] or {}).items() if c}
-    with cli.writing(f"results to {workdir}"):
-        if cli.is_writer():
-            plots.lr_range_test(list(summary["tests"].values()), paths["figure"], known_best=known_best,
-                                title=f"LR range test: {FLAGS.model} on {dataset.name}, batch {FLAGS.batch_size}, "
-                                      f"{FLAGS.num_seeds} seeds")
-            summary["wall_seconds"] = time.perf_counter() - start
-            results.write_json(paths["results"], summary)
+    paths = cli.save_outputs(workdir, summary, FIGURE, lambda path: plots.lr_range_test(
+        list(summary["tests"].values()), path, known_best=known_best,
+        title=f"LR range test: {FLAGS.model} on {dataset.name}, batch {FLAGS.batch_size}, {FLAGS.num_seeds} seeds"),
+        start)
     print(lr_finder.summary_text(summary))
     for name, t in tests.items():
         rate = "none (curve too short)" if t.suggested_lr is None else f"{t.suggested_lr:.4g}"

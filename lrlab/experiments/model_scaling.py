@@ -132,17 +132,10 @@ def main(argv: list[str]) -> None:
         "members": members,
         **analyse(members),
     }
-    paths = {"results": workdir / "results.json", "figure": workdir / "scaling.png"}
-    save_start = time.perf_counter()
-    with cli.writing(f"results to {workdir}"):
-        if cli.is_writer():
-            plots.scaling(members, summary["fits"], summary["best_rates"], paths["figure"],
-                          title=f"Model scaling: {FLAGS.model} on {dataset.name}, {optimizer}, "
-                                f"target {FLAGS.target_accuracy:g}")
-            summary["stage_seconds"] = {"load_data": load_seconds, "sweep": sweep_seconds,
-                                        "save_figure": time.perf_counter() - save_start}
-            summary["wall_seconds"] = time.perf_counter() - start  # since main() began: imports not included
-            results.write_json(paths["results"], summary)
+    paths = cli.save_outputs(workdir, summary, "scaling.png", lambda path: plots.scaling(
+        members, summary["fits"], summary["best_rates"], path,
+        title=f"Model scaling: {FLAGS.model} on {dataset.name}, {optimizer}, target {FLAGS.target_accuracy:g}"),
+        start, {"load_data": load_seconds, "sweep": sweep_seconds})
     print_report(summary)
     cli.print_saved(paths, start)
 

@@ -157,17 +157,10 @@ def main(argv: list[str]) -> None:
         "skipped": skipped,
         "optimizers": entries,
     }
-    paths = {"results": workdir / "results.json", "figure": workdir / "curves.png"}
-    if cli.is_writer():
-        save_start = time.perf_counter()
-        with cli.writing(f"results to {workdir}"):
-            plots.optimizer_curves(entries, paths["figure"], target_accuracy=target,
-                                   title=f"Optimizers at their best learning rates: {FLAGS.model} on "
-                                         f"{dataset.name}, test accuracy on {len(test_idx)} test images")
-            summary["stage_seconds"] = {"load_data": load_seconds, "sweep": sweep_seconds,
-                                        "save_figure": time.perf_counter() - save_start}
-            summary["wall_seconds"] = time.perf_counter() - start  # since main() began: imports not included
-            results.write_json(paths["results"], summary)
+    paths = cli.save_outputs(workdir, summary, "curves.png", lambda path: plots.optimizer_curves(
+        entries, path, target_accuracy=target, title=f"Optimizers at their best learning rates: {FLAGS.model} on "
+                                                     f"{dataset.name}, test accuracy on {len(test_idx)} test images"),
+        start, {"load_data": load_seconds, "sweep": sweep_seconds})
     print(results.comparison_table(entries, target))
     for name, s in stats.items():
         print(f"{name}: compile {s['compile_seconds']:.1f} s, training {s['train_seconds']:.1f} s, "

@@ -96,14 +96,9 @@ def main(argv: list[str]) -> None:
         "pbt": config.to_json(),
         **pbt.result_json(result, test_acc, FLAGS.batch_size),
     }
-    paths = {"results": workdir / "results.json", "figure": workdir / "pbt.png"}
-    if cli.is_writer():
-        with cli.writing(f"results to {workdir}"):
-            plots.pbt_lineage(summary, paths["figure"],
-                              title=f"PBT of {optimizer} on {FLAGS.model}, {dataset.name}: {result.k} members, "
-                                    f"ready every {FLAGS.ready_steps} steps, truncation {FLAGS.truncation:g}")
-            summary["wall_seconds"] = time.perf_counter() - start
-            results.write_json(paths["results"], summary)
+    paths = cli.save_outputs(workdir, summary, "pbt.png", lambda path: plots.pbt_lineage(
+        summary, path, title=f"PBT of {optimizer} on {FLAGS.model}, {dataset.name}: {result.k} members, "
+                             f"ready every {FLAGS.ready_steps} steps, truncation {FLAGS.truncation:g}"), start)
     print(pbt.format_summary(summary))
     print(f"compile {result.compile_seconds:.1f} s, training {result.train_seconds:.1f} s, "
           f"ready events {result.exploit_seconds:.1f} s")

@@ -123,19 +123,11 @@ def main(argv: list[str]) -> None:
         "timing": timing,
         "members": members,
     }
-    paths = {"results": workdir / "results.json", "figure": workdir / "schedules.png"}
-    save_start = time.perf_counter()
-    with cli.writing(f"results to {workdir}"):
-        if cli.is_writer():
-            warmup = f", {FLAGS.warmup_steps}-step warmup" if FLAGS.warmup_steps else ""
-            plots.valleys_overlaid(members, paths["figure"], field="schedule", budget_steps=FLAGS.max_steps,
-                                   eval_every=FLAGS.eval_every,
-                                   title=f"Schedules: {optimizer}, {FLAGS.model} on {dataset.name}, "
-                                         f"target {FLAGS.target_accuracy:g}{warmup}")
-            summary["stage_seconds"] = {"load_data": load_seconds, "sweep": sweep_seconds,
-                                        "save_figure": time.perf_counter() - save_start}
-            summary["wall_seconds"] = time.perf_counter() - start  # since main() began: imports not included
-            results.write_json(paths["results"], summary)
+    warmup = f", {FLAGS.warmup_steps}-step warmup" if FLAGS.warmup_steps else ""
+    paths = cli.save_outputs(workdir, summary, "schedules.png", lambda path: plots.valleys_overlaid(
+        members, path, field="schedule", budget_steps=FLAGS.max_steps, eval_every=FLAGS.eval_every,
+        title=f"Schedules: {optimizer}, {FLAGS.model} on {dataset.name}, target {FLAGS.target_accuracy:g}{warmup}"),
+        start, {"load_data": load_seconds, "sweep": sweep_seconds})
     print_report(summary)
     cli.print_saved(paths, start)
 

@@ -80,15 +80,10 @@ def run(argv: list[str], experiment: str, label: str, candidates: str, search_in
         "objective": search.OBJECTIVE,
         **result.to_json(),
     }
-    paths = {"results": workdir / "results.json", "figure": workdir / "search.png"}
-    if cli.is_writer():
-        with cli.writing(f"results to {workdir}"):
-            plots.search_trials(result.trials, summary["trace"], result.rounds, paths["figure"],
-                                budget_steps=FLAGS.max_steps, eval_every=FLAGS.eval_every,
-                                title=f"{label}, {optimizer} on {FLAGS.model}, {dataset.name}: "
-                                      f"{candidates}, target {FLAGS.target_accuracy:g}")
-            summary["wall_seconds"] = time.perf_counter() - start
-            results.write_json(paths["results"], summary)
+    paths = cli.save_outputs(workdir, summary, "search.png", lambda path: plots.search_trials(
+        result.trials, summary["trace"], result.rounds, path, budget_steps=FLAGS.max_steps,
+        eval_every=FLAGS.eval_every, title=f"{label}, {optimizer} on {FLAGS.model}, {dataset.name}: "
+                                           f"{candidates}, target {FLAGS.target_accuracy:g}"), start)
     print(search.format_trials(result.trials, list(ranges), FLAGS.eval_every))
     print(f"total {result.total_model_steps:,} model-steps over {len(result.trials)} candidates; compile "
           f"{sum(t['compile_seconds'] for t in result.timing):.1f} s, training "

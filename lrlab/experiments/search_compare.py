@@ -77,15 +77,10 @@ def main(argv: list[str]) -> None:
         "valley": [{k: r[k] for k in ("learning_rate", "status", "steps_to_target", "steps_trained")} for r in valley],
         "rows": rows, "table": table,
     }
-    paths = {"results": workdir / "results.json", "figure": workdir / "search_compare.png"}
-    if cli.is_writer():
-        with cli.writing(f"results to {workdir}"):
-            plots.search_compare(rows, paths["figure"], good_factor=comparison.GOOD_FACTOR,
-                                 title=f"Finding a learning rate within {comparison.GOOD_FACTOR:g} x S* "
-                                       f"(S* = {s_star} steps): {optimizer}, {FLAGS.model}, {dataset.name}, "
-                                       f"target {FLAGS.target_accuracy:g}")
-            summary["wall_seconds"] = time.perf_counter() - start
-            results.write_json(paths["results"], summary)
+    paths = cli.save_outputs(workdir, summary, "search_compare.png", lambda path: plots.search_compare(
+        rows, path, good_factor=comparison.GOOD_FACTOR,
+        title=f"Finding a learning rate within {comparison.GOOD_FACTOR:g} x S* (S* = {s_star} steps): "
+              f"{optimizer}, {FLAGS.model}, {dataset.name}, target {FLAGS.target_accuracy:g}"), start)
     print(comparison.format_rows(rows))
     print(comparison.format_summary(table, s_star, valley_best["learning_rate"], FLAGS.eval_every))
     cli.print_saved(paths, start)

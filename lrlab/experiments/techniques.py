@@ -110,15 +110,9 @@ def main(argv: list[str]) -> None:
         "techniques": {name: {"summary": summaries[name]} for name in names},
         "timing": timing, "members": members,
     }
-    paths = {"results": workdir / "results.json", "figure": workdir / "techniques.png"}
-    with cli.writing(f"results to {workdir}"):
-        if cli.is_writer():
-            plots.valleys_overlaid(members, paths["figure"], field="technique", budget_steps=FLAGS.max_steps,
-                                   eval_every=FLAGS.eval_every,
-                                   title=f"Techniques: {optimizer}, {FLAGS.model} on {dataset.name}, "
-                                         f"target {FLAGS.target_accuracy:g}")
-            summary["wall_seconds"] = time.perf_counter() - start
-            results.write_json(paths["results"], summary)
+    paths = cli.save_outputs(workdir, summary, "techniques.png", lambda path: plots.valleys_overlaid(
+        members, path, field="technique", budget_steps=FLAGS.max_steps, eval_every=FLAGS.eval_every,
+        title=f"Techniques: {optimizer}, {FLAGS.model} on {dataset.name}, target {FLAGS.target_accuracy:g}"), start)
     print_report(summary)
     cli.print_saved(paths, start)
 
