@@ -1,4 +1,7 @@
-"""Shared fixtures: a small slice of the shipped MNIST and tiny engine configurations (CPU JAX)."""
+"""Shared fixtures: a small slice of the shipped MNIST and tiny engine configurations (CPU JAX);
+run_together for command-line tests."""
+
+import subprocess
 
 import jax
 import numpy as np
@@ -37,3 +40,15 @@ def run_population(cfg, lrs, data, budget, seed=0, repack=True, programs=None):
     pop = pop_lib.init_population(cfg, hparams(cfg.optimizer, lrs), (28, 28, 1), seed)
     return runner.train(pop, data, budget, jax.random.PRNGKey(seed + 1), programs or runner.Programs(cfg),
                         repack=repack, progress=False)
+
+
+def run_together(commands, timeout=600):
+    """Starts the commands (name -> argv) at once, so their start-ups overlap; returns name ->
+    CompletedProcess."""
+    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, cmd in commands.items()}
+    done = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=timeout)
+        done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return done

@@ -7,12 +7,12 @@ The subprocesses of each group start together, so the two cores overlap their st
 import json
 import math
 import re
-import subprocess
 import sys
 
 import pytest
 
 from lrlab import cli, results
+from conftest import run_together
 
 TINY = ["--model=mlp", "--max_steps=40", "--eval_every=10", "--eval_examples=250", "--test_examples=250",
         "--batch_size=32", "--target_accuracy=0.6", "--noprogress"]
@@ -40,17 +40,6 @@ VALLEY = {"schema_version": 1, "experiment": "lr_valley", "steps_to_target_resol
 
 def command(*args):
     return [sys.executable, "-m", "lrlab.experiments.optimizer_comparison", *args]
-
-
-def run_together(commands):
-    """Runs the commands at once; returns name -> CompletedProcess."""
-    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, cmd in commands.items()}
-    done = {}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=600)
-        done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    return done
 
 
 def write_valley(folder, summary=VALLEY):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lrlab import plots, results
+from conftest import run_together
 
 TINY = ["--model=mlp", "--lrs=0.0001,0.001,0.01", "--schedules=constant,step", "--max_steps=40", "--eval_every=10",
         "--decay_steps=20", "--eval_examples=250", "--batch_size=32", "--target_accuracy=0.6", "--noprogress"]
@@ -73,13 +74,7 @@ def runs(tmp_path_factory):
         "unknown": command("--schedules=constant,onecycle", f"--workdir={root / 'unknown'}", *TINY[:1]),
         "twice": command("--schedules=step,constant,step", f"--workdir={root / 'twice'}", *TINY[:1]),
     }
-    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, cmd in commands.items()}
-    done = {}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=600)
-        done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    return root, done
+    return root, run_together(commands)
 
 
 def test_tiny_run_trains_each_schedule(runs):

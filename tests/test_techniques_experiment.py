@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import run_together
+
 TINY = ["--model=small_cnn", "--lrs=0.001,0.01", "--techniques=baseline,bfloat16,batch_norm,early_stopping",
         "--max_steps=20", "--eval_every=10", "--eval_examples=250", "--validation_examples=500", "--patience=1",
         "--batch_size=32", "--target_accuracy=0.9", "--noprogress"]
@@ -27,16 +29,9 @@ def command(*args):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("techniques")
-    procs = {"tiny": subprocess.Popen(command(f"--workdir={root / 'tiny'}", *TINY), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True)}
-    for name, (args, _) in BAD.items():
-        procs[name] = subprocess.Popen(command(f"--workdir={root / name}", *args), stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True)
-    done = {}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=600)
-        done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    return root, done
+    commands = {"tiny": command(f"--workdir={root / 'tiny'}", *TINY)}
+    commands.update({name: command(f"--workdir={root / name}", *args) for name, (args, _) in BAD.items()})
+    return root, run_together(commands)
 
 
 def test_tiny_run_trains_each_technique(runs):
