@@ -197,6 +197,13 @@ def validate_with(flag: str, parse) -> None:
     flags.register_validator(flag, check)
 
 
+def refuse_flags(reasons: dict[str, str]) -> None:
+    """Refuses each named flag set away from its default, before any work: its one-line error is
+    the flag and the reason given (for flags an experiment sets itself or cannot use)."""
+    for name, why in reasons.items():
+        flags.register_validator(name, lambda v, d=FLAGS[name].default: v == d, why)
+
+
 def require_one_optimizer(experiment: str) -> None:
     """--optimizer must name one optimizer in `experiment` (the shared validator names unknown ones)."""
     def one(value: str) -> bool:

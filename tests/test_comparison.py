@@ -193,3 +193,10 @@ def test_search_compare_end_to_end(tmp_path):
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "already holds this run's results" in rerun.stdout and "good/seeds" in rerun.stdout
+
+
+def test_flags_the_comparison_sets_are_refused_before_any_work(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "lrlab.experiments.search_compare", "--prune=sha",
+                          f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "flag --prune=sha: not with search_compare" in out.stderr.splitlines()[0]
+    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()

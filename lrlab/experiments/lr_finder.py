@@ -37,9 +37,9 @@ flags.register_validator("num_seeds", lambda v: v >= 1, "must be at least 1")
 flags.register_validator("schedule", lambda v: v == "constant", "the range test ramps the rate itself: leave "
                          "the schedule constant")
 flags.register_validator("warmup_steps", lambda v: v == 0, "the range test ramps the rate itself: no warmup")
-flags.register_validator("sequential", lambda v: not v, "the range test trains its seeds as one population")
-flags.register_validator("early_stopping", lambda v: not v, "not used by the range test (it stops at divergence)")
-flags.register_validator("prune", lambda v: v == "none", "not used by the range test (every seed runs the ramp)")
+cli.refuse_flags({"sequential": "the range test trains its seeds as one population",
+                  "early_stopping": "not used by the range test (it stops at divergence)",
+                  "prune": "not used by the range test (every seed runs the ramp)"})
 
 FIGURE = "lr_finder.png"
 

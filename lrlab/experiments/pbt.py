@@ -41,6 +41,9 @@ flags.register_validator("resample_probability", lambda v: 0 <= v <= 1, "must be
 flags.register_multi_flags_validator(
     ["ready_steps", "eval_every"], lambda f: f["ready_steps"] % f["eval_every"] == 0,
     "--ready_steps must be a multiple of --eval_every (members are ranked at evaluations)")
+cli.refuse_flags({"sequential": "not with PBT (members are ranked against each other)",
+                  "early_stopping": "not with PBT (it replaces weak members instead)",
+                  "prune": "not with PBT (it replaces weak members instead)"})
 
 
 def pbt_config() -> tuple[str, pbt.PBTConfig]:
@@ -48,12 +51,6 @@ def pbt_config() -> tuple[str, pbt.PBTConfig]:
     names = cli.optimizer_names()
     if len(names) != 1:
         cli.fail(f"--optimizer={FLAGS.optimizer}: PBT trains one optimizer's population: name one")
-    for flag, why in (("sequential", "members are ranked against each other"),
-                      ("early_stopping", "PBT replaces weak members instead")):
-        if FLAGS[flag].value:
-            cli.fail(f"--{flag}: not with PBT ({why})")
-    if FLAGS.prune != "none":
-        cli.fail(f"--prune={FLAGS.prune}: not with PBT (it replaces weak members instead)")
     if len(cli.learning_rates()) < 2:
         cli.fail("--num_lrs / --lrs: PBT needs at least 2 members")
     try:

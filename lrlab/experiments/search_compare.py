@@ -27,6 +27,8 @@ flags.register_validator("method_seeds", lambda v: v >= 1, "must be at least 1")
 
 cli.validate_with("methods", comparison.parse_methods)
 cli.require_one_optimizer("search_compare")
+cli.refuse_flags({name: "not with search_compare: it sets pruning per method and trains each method as populations"
+                  for name in ("prune", "early_stopping", "sequential")})
 
 
 def main(argv: list[str]) -> None:
@@ -40,8 +42,6 @@ def main(argv: list[str]) -> None:
         print(comparison.format_summary(summary["table"], summary["s_star"], summary["valley_best"]["learning_rate"],
                                         FLAGS.eval_every))
         return
-    if FLAGS.prune != "none" or FLAGS.early_stopping or FLAGS.sequential:
-        cli.fail("--prune, --early_stopping and --sequential: the comparison sets pruning per method; leave them off")
     optimizer = cli.optimizer_names()[0]
     methods = comparison.parse_methods(FLAGS.methods)
     overrides = cli.hparam_overrides(optimizer)

@@ -61,9 +61,8 @@ def technique_settings(name: str, settings: runner.SweepSettings, dataset: Any) 
 
 cli.validate_with("techniques", parse_techniques)
 cli.require_one_optimizer("techniques")
-for _flag in ("dtype", "batch_norm", "augment", "early_stopping"):
-    flags.register_validator(_flag, lambda v, d=FLAGS[_flag].default: v == d,
-                             "set by --techniques in this experiment (one technique per population)")
+cli.refuse_flags({name: "set by --techniques in this experiment (one technique per population)"
+                  for name in ("dtype", "batch_norm", "augment", "early_stopping")})
 flags.register_multi_flags_validator(
     ["model", "techniques"], lambda f: f["model"] != "mlp" or "batch_norm" not in f["techniques"],
     "--techniques=batch_norm needs a CNN (--model=small_cnn or tutorial_cnn)")
