@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from lrlab import packing
 from lrlab import population as pop_lib
 
 
@@ -74,7 +75,7 @@ class RunCheckpoints:
                      if (saved or {}).get(key) != value]
             raise CheckpointMismatch(f"the checkpoint in {self.directory} belongs to another run "
                                      f"({'; '.join(diffs) or 'no identity saved'})")
-        sharding = pop_lib.replicated(mesh)
+        sharding = packing.replicated(mesh)
         abstract = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), template)
         try:

@@ -27,8 +27,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from lrlab import lr_finder, optimizers, pbt, pruning, results, runner, search
+from lrlab import lr_finder, optimizers, pbt, plots, pruning, results, search
+from lrlab import workdir as workdir_lib
 from lrlab.checkpoints import StopSignal
+from lrlab.optimizers import Optimizer
+from lrlab.sweep import SweepSettings, run_sweep
+from lrlab.tasks import Task
+from lrlab.workdir import NO_SCOPE, Scope
 
 METHODS = ("grid48", "grid12", "random16", "random32_sha", "bayes4x8", "pbt16", "lr_finder")
 DETERMINISTIC = frozenset({"grid48"})  # one row whatever the number of method seeds
@@ -89,8 +94,7 @@ def _reached_steps(record: Mapping[str, Any]) -> int | None:
 def score_members(method: str, seed: int, records: Sequence[Mapping[str, Any]], s_star: int, **extra: Any) -> Row:
     """A set of trained members (valley rates or search trials): cost = every member's steps
     trained; found = the member of fewest steps to target (missed: the first member, no steps)."""
-    reached = [r for r in records if r["status"] == "reached"]
-    best = min(reached, key=lambda r: r["steps_to_target"]) if reached else None
+    best = results.best_member(records)
     return make_row(method, seed, trainings=len(records), model_steps=sum(r["steps_trained"] for r in records),
                     found_lr=None if best is None else best["learning_rate"],
                     found_steps=None if best is None else _reached_steps(best), s_star=s_star, **extra)
@@ -197,31 +201,31 @@ def format_summary(table: Sequence[Mapping[str, Any]], s_star: int, best_lr: flo
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    """What every method shares: the data, the optimizer and its fixed hyperparameters, the
+    """What every method shares: the task, the optimizer and its fixed hyperparameters, the
     training settings (training seed fixed), and where checkpoints go."""
 
-    dataset: Any
-    optimizer: str
-    settings: runner.SweepSettings  # checkpoint_dir = the workdir's checkpoints/ folder
+    task: Task
+    optimizer: Optimizer
+    settings: SweepSettings
     overrides: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    static_overrides: tuple[tuple[str, float], ...] = ()
+    scope: Scope = NO_SCOPE  # the run's checkpoints/ folder
 
-    def under(self, *parts: str) -> runner.SweepSettings:
-        """The settings checkpointing under checkpoints/<parts...>/ (no pruning, unless set later)."""
-        folder = None if self.settings.checkpoint_dir is None else self.settings.checkpoint_dir.joinpath(*parts)
-        return dataclasses.replace(self.settings, checkpoint_dir=folder, prune=None)
+    def under(self, *parts: str) -> tuple[Scope, SweepSettings]:
+        """The scope checkpoints/<parts...>/ and the settings without pruning (a method may set its own)."""
+        return self.scope.child(*parts), dataclasses.replace(self.settings, prune=None)
 
 
-def lr_ranges(optimizer: str) -> search.Ranges:
+def lr_ranges(optimizer: Optimizer) -> search.Ranges:
     """Every search's range: the learning rate, log-uniform over the valley's span."""
     return search.parse_ranges([f"learning_rate:{LR_LOW:g}:{LR_HIGH:g}"], optimizer)
 
 
 def run_valley(setup: Setup, stop: StopSignal | None = None) -> list[dict[str, Any]]:
     """The reference: the 48 valley rates as one population (checkpoints/valley/)."""
-    hparams_K = optimizers.population_hparams(setup.optimizer, valley_rates(), setup.overrides)
-    records, _ = runner.run_sweep(setup.dataset, {setup.optimizer: hparams_K},
-                                  {setup.optimizer: setup.static_overrides}, setup.under("valley"), stop=stop)
+    members = optimizers.Members(setup.optimizer, optimizers.population_hparams(setup.optimizer, valley_rates(),
+                                                                                setup.overrides))
+    scope, settings = setup.under("valley")
+    records, _ = run_sweep(setup.task, [members], settings, scope=scope, stop=stop)
     return records
 
 
@@ -232,19 +236,19 @@ class _Good(Exception):
 def run_method(method: str, seed: int, setup: Setup, valley: Sequence[Mapping[str, Any]], s_star: int,
                stop: StopSignal | None = None) -> Row:
     """Runs one method with one method seed (checkpoints/<method>/seed-<seed>/) and scores it."""
-    opt, folder = setup.optimizer, (method, f"seed-{seed}")
-    common = dict(overrides=setup.overrides, static_overrides=setup.static_overrides, stop=stop)
+    opt, task = setup.optimizer, setup.task
+    scope, settings = setup.under(method, f"seed-{seed}")
+    common = dict(overrides=setup.overrides, scope=scope, stop=stop)
     if method == "grid48":
         return score_grid(method, seed, valley, s_star, stride=1)
     if method == "grid12":
         return score_grid(method, seed, valley, s_star, stride=GRID_STRIDE)
     if method == "random16":
-        result = search.random_search(setup.dataset, opt, lr_ranges(opt), RANDOM_N, setup.under(*folder), seed,
-                                      **common)
+        result = search.random_search(task, opt, lr_ranges(opt), RANDOM_N, settings, seed, **common)
         return score_search(method, seed, result.trials, s_star)
     if method == "random32_sha":
-        settings = dataclasses.replace(setup.under(*folder), prune=SHA_SPEC)
-        result = search.random_search(setup.dataset, opt, lr_ranges(opt), SHA_N, settings, seed, **common)
+        settings = dataclasses.replace(settings, prune=SHA_SPEC)
+        result = search.random_search(task, opt, lr_ranges(opt), SHA_N, settings, seed, **common)
         return score_search(method, seed, result.trials, s_star)
     if method == "bayes4x8":
         entries: list[dict[str, Any]] = []
@@ -255,18 +259,17 @@ def run_method(method: str, seed: int, setup: Setup, valley: Sequence[Mapping[st
                 raise _Good
 
         try:
-            search.bayes_search(setup.dataset, opt, lr_ranges(opt), BAYES_ROUNDS, BAYES_BATCH, setup.under(*folder),
-                                seed, on_round=on_round, **common)
+            search.bayes_search(task, opt, lr_ranges(opt), BAYES_ROUNDS, BAYES_BATCH, settings, seed,
+                                on_round=on_round, **common)
         except _Good:
             pass
         return score_rounds(method, seed, entries, s_star)
     if method == "pbt16":
         lr_K = search.sample_random(lr_ranges(opt), PBT_K, seed)["learning_rate"]  # random16's draws
-        hparams_K = optimizers.population_hparams(opt, lr_K, setup.overrides)
+        members = optimizers.Members(opt, optimizers.population_hparams(opt, lr_K, setup.overrides))
         cfg = pbt.PBTConfig(ready_steps=PBT_READY_STEPS,
                             explore=(pbt.Bound("learning_rate", LR_LOW, LR_HIGH, True),))
-        result = pbt.run_pbt(setup.dataset, opt, hparams_K, cfg, setup.under(*folder), setup.static_overrides,
-                             stop=stop, exploit_seed=seed)
+        result = pbt.run_pbt(task, members, cfg, settings, scope=scope, stop=stop, exploit_seed=seed)
         member = result.member_at_target
         schedule = result.schedule_of("learning_rate", None if member is None else pbt.lineage(result.sources_EK,
                                                                                                 member))
@@ -274,15 +277,13 @@ def run_method(method: str, seed: int, setup: Setup, valley: Sequence[Mapping[st
                          steps_run=result.steps_run, found_lr=schedule["learning_rate"][-1], s_star=s_star,
                          lr_schedule=schedule, stopped_by=result.stopped_by)
     if method == "lr_finder":
-        settings = dataclasses.replace(setup.under(*folder), seed=seed)
-        test = lr_finder.lr_range_test(setup.dataset, opt, lr_finder.LR_MIN, lr_finder.LR_MAX, lr_finder.NUM_STEPS,
-                                       lr_finder.NUM_SEEDS, settings, overrides=setup.overrides,
-                                       static_overrides=setup.static_overrides, desc=f"lr_finder seed {seed}")
+        test = lr_finder.lr_range_test(task, opt, lr_finder.LR_MIN, lr_finder.LR_MAX, lr_finder.NUM_STEPS,
+                                       lr_finder.NUM_SEEDS, dataclasses.replace(settings, seed=seed),
+                                       overrides=setup.overrides, desc=f"lr_finder seed {seed}")
         verify = None
         if test.suggested_lr is not None:
-            hparams_K = optimizers.population_hparams(opt, [test.suggested_lr], setup.overrides)
-            records, _ = runner.run_sweep(setup.dataset, {opt: hparams_K}, {opt: setup.static_overrides},
-                                          setup.under(*folder, "verify"), stop=stop)
+            members = optimizers.Members(opt, optimizers.population_hparams(opt, [test.suggested_lr], setup.overrides))
+            records, _ = run_sweep(task, [members], settings, scope=scope.child("verify"), stop=stop)
             verify = records[0]
         return score_finder(method, seed, finder_model_steps=test.model_steps, num_seeds=test.num_seeds,
                             suggested_lr=test.suggested_lr, verify=verify, s_star=s_star)
@@ -298,8 +299,7 @@ def run_all(setup: Setup, methods: Sequence[str], method_seeds: int, valley: Seq
     plan = [(m, s) for s in range(1, method_seeds + 1) for m in methods if s == 1 or m not in DETERMINISTIC]
     rows = []
     for i, (method, seed) in enumerate(plan, 1):
-        saved = (None if setup.settings.checkpoint_dir is None
-                 else setup.settings.checkpoint_dir / method / f"seed-{seed}" / "row.json")
+        saved = setup.scope.child(method, f"seed-{seed}").file("row.json")
         if saved is not None and saved.exists():
             row = json.loads(saved.read_text())
         else:
@@ -313,3 +313,71 @@ def run_all(setup: Setup, methods: Sequence[str], method_seeds: int, valley: Seq
         if on_row is not None:
             on_row(row, i, len(plan))
     return sorted(rows, key=lambda r: (methods.index(r["method"]), r["seed"]))
+
+
+EXPERIMENT = "search_compare"
+
+
+class CompareRun:
+    """A search_compare run's results (its results.json as `summary`): every method/seed row, the
+    per-method table, S*, the printed report and the figure."""
+
+    def __init__(self, summary: dict[str, Any], paths: dict | None = None):
+        self.summary, self.paths = summary, dict(paths or {})
+
+    def report(self) -> str:
+        s = self.summary
+        return "\n".join([format_rows(s["rows"]), format_summary(s["table"], s["s_star"],
+                                                                 s["valley_best"]["learning_rate"],
+                                                                 s["steps_to_target_resolution"])])
+
+    def plot(self, path: Any) -> None:
+        s = self.summary
+        plots.search_compare(s["rows"], path, good_factor=s["good_factor"],
+                             title=f"Finding a learning rate within {s['good_factor']:g} x S* (S* = {s['s_star']} "
+                                   f"steps): {s['optimizer']}, {s['model']['name']}, {s['dataset']}, target "
+                                   f"{s['target']['goal']:g}")
+
+
+class NoReference(ValueError):
+    """No valley rate reached the target: there is no S* to score the methods against."""
+
+
+def search_compare(task: Task, optimizer: str | Optimizer, settings: SweepSettings = SweepSettings(),
+                   workdir: Any = None, *, methods: Sequence[str] = METHODS, method_seeds: int = 3,
+                   overrides: Mapping[str, float] | None = None, stop: StopSignal | None = None,
+                   overwrite: bool = False, on_row: Callable[[Row, int, int], None] | None = None,
+                   on_valley: Callable[[int, dict[str, Any]], None] | None = None,
+                   info: Mapping[str, Any] | None = None) -> CompareRun:
+    """The valley, then every method x method seed, each scored against it (see the module
+    docstring), as `python -m lrlab.experiments.search_compare` runs it."""
+    started = time.perf_counter()
+    opt = optimizers.get(optimizer)
+    methods = parse_methods(list(methods))
+    identity = {"task": task.identity(), "optimizer": opt.name, "methods": methods, "method_seeds": method_seeds,
+                "overrides": dict(overrides or {}), "settings": settings.to_json()}
+    run = workdir_lib.resolve(workdir, EXPERIMENT, identity, overwrite)
+    if run is not None and run.finished:
+        return CompareRun(run.read_results(), {"results": run.results_path})
+    setup = Setup(task, opt, settings, dict(overrides or {}), run.scope() if run else NO_SCOPE)
+    try:
+        valley = run_valley(setup, stop)
+        s_star = best_steps(valley)
+        if s_star is None:
+            raise NoReference("no valley rate reached the target within the step budget: there is no reference")
+        valley_best = results.valley_summary(valley)["best"]
+        if on_valley is not None:
+            on_valley(s_star, valley_best)
+        rows = run_all(setup, methods, method_seeds, valley, s_star, stop, on_row)
+    finally:
+        if run is not None:
+            run.close()
+    summary = {**results.run_header(EXPERIMENT), **results.task_header(task, settings), **(info or {}),
+               "optimizer": opt.name, "good_factor": GOOD_FACTOR, "s_star": s_star, "valley_best": valley_best,
+               "valley": [{k: r[k] for k in ("learning_rate", "status", "steps_to_target", "steps_trained")}
+                          for r in valley],
+               "rows": rows, "table": summary_table(rows)}
+    out = CompareRun(summary)
+    if run is not None:
+        out.paths = run.save(summary, {"search_compare.png": out.plot}, started=started)
+    return out

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+DATA_KEY_SALT = 2**20  # the shared batch order's key: fold_in(PRNGKey(seed), DATA_KEY_SALT)
+
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -149,6 +151,11 @@ def split_validation(num_train: int, size: int, seed: int) -> tuple[np.ndarray, 
     rng = np.random.default_rng([seed, 1])
     val = np.sort(rng.choice(num_train, size=size, replace=False)).astype(np.int32)
     return np.setdiff1d(np.arange(num_train, dtype=np.int32), val), val
+
+
+def data_key(seed: int) -> jax.Array:
+    """The key of the batch order every member shares (with shared seeds) for `seed`."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), DATA_KEY_SALT)
 
 
 def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:

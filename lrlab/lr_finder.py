@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from lrlab import data as data_lib
-from lrlab import optimizers, runner, schedules
+from lrlab import optimizers, packing, plots, results, runner, schedules
 from lrlab import population as pop_lib
+from lrlab import workdir as workdir_lib
+from lrlab.checkpoints import StopSignal
+from lrlab.optimizers import Optimizer
+from lrlab.sweep import SweepSettings, engine_config, sweep_data
+from lrlab.tasks import Task
 
 RULES = ("steep", "minimum", "valley")
 # The rule whose rate the experiment reports first. Measured on small_cnn, MNIST, batch 100 (README),
@@ -41,9 +43,7 @@ HEADLINE = "minimum"
 LR_MIN, LR_MAX, NUM_STEPS, NUM_SEEDS = 1e-7, 10.0, 100, 4  # fastai's defaults; 4 seeds
 BETA = 0.98  # fastai's smoothing of the recorded loss
 DIVERGE_FACTOR = 4.0  # fastai: stop once the smoothed loss exceeds 4x its minimum
-NEVER = 2.0  # target accuracy no member can reach: nobody is frozen for reaching it
 EVAL_EXAMPLES = 100  # the segment program always evaluates; the range test does not need it
-
 
 
 def ramp_rates(lr_min: float, lr_max: float, num_steps: int) -> np.ndarray:
@@ -176,99 +176,88 @@ class FinderResult:
         return record
 
 
+class RampHook(runner.Hook):
+    """The range test in the segment loop: it keeps each seed's loss at every step and ends the run
+    once every seed has diverged (fastai's rule), unless `stop_at_divergence` is False."""
+
+    name = "ramp"
+
+    def __init__(self, num_seeds: int, num_steps: int, stop_at_divergence: bool, lr_T: np.ndarray):
+        self.num_seeds, self.num_steps, self.stop_at_divergence, self.lr_T = num_seeds, num_steps, stop_at_divergence, lr_T
+        self.losses: list[np.ndarray] = []
+        self.smoothed_KS = np.zeros((num_seeds, 0))
+
+    @property
+    def loss_KS(self) -> np.ndarray:
+        return np.concatenate(self.losses, axis=1) if self.losses else np.zeros((self.num_seeds, 0), np.float32)
+
+    def after_segment(self, loop: runner.Loop, metrics: pop_lib.SegmentMetrics) -> None:
+        self.losses.append(packing.to_host(metrics.step_loss)[:self.num_seeds])
+        self.smoothed_KS = smooth(self.loss_KS)
+        if self.stop_at_divergence and loop.step < self.num_steps and all_diverged(self.smoothed_KS):
+            loop.finish("diverged")
+
+    def state(self) -> dict[str, Any]:
+        return {"loss_KS": self.loss_KS.tolist()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state:
+            self.losses = [np.asarray(state["loss_KS"], np.float32).reshape(self.num_seeds, -1)]
+            self.smoothed_KS = smooth(self.loss_KS)
+
+    def postfix(self, loop: runner.Loop) -> dict[str, Any]:
+        return {"lr": f"{self.lr_T[loop.step - 1]:.3g}", "smoothed loss": f"{np.nanmean(self.smoothed_KS[:, -1]):.3g}"}
+
+
 def lr_range_test(
-    dataset: data_lib.Dataset,
-    optimizer: str,
+    task: Task,
+    optimizer: str | Optimizer,
     lr_min: float,
     lr_max: float,
     num_steps: int,
     num_seeds: int,
-    settings: runner.SweepSettings,
+    settings: SweepSettings,
     *,
     overrides: Mapping[str, float] | None = None,
-    static_overrides: tuple[tuple[str, float], ...] = (),
     segment_steps: int = 20,
     stop_at_divergence: bool = True,
     desc: str = "",
 ) -> FinderResult:
-    """Runs the range test of `optimizer` on `dataset` with `num_seeds` seeds as one population.
+    """Runs the range test of `optimizer` on `task` with `num_seeds` seeds as one population.
 
-    `settings` gives the model, batch size, seed, progress and the training techniques (dtype,
-    augmentation) as `runner.sweep_config` reads them; its budget, evaluation, schedule, early
+    `settings` gives the batch size, seed, progress and the training techniques (dtype,
+    augmentation) as `sweep.engine_config` reads them; its budget, evaluation, schedule, early
     stopping, pruning and sequential fields do not apply (the seeds are always distinct).
-    `overrides` sets the optimizer's other per-member hyperparameters, `static_overrides` its static
-    ones. Between segments of `segment_steps` the run stops once every seed has diverged (fastai's
-    rule), unless `stop_at_divergence` is False.
+    `overrides` sets the optimizer's other hyperparameters. Between segments of `segment_steps`
+    the run stops once every seed has diverged (fastai's rule), unless `stop_at_divergence` is False.
     """
     if not 0 < lr_min < lr_max or num_steps < 2 or num_seeds < 1:
         raise ValueError(f"need 0 < lr_min < lr_max, num_steps >= 2, num_seeds >= 1; got {lr_min}, {lr_max}, "
                          f"{num_steps}, {num_seeds}")
-    eval_idx = data_lib.eval_subset_indices(len(dataset.train_labels), EVAL_EXAMPLES, settings.seed)
-    data = pop_lib.make_train_data(dataset.train_images, dataset.train_labels, eval_idx, len(eval_idx))
-    cfg = range_test_config(settings, optimizer, lr_min / lr_max, num_steps, len(eval_idx), static_overrides)
-    programs = runner.Programs(cfg)
-    k = pop_lib.round_up(num_seeds, programs.multiple)  # padding members fill the mesh, train nothing
-    hparams_K = optimizers.population_hparams(optimizer, np.full(k, lr_max), overrides)
-    pop = pop_lib.init_population(cfg, hparams_K, dataset.image_shape, settings.seed)
-    pop = pop.replace(status=jnp.where(jnp.arange(k) < num_seeds, pop_lib.RUNNING, pop_lib.PADDING))
+    opt = optimizers.get(optimizer)
+    ramp = schedules.ScheduleSpec(schedules.RANGE_TEST, decay_factor=lr_min / lr_max, total_steps=num_steps)
+    budget = runner.Budget(max_steps=num_steps, eval_every=segment_steps)
+    settings = dataclasses.replace(settings, distinct_seeds=True, schedule=ramp, patience=0, prune=None,
+                                   sequential=False, eval_examples=EVAL_EXAMPLES, budget=budget)
+    task = dataclasses.replace(task, eval=None) if task.eval is not None else task  # it needs no evaluation
+    data, eval_chunk = sweep_data(task, settings)
+    programs = runner.Programs(engine_config(task, opt, settings, eval_chunk))
+    pop = pop_lib.init_population(programs.cfg, optimizers.population_hparams(opt, np.full(num_seeds, lr_max),
+                                                                              overrides), settings.seed)
     lr_T = ramp_rates(lr_min, lr_max, num_steps)
-    bar = tqdm.tqdm(total=num_steps, desc=desc or f"{optimizer} range test", unit="step",
-                    disable=not settings.progress, leave=True, dynamic_ncols=True)
-
-    def show(n: int, step: int, smoothed_KS: np.ndarray) -> None:
-        bar.update(n)
-        bar.set_postfix({"lr": f"{lr_T[step - 1]:.3g}", "smoothed loss": f"{np.nanmean(smoothed_KS[:, -1]):.3g}"})
-
-    with bar:
-        loss_KS, train_seconds = run_ramp(programs, programs.shard(pop), programs.replicate(data), num_seeds,
-                                          num_steps, segment_steps, stop_at_divergence, settings.seed, show)
+    hook = RampHook(num_seeds, num_steps, stop_at_divergence, lr_T)
+    out = runner.train(pop, data, budget, data_lib.data_key(settings.seed), programs, freeze_at_target=False,
+                       repack=False, curves=False, hooks=[hook], progress=settings.progress,
+                       desc=desc or f"{opt.name} range test")
+    loss_KS = hook.loss_KS
     steps = loss_KS.shape[1]
     lr_S, smoothed_S = lr_T[:steps], smooth(loss_KS.mean(axis=0))
     return FinderResult(
-        optimizer=optimizer, lr_min=lr_min, lr_max=lr_max, num_steps=num_steps, num_seeds=num_seeds,
+        optimizer=opt.name, lr_min=lr_min, lr_max=lr_max, num_steps=num_steps, num_seeds=num_seeds,
         lr_S=lr_S, loss_KS=loss_KS, smoothed_KS=smooth(loss_KS), smoothed_S=smoothed_S,
         suggestions=suggest(lr_S, smoothed_S, num_steps), steps_run=steps,
         diverged_at=divergence_step(smoothed_S), stopped_early=steps < num_steps,
-        model_steps=num_seeds * steps, compile_seconds=programs.compile_seconds, train_seconds=train_seconds)
-
-
-def range_test_config(settings: runner.SweepSettings, optimizer: str, ramp_start: float, ramp_steps: int,
-                      eval_chunk: int, static_overrides: tuple[tuple[str, float], ...] = ()) -> pop_lib.EngineConfig:
-    """A sweep's engine configuration (`runner.sweep_config`: dtype, augmentation, ...) with distinct
-    seeds, no early stopping, and the range test's ramp as the schedule of each member's rate (its
-    injected peak, lr_max, stays per-member data)."""
-    ramp = schedules.ScheduleSpec(schedules.RANGE_TEST, decay_factor=ramp_start, total_steps=ramp_steps)
-    return runner.sweep_config(dataclasses.replace(settings, distinct_seeds=True, schedule=ramp, patience=0),
-                               optimizer, eval_chunk, static_overrides)
-
-
-def run_ramp(programs: runner.Programs, pop: pop_lib.Population, data: pop_lib.TrainData, num_seeds: int,
-             num_steps: int, segment_steps: int, stop_at_divergence: bool, seed: int,
-             progress: Callable[[int, int, np.ndarray], None] | None = None) -> tuple[np.ndarray, float]:
-    """Trains `pop` (sharded; its first `num_seeds` members real) through the ramp in segments;
-    returns each seed's loss per step run, float32[K, S], and the training seconds.
-
-    After each segment it calls progress(segment steps, steps so far, smoothed loss [K, S]) and stops
-    once every seed has diverged (all_diverged), unless `stop_at_divergence` is False.
-    """
-    data_key = jax.random.fold_in(jax.random.PRNGKey(seed), 2**20)  # unused: each seed its own batch order
-    target, max_steps = jnp.float32(NEVER), jnp.int32(num_steps)
-    losses, step, train_seconds = [], 0, 0.0
-    while step < num_steps:
-        n = min(segment_steps, num_steps - step)
-        args = (pop, data, jnp.int32(step), data_key, target, max_steps)
-        program = programs.get(n, args)
-        start = time.perf_counter()
-        pop, metrics = program(*args)
-        losses.append(pop_lib.to_host(metrics.step_loss)[:num_seeds])
-        train_seconds += time.perf_counter() - start
-        step += n
-        smoothed_KS = smooth(np.concatenate(losses, axis=1))
-        if progress is not None:
-            progress(n, step, smoothed_KS)
-        if stop_at_divergence and step < num_steps and all_diverged(smoothed_KS):
-            break
-    return np.concatenate(losses, axis=1), train_seconds
+        model_steps=num_seeds * steps, compile_seconds=out.compile_seconds, train_seconds=out.train_seconds)
 
 
 def suggestions_table(records: list[dict[str, Any]], headline: str = HEADLINE) -> str:
@@ -367,3 +356,62 @@ def summary_text(summary: dict[str, Any]) -> str:
     if summary.get("versus_valley"):
         text += "\n" + versus_valley_table(summary["versus_valley"])
     return text
+
+
+EXPERIMENT = "lr_finder"
+
+
+class FinderRun:
+    """An lr_finder run's results (its results.json as `summary`): the suggestions, the comparison
+    with a valley, the printed report and the figure."""
+
+    def __init__(self, summary: dict[str, Any], paths: dict | None = None):
+        self.summary, self.paths = summary, dict(paths or {})
+
+    def suggested(self, optimizer: str) -> float | None:
+        """The headline rule's rate for `optimizer` (None when its curve was too short)."""
+        return self.summary["suggested"][optimizer]
+
+    def report(self) -> str:
+        lines = [summary_text(self.summary)]
+        for name, test in self.summary["tests"].items():
+            rate = self.summary["suggested"][name]
+            timing = self.summary["timing"][name]
+            lines.append(f"{name}: suggested learning rate {'none (curve too short)' if rate is None else f'{rate:.4g}'} "
+                         f"({self.summary['headline_rule']} rule); {timing['model_steps']} model-steps, compile "
+                         f"{timing['compile_seconds']:.1f} s, training {timing['train_seconds']:.1f} s")
+        return "\n".join(lines)
+
+    def plot(self, path: Any) -> None:
+        s = self.summary
+        known_best = {n: tuple(c["best"]) for n, c in (s["versus_valley"] or {}).items() if c}
+        plots.lr_range_test(list(s["tests"].values()), path, known_best=known_best,
+                            title=f"LR range test: {s['model']['name']} on {s['dataset']}, batch "
+                                  f"{s['settings']['batch_size']}, {s['num_seeds']} seeds")
+
+
+def lr_finder(task: Task, optimizer_specs: Sequence[str | Optimizer], settings: SweepSettings = SweepSettings(),
+              workdir: Any = None, *, lr_min: float = LR_MIN, lr_max: float = LR_MAX, num_steps: int = NUM_STEPS,
+              num_seeds: int = NUM_SEEDS, overrides: Mapping[str, Mapping[str, float]] | None = None,
+              valley_members: list[dict[str, Any]] | None = None, stop: StopSignal | None = None,
+              overwrite: bool = False, info: Mapping[str, Any] | None = None) -> FinderRun:
+    """The range test of each optimizer on `task`, as `python -m lrlab.experiments.lr_finder` runs
+    it; `overrides` (per optimizer name) sets their other hyperparameters, `valley_members` (an
+    lr_valley run's records) adds how far each suggestion is from the valley's best rate."""
+    del stop  # a range test takes seconds: it is not checkpointed
+    started = time.perf_counter()
+    opts = [optimizers.get(o) for o in optimizer_specs]
+    ramp = {"lr_min": lr_min, "lr_max": lr_max, "num_steps": num_steps, "num_seeds": num_seeds}
+    run = workdir_lib.resolve(workdir, EXPERIMENT, {"task": task.identity(), "optimizers": [o.name for o in opts],
+                                                    "overrides": overrides or {}, "settings": settings.to_json(),
+                                                    **ramp}, overwrite)
+    if run is not None and run.finished:
+        return FinderRun(run.read_results(), {"results": run.results_path})
+    tests = {o.name: lr_range_test(task, o, lr_min, lr_max, num_steps, num_seeds, settings,
+                                   overrides=(overrides or {}).get(o.name)) for o in opts}
+    summary = {**results.run_header(EXPERIMENT), **results.task_header(task, settings), **(info or {}), **ramp,
+               **summarize(tests, valley_members)}
+    out = FinderRun(summary)
+    if run is not None:
+        out.paths = run.save(summary, {"lr_finder.png": out.plot}, started=started)
+    return out

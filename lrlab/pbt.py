@@ -1,7 +1,7 @@
 """Population Based Training (Jaderberg et al. 2017) inside the vectorized program.
 
 The population trains as usual, one jitted segment of `eval_every` steps at a time. Every
-`ready_steps` steps the members are ranked by their training-subset accuracy (a diverged member
+`ready_steps` steps the members are ranked by the task's target metric (a diverged member
 scores -inf): each member in the bottom `truncation` fraction copies every leaf of the Population
 (parameters, optimizer state with its step count, model state, bookkeeping) from a random member
 of the top fraction, keeping its own slot id (`member`) and key (`rng`), and is set running again;
@@ -14,8 +14,8 @@ truncation are data (a new value never recompiles). Only small arrays go to the 
 event: the source of each slot (int32[K]) and each member's hyperparameters, from which the
 lineage of the best final member and its hyperparameter schedule are rebuilt.
 
-PBT's time to target is the first evaluation at which any member reaches the target accuracy on
-the training subset (the segment itself is given an unreachable target, so no member freezes);
+PBT's time to target is the first evaluation at which any member reaches the task's target (the
+segments are given an unreachable goal, so no member freezes);
 its cost is K x steps run ("model-steps"), comparable with a sweep's sum of steps trained.
 """
 
@@ -30,25 +30,19 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from lrlab import checkpoints as ckpt_lib
 from lrlab import data as data_lib
-from lrlab import optimizers, results, runner
+from lrlab import optimizers, packing, plots, results, runner
 from lrlab import population as pop_lib
+from lrlab.optimizers import Members, Optimizer
 from lrlab.population import Population
+from lrlab import workdir as workdir_lib
+from lrlab.sweep import SweepSettings, api_identity, engine_config, sweep_data, test_metrics
+from lrlab.sweep import identity as sweep_identity
+from lrlab.tasks import Target, Task
+from lrlab.workdir import NO_SCOPE, Scope
 
-# Default bounds of the hyperparameters PBT may explore: name -> (low, high, log-uniform resample).
-DEFAULT_BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "learning_rate": (1e-6, 100.0, True),
-    "momentum": (0.0, 0.99, False),
-    "b1": (0.0, 0.99, False),
-    "b2": (0.9, 0.9999, False),
-    "rho": (0.5, 0.999, False),
-    "decay": (0.5, 0.999, False),
-    "eps": (1e-10, 1e-4, True),
-}
-UNREACHABLE = 2.0  # the segment's target: accuracy never reaches it, so no member freezes at the target
 KEY_SALT = 2**21  # PBT's random stream: fold_in(PRNGKey(seed), KEY_SALT), then the step
 
 
@@ -70,13 +64,13 @@ class Bound:
 
 @dataclasses.dataclass(frozen=True)
 class PBTConfig:
-    """Settings of PBT (the training settings are runner.SweepSettings)."""
+    """Settings of PBT (the training settings are sweep.SweepSettings)."""
 
     ready_steps: int = 200  # steps between exploit/explore events; a multiple of the evaluation period
     truncation: float = 0.2  # bottom fraction replaced by copies of the top fraction, in (0, 0.5]
     perturb_factors: tuple[float, ...] = (0.8, 1.2)
     resample_probability: float = 0.25
-    explore: tuple[Bound, ...] = (Bound("learning_rate", *DEFAULT_BOUNDS["learning_rate"]),)
+    explore: tuple[Bound, ...] = (Bound("learning_rate", *optimizers.RATE.search),)
     stop_at_target: bool = True  # end the run at the first evaluation where any member reaches the target
 
     def __post_init__(self):
@@ -101,25 +95,28 @@ class PBTConfig:
                 "explore": [dataclasses.asdict(b) for b in self.explore]}
 
 
-def parse_explore(entries: Sequence[str], optimizer: str) -> tuple[Bound, ...]:
-    """--explore entries `name` or `name:low:high` -> Bounds (DEFAULT_BOUNDS where not given);
-    ValueError naming the bad entry: unknown to `optimizer`, listed twice, malformed bounds."""
-    known = ["learning_rate", *optimizers.default_hparams(optimizer)]
+def parse_explore(entries: Sequence[str], optimizer: Optimizer) -> tuple[Bound, ...]:
+    """--explore entries `name` or `name:low:high` -> Bounds (the hyperparameter's search range,
+    `optimizers.HParam.search`, where not given); ValueError naming the bad entry: unknown to
+    `optimizer`, listed twice, malformed, or bounds outside the hyperparameter's valid range."""
     bounds: list[Bound] = []
     for entry in entries:
         name, *limits = (part.strip() for part in entry.split(":"))
-        if name not in known:
-            raise ValueError(f"{entry!r}: {optimizer} has no hyperparameter {name!r} (it has {', '.join(known)})")
+        spec = optimizer.hparams.get(name)
+        if spec is None:
+            raise ValueError(f"{entry!r}: {optimizer.name} has no hyperparameter {name!r} "
+                             f"(it has {', '.join(optimizer.hparams)})")
         if name in [b.name for b in bounds]:
             raise ValueError(f"{entry!r}: {name} listed twice")
-        default = DEFAULT_BOUNDS.get(name)
-        if not limits and default is None:
-            raise ValueError(f"{entry!r}: no default bounds for {name}: give {name}:LOW:HIGH")
+        if not limits and spec.search is None:
+            raise ValueError(f"{entry!r}: no default range for {name}: give {name}:LOW:HIGH")
         if limits and len(limits) != 2:
             raise ValueError(f"{entry!r} is not NAME or NAME:LOW:HIGH")
         try:
-            low, high = (float(v) for v in limits) if limits else default[:2]
-            bounds.append(Bound(name, low, high, default[2] if default else False))
+            low, high = (float(v) for v in limits) if limits else spec.search[:2]
+            for value in (low, high):
+                spec.check(name, value)
+            bounds.append(Bound(name, low, high, spec.search[2] if spec.search else False))
         except ValueError as e:
             raise ValueError(f"{entry!r}: {e}") from None
     if not bounds:
@@ -198,7 +195,7 @@ def exploit_explore(pop: Population, score_K: jax.Array, key: jax.Array, explore
 def make_exploit_fn(names: tuple[str, ...], mesh: jax.sharding.Mesh) -> Callable:
     """exploit_explore jitted for `names`, the population donated and kept sharded over `mesh`."""
     return jax.jit(functools.partial(exploit_explore, names=names), donate_argnums=0,
-                   out_shardings=(pop_lib.member_sharding(mesh), pop_lib.replicated(mesh)))
+                   out_shardings=(packing.member_sharding(mesh), packing.replicated(mesh)))
 
 
 # Lineage (host, numpy): from the sources of the ready events back to the start.
@@ -229,22 +226,22 @@ class PBTResult:
     """What one PBT run measured (host arrays; K members, T evaluations, E ready events)."""
 
     optimizer: str
-    engine: pop_lib.EngineConfig  # the population's program settings (for runner.test_accuracy)
+    engine: pop_lib.EngineConfig  # the population's program settings (for the test-set evaluation)
     explored: tuple[str, ...]  # the hyperparameters PBT perturbs (hparams_E1K records them all)
     k: int
     step_T: np.ndarray  # int64[T]: steps run at each evaluation
-    accuracy_TK: np.ndarray  # float32[T, K]: training-subset accuracy of each slot
+    value_TK: np.ndarray  # float32[T, K]: each slot's target metric at each evaluation
     loss_TK: np.ndarray  # float32[T, K]: each slot's mean training loss over the segment
     event_steps: np.ndarray  # int64[E]
     sources_EK: np.ndarray  # int64[E, K]: the slot each slot copied at each event (itself if none)
     scores_EK: np.ndarray  # float32[E, K]: the ranking scores
     hparams_E1K: dict[str, np.ndarray]  # name -> float32[E+1, K]: initial, then after each event
     final: Population  # the K real members at the end (numpy leaves)
-    best_member: int  # the slot with the highest final training-subset accuracy (healthy members)
+    best_member: int  # the slot with the best final target metric (healthy members)
     steps_to_target: int | None  # first evaluation at which any member reached the target
     member_at_target: int | None
     seconds_to_target: float | None
-    target_accuracy: float
+    target: Target
     steps_run: int
     stopped_by: str  # "target", "max_steps", "max_seconds" or "no_member_running"
     compile_seconds: float
@@ -272,19 +269,22 @@ class PBTResult:
                 name: lineage_values(self.hparams_E1K[name], slots).astype(float).tolist(),
                 "slot": slots.astype(int).tolist()}
 
-    def lineage_accuracy(self) -> np.ndarray:
-        """float32[T]: the best lineage's training-subset accuracy at each evaluation."""
+    def lineage_values(self) -> np.ndarray:
+        """float32[T]: the best lineage's target metric at each evaluation."""
         slot_T = self.best_lineage[interval_of(self.step_T, self.event_steps)]
-        return self.accuracy_TK[np.arange(len(self.step_T)), slot_T]
+        return self.value_TK[np.arange(len(self.step_T)), slot_T]
 
 
-def result_json(result: PBTResult, test_accuracy_K: np.ndarray | None = None,
+def result_json(result: PBTResult, target_key: str, test_K: dict[str, np.ndarray] | None = None,
                 batch_size: int = 100) -> dict[str, Any]:
-    """results.json's PBT fields: events, curves, the best lineage and its schedules, cost, target."""
+    """results.json's PBT fields: events, curves, the best lineage and its schedules, cost, target.
+    `target_key` names the target metric ("train_accuracy"); `test_K` the test set's metrics."""
     names, explored = list(result.hparams_E1K), list(result.explored)
     best = result.best_member
     slots = result.best_lineage
     final_hparams = {n: v[-1] for n, v in result.hparams_E1K.items()}
+    last = lambda m: float(result.value_TK[-1, m]) if len(result.step_T) else None
+    tests = lambda m: {f"final_test_{name}": float(v[m]) for name, v in (test_K or {}).items()}
     return {
         "optimizer": result.optimizer,
         "explored": explored,
@@ -296,23 +296,19 @@ def result_json(result: PBTResult, test_accuracy_K: np.ndarray | None = None,
                     "hyperparameters": {n: result.hparams_E1K[n][e + 1].astype(float).tolist() for n in names}}
                    for e, s in enumerate(result.event_steps)],
         "curves": {"step": result.step_T.astype(int).tolist(),
-                   "train_accuracy": result.accuracy_TK.astype(float).tolist(),
+                   target_key: result.value_TK.astype(float).tolist(),
                    "loss": result.loss_TK.astype(float).tolist(),
-                   "best_lineage_train_accuracy": result.lineage_accuracy().astype(float).tolist()},
+                   f"best_lineage_{target_key}": result.lineage_values().astype(float).tolist()},
         # every slot's hyperparameters from each event on: {"step": [0, event steps...], name: [[K], ...]}
         "hyperparameter_schedules": {"step": [0, *map(int, result.event_steps)],
                                      **{n: v.astype(float).tolist() for n, v in result.hparams_E1K.items()}},
-        "best": {"member": best, "lineage": slots.astype(int).tolist(),
-                 "final_train_accuracy": float(result.accuracy_TK[-1, best]) if len(result.step_T) else None,
-                 "final_test_accuracy": None if test_accuracy_K is None else float(test_accuracy_K[best]),
-                 "hyperparameters": {n: float(final_hparams[n][best]) for n in names},
+        "best": {"member": best, "lineage": slots.astype(int).tolist(), f"final_{target_key}": last(best),
+                 **tests(best), "hyperparameters": {n: float(final_hparams[n][best]) for n in names},
                  "schedules": {n: result.schedule_of(n, slots) for n in explored}},
         "final_members": [{"member": m, "status": pop_lib.STATUS_NAMES[int(result.final.status[m])],
                            "hyperparameters": {n: float(final_hparams[n][m]) for n in names},
-                           "final_train_accuracy": float(result.accuracy_TK[-1, m]) if len(result.step_T) else None,
-                           "final_test_accuracy": None if test_accuracy_K is None else float(test_accuracy_K[m])}
+                           f"final_{target_key}": last(m), **tests(m)}
                           for m in range(result.k)],
-        "target_accuracy": result.target_accuracy,
         "steps_to_target": result.steps_to_target,
         "examples_to_target": None if result.steps_to_target is None else result.steps_to_target * batch_size,
         "seconds_to_target": result.seconds_to_target,
@@ -326,159 +322,116 @@ def result_json(result: PBTResult, test_accuracy_K: np.ndarray | None = None,
     }
 
 
-def _pad(pop: Population, size: int) -> Population:
-    """`pop` padded to `size` members with copies of its first, marked PADDING (they train nothing)."""
-    k = pop.size
-    if size == k:
-        return pop
-    pos = np.concatenate([np.arange(k), np.zeros(size - k, np.int64)])
-    padded = pop_lib.gather_members(pop, pos)
-    return padded.replace(status=jnp.where(jnp.arange(size) >= k, pop_lib.PADDING, padded.status))
+class PBTHook(runner.Hook):
+    """PBT in the segment loop: after each evaluation it records every slot's target metric, loss
+    and statuses, notes the first evaluation at the target (ending the run there with
+    `stop_at_target`), and at each ready step runs exploit/explore on the device."""
+
+    name = "pbt"
+
+    def __init__(self, cfg: PBTConfig, k: int, names: tuple[str, ...], exploit: Callable, explore: Explore,
+                 key: jax.Array, target: Any, initial_hparams: dict[str, list[float]]):
+        self.cfg, self.k, self.names, self.exploit, self.explore, self.key = cfg, k, names, exploit, explore, key
+        self.target = target
+        self.record: dict[str, Any] = {"exploit_seconds": 0.0, "steps": [], "values": [], "loss": [],
+                                       "event_steps": [], "sources": [], "scores": [],
+                                       "hparams": [initial_hparams], "at_target": None}
+
+    def state(self) -> dict[str, Any]:
+        return self.record
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state:
+            self.record = state
+
+    def after_segment(self, loop: runner.Loop, metrics: pop_lib.SegmentMetrics) -> None:
+        rec, k = self.record, self.k
+        value_K = loop.host["metrics"][self.target.metric][:k]
+        status_K = loop.status[:k]
+        rec["steps"].append(loop.step)
+        rec["values"].append(value_K.astype(float).tolist())
+        rec["loss"].append(loop.host["loss"][:k].astype(float).tolist())
+        at = np.flatnonzero((status_K != pop_lib.DIVERGED) & self.target.reached(value_K))
+        if rec["at_target"] is None and at.size:
+            rec["at_target"] = {"step": loop.step, "member": int(at[np.argmax(self.target.score(value_K[at]))]),
+                                "seconds": loop.train_seconds}
+        if self.cfg.stop_at_target and rec["at_target"] is not None:
+            loop.finish("target")
+        elif loop.running.size and loop.step % self.cfg.ready_steps == 0:
+            start = time.perf_counter()
+            score = self.target.score(metrics.metrics[self.target.metric])
+            sub, source_K = self.exploit(loop.sub, score, jax.random.fold_in(self.key, loop.step), self.explore)
+            loop.replace_sub(sub)
+            rec["event_steps"].append(loop.step)
+            rec["sources"].append(packing.to_host(source_K)[:k].astype(int).tolist())
+            rec["scores"].append(self.target.score(value_K).astype(float).tolist())
+            rec["hparams"].append(_host_hparams(loop.sub, self.names, k))
+            rec["exploit_seconds"] += time.perf_counter() - start
+
+    def postfix(self, loop: runner.Loop) -> dict[str, Any]:
+        last = self.record["values"][-1] if self.record["values"] else [np.nan]
+        best = np.nanmax(self.target.score(np.asarray(last, np.float64)))
+        return {f"best {self.target.metric}": f"{self.target.score(best):.4f}", "events": len(self.record["event_steps"])}
 
 
-def pbt_identity(optimizer: str, hparams_K: dict[str, np.ndarray], cfg: PBTConfig,
-                 settings: runner.SweepSettings, static_overrides: tuple[tuple[str, float], ...]) -> dict[str, Any]:
-    """What a PBT checkpoint must match to be resumed (JSON)."""
-    budget = settings.budget
-    return {**runner.run_identity(optimizer, hparams_K, settings, static_overrides), "pbt": cfg.to_json(),
-            "target_accuracy": budget.target_accuracy, "max_steps": budget.max_steps, "eval_every": budget.eval_every,
-            "eval_examples": settings.eval_examples}
-
-
-def run_pbt(dataset: data_lib.Dataset, optimizer: str, hparams_K: dict[str, np.ndarray], cfg: PBTConfig,
-            settings: runner.SweepSettings, static_overrides: tuple[tuple[str, float], ...] = (),
+def run_pbt(task: Task, members: Members, cfg: PBTConfig, settings: SweepSettings, *, scope: Scope = NO_SCOPE,
             stop: ckpt_lib.StopSignal | None = None, mesh: jax.sharding.Mesh | None = None,
             exploit_seed: int | None = None) -> PBTResult:
-    """Trains one population of `optimizer` (one member per hparams_K['learning_rate']) with PBT.
+    """Trains one population (`members`) on `task` with PBT.
 
-    `settings` gives the model, data subset, budget (target, max_steps, max_seconds, eval_every),
-    seed and checkpointing, as for runner.run_sweep (whose data and engine configuration it reuses);
-    its sequential, repack, prune and early-stopping settings do not apply (ValueError). With
-    `settings.checkpoint_dir` it checkpoints every `checkpoint_every` segments and on `stop`
-    (then raises checkpoints.Interrupted), and a rerun resumes with identical results.
-    `exploit_seed` (default: settings.seed) seeds only the exploit/explore randomness, so PBT's own
-    randomness can vary while the training (init, batches) stays fixed.
+    `settings` gives the data subset, budget (max_steps, max_seconds, eval_every), seed and the
+    techniques, as for sweep.run_sweep (whose data and engine configuration it reuses); sequential,
+    pruning and early stopping do not apply (ValueError). With a checkpoint `scope` it checkpoints
+    every `checkpoint_every` segments and on `stop` (then raises checkpoints.Interrupted), and a
+    rerun resumes with identical results. `exploit_seed` (default: settings.seed) seeds only the
+    exploit/explore randomness, so PBT's own randomness can vary while the training stays fixed.
     """
     budget = settings.budget
-    if budget.target_accuracy > 1:
-        raise ValueError(f"target accuracy must be in (0, 1], got {budget.target_accuracy}")
     if cfg.ready_steps % budget.eval_every:
         raise ValueError(f"ready_steps ({cfg.ready_steps}) must be a multiple of eval_every ({budget.eval_every})")
     if settings.sequential or settings.prune is not None or settings.patience:
         raise ValueError("PBT trains one vectorized population: no sequential mode, pruning or early stopping")
-    known = set(optimizers.default_hparams(optimizer)) | {"learning_rate"}
+    known = set(members.optimizer.hparams)
     if not set(cfg.names) <= known:
-        raise ValueError(f"{optimizer} cannot explore {sorted(set(cfg.names) - known)} (it has {sorted(known)})")
-    data, eval_chunk = runner.sweep_data(dataset, settings)
-    engine = runner.sweep_config(settings, optimizer, eval_chunk, static_overrides)
+        raise ValueError(f"{members.name} cannot explore {sorted(set(cfg.names) - known)} (it has {sorted(known)})")
+    if members.size < 2:
+        raise ValueError("PBT needs at least 2 members")
+    data, eval_chunk = sweep_data(task, settings)
+    engine = engine_config(task, members.optimizer, settings, eval_chunk)
     programs = runner.Programs(engine, mesh)
-    k = len(hparams_K["learning_rate"])
-    template = _pad(pop_lib.init_population(engine, hparams_K, dataset.image_shape, settings.seed),
-                    pop_lib.round_up(k, programs.multiple))
-    names = tuple(sorted(template.opt_state.hyperparams))  # every hyperparameter is recorded
-    exploit = make_exploit_fn(cfg.names, programs.mesh)
-    explore = programs.replicate(explore_arrays(cfg))
-    root = jax.random.PRNGKey(settings.seed)
-    exploit_root = root if exploit_seed is None else jax.random.PRNGKey(exploit_seed)
-    data_key, pbt_key = jax.random.fold_in(root, 2**20), jax.random.fold_in(exploit_root, KEY_SALT)
-
-    state: dict[str, Any] = {  # the host state, JSON (checkpointed with the population)
-        "step": 0, "segments": 0, "train_seconds": 0.0, "exploit_seconds": 0.0, "done": False,
-        "stopped_by": "max_steps", "steps": [], "accuracy": [], "loss": [], "event_steps": [], "sources": [],
-        "scores": [], "hparams": [], "at_target": None,
-    }
-    checkpoints = None if settings.checkpoint_dir is None else ckpt_lib.RunCheckpoints(
-        settings.checkpoint_dir, {**pbt_identity(optimizer, hparams_K, cfg, settings, static_overrides),
-                                  **({} if exploit_seed is None else {"exploit_seed": exploit_seed})},
-        settings.checkpoint_every)
-    restored = checkpoints.restore(template, programs.mesh) if checkpoints is not None else None
-    if restored is not None:
-        pop, state = restored
-        pop = programs.shard(pop)
-    else:
-        pop = programs.shard(template)
-        state["hparams"].append(_host_hparams(pop, names, k))
-    data = programs.replicate(data)
-    target, max_steps = jnp.float32(UNREACHABLE), jnp.int32(budget.max_steps)
-    bar = tqdm.tqdm(total=budget.max_steps, initial=state["step"], desc=f"pbt {optimizer}", unit="step",
-                    disable=not settings.progress, dynamic_ncols=True)
-    while not state["done"]:
-        step = state["step"]
-        num_steps = min(budget.eval_every, budget.max_steps - step)
-        args = (pop, data, jnp.int32(step), data_key, target, max_steps)
-        program = programs.get(num_steps, args)
-        start = time.perf_counter()
-        pop, metrics = program(*args)
-        acc_K, loss_K, status_K = (x[:k] for x in pop_lib.to_host((metrics.accuracy, pop.loss, pop.status)))
-        state["train_seconds"] += time.perf_counter() - start
-        step += num_steps
-        state["step"], state["segments"] = step, state["segments"] + 1
-        state["steps"].append(step)
-        state["accuracy"].append(acc_K.astype(float).tolist())
-        state["loss"].append(loss_K.astype(float).tolist())
-        at = np.flatnonzero((status_K != pop_lib.DIVERGED) & (acc_K >= budget.target_accuracy))
-        if state["at_target"] is None and at.size:
-            state["at_target"] = {"step": step, "member": int(at[np.argmax(acc_K[at])]),
-                                  "seconds": state["train_seconds"]}
-        running = status_K == pop_lib.RUNNING
-        reason = stop_reason(state, budget, cfg.stop_at_target)
-        if reason is not None:
-            state["done"], state["stopped_by"] = True, reason
-        elif step % cfg.ready_steps == 0:
-            start = time.perf_counter()
-            pop, source_K = exploit(pop, metrics.accuracy, jax.random.fold_in(pbt_key, step), explore)
-            source_K, status_K = (x[:k] for x in pop_lib.to_host((source_K, pop.status)))
-            state["event_steps"].append(step)
-            state["sources"].append(source_K.astype(int).tolist())
-            state["scores"].append(acc_K.astype(float).tolist())
-            state["hparams"].append(_host_hparams(pop, names, k))
-            state["exploit_seconds"] += time.perf_counter() - start
-            running = status_K == pop_lib.RUNNING
-        if not state["done"] and not running.any():
-            state["done"], state["stopped_by"] = True, "no_member_running"
-        bar.update(num_steps)
-        bar.set_postfix({"best acc": f"{np.nanmax(acc_K):.4f}", "events": len(state["event_steps"]),
-                         "diverged": int(np.sum(status_K == pop_lib.DIVERGED))}, refresh=False)
-        if checkpoints is not None and (stop is not None and stop.requested or checkpoints.due(state["segments"])
-                                        or state["done"]):
-            checkpoints.save(state["segments"], pop, state)
-        if checkpoints is not None and stop is not None and stop.requested and not state["done"]:
-            bar.close()
-            raise ckpt_lib.Interrupted(stop.requested, step, checkpoints.directory)
-    bar.close()
-    return _result(optimizer, engine, cfg.names, k, state, pop_lib.to_host(pop), budget.target_accuracy,
-                   programs.compile_seconds)
-
-
-def stop_reason(state: dict[str, Any], budget: runner.Budget, stop_at_target: bool) -> str | None:
-    """Why the run ends after the segment that brought it to `state`, or None to go on."""
-    if stop_at_target and state["at_target"] is not None:
-        return "target"
-    if state["step"] >= budget.max_steps:
-        return "max_steps"
-    if budget.max_seconds is not None and state["train_seconds"] >= budget.max_seconds:
-        return "max_seconds"
-    return None
+    k = members.size
+    pop = pop_lib.init_population(engine, members.hparams, settings.seed)
+    names = tuple(sorted(pop.opt_state.hyperparams))  # every hyperparameter is recorded
+    root = jax.random.PRNGKey(settings.seed if exploit_seed is None else exploit_seed)
+    hook = PBTHook(cfg, k, names, make_exploit_fn(cfg.names, programs.mesh), programs.replicate(explore_arrays(cfg)),
+                   jax.random.fold_in(root, KEY_SALT), task.target, _host_hparams(pop, names, k))
+    ident = sweep_identity(task, members, settings, pbt=cfg.to_json(),
+                           **({} if exploit_seed is None else {"exploit_seed": exploit_seed}))
+    out = runner.train(pop, data, budget, data_lib.data_key(settings.seed), programs, freeze_at_target=False,
+                       repack=False, curves=False, hooks=[hook], progress=settings.progress, desc=f"pbt {members.name}",
+                       checkpoints=scope.checkpoints(ident), stop=stop)
+    return _result(members.name, engine, cfg.names, k, hook.record, out)
 
 
 def _host_hparams(pop: Population, names: tuple[str, ...], k: int) -> dict[str, list[float]]:
     """Every member's hyperparameters (small arrays: the only per-member state that leaves the device)."""
-    hyper = pop_lib.to_host({n: pop.opt_state.hyperparams[n] for n in names})
+    hyper = packing.to_host({n: pop.opt_state.hyperparams[n] for n in names})
     return {n: hyper[n][:k].astype(float).tolist() for n in names}
 
 
-def _result(optimizer: str, engine: pop_lib.EngineConfig, explored: tuple[str, ...], k: int, state: dict[str, Any],
-            final: Population, target_accuracy: float, compile_seconds: float) -> PBTResult:
-    """The PBTResult of a finished run's host state and population."""
-    final = jax.tree_util.tree_map(lambda x: x[:k], final)
-    accuracy_TK = np.asarray(state["accuracy"], np.float32).reshape(-1, k)
+def _result(name: str, engine: pop_lib.EngineConfig, explored: tuple[str, ...], k: int, state: dict[str, Any],
+            out: runner.RunOutput) -> PBTResult:
+    """The PBTResult of a finished run's hook record and loop output."""
+    final = out.final
+    target = engine.task.target
+    value_TK = np.asarray(state["values"], np.float32).reshape(-1, k)
     healthy = np.asarray(final.status) != pop_lib.DIVERGED
-    last = np.where(healthy, accuracy_TK[-1], -np.inf) if len(accuracy_TK) else np.zeros(k)
+    last = np.where(healthy, target.score(value_TK[-1]), -np.inf) if len(value_TK) else np.zeros(k)
     at = state["at_target"]
     names = list(state["hparams"][0])
     return PBTResult(
-        optimizer=optimizer, engine=engine, explored=explored, k=k, step_T=np.asarray(state["steps"], np.int64),
-        accuracy_TK=accuracy_TK,
+        optimizer=name, engine=engine, explored=explored, k=k, step_T=np.asarray(state["steps"], np.int64),
+        value_TK=value_TK,
         loss_TK=np.asarray(state["loss"], np.float32).reshape(-1, k),
         event_steps=np.asarray(state["event_steps"], np.int64),
         sources_EK=np.asarray(state["sources"], np.int64).reshape(-1, k),
@@ -486,38 +439,88 @@ def _result(optimizer: str, engine: pop_lib.EngineConfig, explored: tuple[str, .
         hparams_E1K={n: np.asarray([h[n] for h in state["hparams"]], np.float32) for n in names},
         final=final, best_member=int(np.argmax(last)),
         steps_to_target=None if at is None else at["step"], member_at_target=None if at is None else at["member"],
-        seconds_to_target=None if at is None else at["seconds"], target_accuracy=target_accuracy,
-        steps_run=state["step"], stopped_by=state["stopped_by"], compile_seconds=compile_seconds,
-        train_seconds=state["train_seconds"], exploit_seconds=state["exploit_seconds"])
+        seconds_to_target=None if at is None else at["seconds"], target=target,
+        steps_run=out.steps_run, stopped_by=out.ended_by, compile_seconds=out.compile_seconds,
+        train_seconds=out.train_seconds, exploit_seconds=state["exploit_seconds"])
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The printed report of a PBT results.json: time to target and cost, the best lineage's
     hyperparameter schedule, and every final member."""
-    pct = f"{summary['target_accuracy'] * 100:g}%"
+    target, key = summary["target"], summary["target_key"]
+    goal = f"{key} {'>=' if target['mode'] == 'max' else '<='} {target['goal']:g}"
+    metric = target["metric"]
     k, best = summary["members"], summary["best"]
     names = list(best["schedules"])
     lines = [f"PBT {summary['optimizer']}: {k} members, {len(summary['events'])} ready events; stopped by "
              f"{summary['stopped_by']} after {summary['steps_run']} steps ({summary['model_steps']:,} model-steps "
              f"= {k} x {summary['steps_run']})"]
     if summary["steps_to_target"] is None:
-        lines.append(f"no member reached {pct} training-subset accuracy")
+        lines.append(f"no member reached {goal}")
     else:
-        lines.append(f"steps to {pct}: {summary['steps_to_target']} ({summary['examples_to_target']:,} examples, "
+        lines.append(f"steps to {goal}: {summary['steps_to_target']} ({summary['examples_to_target']:,} examples, "
                      f"{summary['seconds_to_target']:.1f} s, member {summary['member_at_target']}; resolution "
                      f"{summary.get('steps_to_target_resolution', '?')} steps), model-steps to target "
                      f"{summary['model_steps_to_target']:,}")
-    lines.append(f"best member {best['member']}: train acc {results.cell(best['final_train_accuracy'], 0, '.4f')}, "
-                 f"test acc {results.cell(best['final_test_accuracy'], 0, '.4f')}; its lineage's schedule:")
+    lines.append(f"best member {best['member']}: {key} {results.cell(best.get('final_' + key), 0, '.4f')}, "
+                 f"test {metric} {results.cell(best.get('final_test_' + metric), 0, '.4f')}; its lineage's schedule:")
     lines.append(f"{'from step':>9}  {'slot':>4}  " + "  ".join(f"{n:>13}" for n in names))
     first = best["schedules"][names[0]]
     for i, step in enumerate(first["step"]):
         lines.append(f"{step:>9d}  {first['slot'][i]:>4d}  "
                      + "  ".join(f"{best['schedules'][n][n][i]:>13.4g}" for n in names))
     lines.append(f"{'member':>6}  {'status':<9}  " + "  ".join(f"{n:>13}" for n in names)
-                 + f"  {'train_acc':>9}  {'test_acc':>8}")
+                 + f"  {key:>14}  {'test_' + metric:>13}")
     for m in summary["final_members"]:
         lines.append(f"{m['member']:>6d}  {m['status']:<9}  "
                      + "  ".join(f"{m['hyperparameters'][n]:>13.4g}" for n in names)
-                     + f"  {results.cell(m['final_train_accuracy'], 9, '.4f')}  {results.cell(m['final_test_accuracy'], 8, '.4f')}")
+                     + f"  {results.cell(m.get('final_' + key), 14, '.4f')}  "
+                     f"{results.cell(m.get('final_test_' + metric), 13, '.4f')}")
     return "\n".join(lines)
+
+
+EXPERIMENT = "pbt"
+
+
+class PBTRun:
+    """A PBT run's results (its results.json as `summary`), with the printed report and the figure."""
+
+    def __init__(self, summary: dict[str, Any], result: PBTResult | None = None, paths: dict | None = None):
+        self.summary, self.result, self.paths = summary, result, dict(paths or {})
+
+    def report(self) -> str:
+        text = format_summary(self.summary)
+        timing = self.summary["timing"]
+        return (text + f"\ncompile {timing['compile_seconds']:.1f} s, training {timing['train_seconds']:.1f} s, "
+                f"ready events {timing['exploit_seconds']:.1f} s")
+
+    def plot(self, path: Any) -> None:
+        s = self.summary
+        plots.pbt_lineage(s, path, title=f"PBT of {s['optimizer']} on {s['model']['name']}, {s['dataset']}: "
+                                         f"{s['members']} members, ready every {s['pbt']['ready_steps']} steps, "
+                                         f"truncation {s['pbt']['truncation']:g}")
+
+
+def pbt(task: Task, members: Members, cfg: PBTConfig = PBTConfig(), settings: SweepSettings = SweepSettings(),
+        workdir: Any = None, *, stop: ckpt_lib.StopSignal | None = None, overwrite: bool = False,
+        exploit_seed: int | None = None, info: dict[str, Any] | None = None) -> PBTRun:
+    """PBT of one population on `task`, as `python -m lrlab.experiments.pbt` runs it: with a
+    `workdir`, resumable, and writing results.json and pbt.png there."""
+    started = time.perf_counter()
+    run = workdir_lib.resolve(workdir, EXPERIMENT, api_identity(task, [members], settings, pbt=cfg.to_json()),
+                              overwrite)
+    if run is not None and run.finished:
+        return PBTRun(run.read_results(), paths={"results": run.results_path})
+    try:
+        result = run_pbt(task, members, cfg, settings, scope=run.scope() if run else NO_SCOPE, stop=stop,
+                         exploit_seed=exploit_seed)
+    finally:
+        if run is not None:
+            run.close()
+    summary = {**results.run_header(EXPERIMENT), **results.task_header(task, settings), **(info or {}),
+               "pbt": cfg.to_json(),
+               **result_json(result, task.target_key, test_metrics(result.engine, result.final), settings.batch_size)}
+    out = PBTRun(summary, result)
+    if run is not None:
+        out.paths = run.save(summary, {"pbt.png": out.plot}, started=started)
+    return out

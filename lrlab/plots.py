@@ -37,15 +37,15 @@ def _save_steps_vs_rate(fig: plt.Figure, ax: plt.Axes, path: str | os.PathLike, 
 
 def valley(records: list[dict[str, Any]], path: str | os.PathLike, *, budget_steps: int,
            eval_every: int, title: str = "") -> None:
-    """Steps to target against learning rate (log-log), one line per optimizer.
+    """Steps to target against learning rate (log-log), one line per valley (optimizer).
 
     Runs that missed the target are gaps in the line, marked on the budget line: x for diverged,
     o for exhausted, v for pruned (--prune), s for stopped (--early_stopping).
     """
     fig, ax = plt.subplots(figsize=(8, 5))
-    optimizers = list(dict.fromkeys(r["optimizer"] for r in records))
+    optimizers = list(dict.fromkeys(results_lib.group_of(r) for r in records))
     for n, opt in enumerate(optimizers):
-        rows = sorted((r for r in records if r["optimizer"] == opt), key=lambda r: r["learning_rate"])
+        rows = sorted((r for r in records if results_lib.group_of(r) == opt), key=lambda r: r["learning_rate"])
         lrs = [r["learning_rate"] for r in rows]
         steps = [r["steps_to_target"] if r["steps_to_target"] is not None else float("nan") for r in rows]
         (line,) = ax.plot(lrs, steps, "-", marker=".", label=opt)
@@ -124,29 +124,31 @@ def scaling(members: list[dict[str, Any]], fits: list[dict[str, Any]], best: lis
     save_figure(fig, path)
 
 
-def optimizer_curves(entries: dict[str, dict[str, Any]], path: str | os.PathLike, *, target_accuracy: float,
+def optimizer_curves(entries: dict[str, dict[str, Any]], path: str | os.PathLike, *, target: dict[str, Any],
                      title: str = "") -> None:
-    """optimizer_comparison's figure: test accuracy against steps and against training seconds, one
-    line per optimizer at its learning rate, and the target as a dashed line (logit y axis: 0.9 to
-    0.99 gets as much room as 0.5 to 0.9)."""
+    """optimizer_comparison's figure: the target metric on the test subset against steps and against
+    training seconds, one line per optimizer at its learning rate, and the goal as a dashed line
+    (an accuracy on a logit axis: 0.9 to 0.99 gets as much room as 0.5 to 0.9)."""
+    metric = target["metric"]
     fig, (ax_steps, ax_seconds) = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     for name, entry in entries.items():
         curve = entry["test_curve"]
         label = f"{name} (lr {entry['learning_rate']:.3g})"
-        (line,) = ax_steps.plot(curve["step"], curve["test_accuracy"], "-", linewidth=1.2, label=label)
-        ax_seconds.plot(curve["seconds"], curve["test_accuracy"], "-", linewidth=1.2, color=line.get_color(),
+        (line,) = ax_steps.plot(curve["step"], curve[f"test_{metric}"], "-", linewidth=1.2, label=label)
+        ax_seconds.plot(curve["seconds"], curve[f"test_{metric}"], "-", linewidth=1.2, color=line.get_color(),
                         label=label)
     for ax, xlabel in ((ax_steps, "training steps"),
                        (ax_seconds, "training seconds (compilation and evaluations excluded)")):
-        ax.axhline(target_accuracy, color="black", linewidth=0.8, linestyle="--",
-                   label=f"target {target_accuracy:g} (training-subset accuracy)")
-        ax.set_yscale("logit", nonpositive="clip")
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.axhline(target["goal"], color="black", linewidth=0.8, linestyle="--",
+                   label=f"target {target['goal']:g} (evaluation set)")
+        if metric == "accuracy":
+            ax.set_yscale("logit", nonpositive="clip")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)
-    ax_steps.set_ylabel("test accuracy (fixed test subset)")
-    ax_steps.legend(fontsize=8, loc="lower right")
+    ax_steps.set_ylabel(f"test {metric} (fixed test subset)")
+    ax_steps.legend(fontsize=8, loc="lower right" if target["mode"] == "max" else "upper right")
     fig.suptitle(title or "Optimizers at their best learning rates")
     save_figure(fig, path)
 
@@ -308,8 +310,8 @@ def search_trials(trials: list[dict[str, Any]], trace: list[dict[str, Any]], rou
 
 def pbt_lineage(summary: dict[str, Any], path: str | os.PathLike, *, title: str = "") -> None:
     """The PBT experiment's figure (from its results.json): left, the learning rate over steps of
-    the best final member's lineage (log y), every member's in light grey; right, the training-subset
-    accuracy over steps of every member (light) and of the best lineage (bold), the target dashed."""
+    the best final member's lineage (log y), every member's in light grey; right, the target metric
+    over steps of every member (light) and of the best lineage (bold), the target dashed."""
     fig, (ax_lr, ax_acc) = plt.subplots(1, 2, figsize=(13, 5))
     curves, best = summary["curves"], summary["best"]
     end = curves["step"][-1] if curves["step"] else 0
@@ -332,22 +334,24 @@ def pbt_lineage(summary: dict[str, Any], path: str | os.PathLike, *, title: str 
     ax_lr.set_title("Learning rate over steps")
     ax_lr.grid(True, which="major", alpha=0.3)
     ax_lr.legend(fontsize=8)
-    steps, acc_TK = curves["step"], curves["train_accuracy"]
+    key = summary.get("target_key", "train_accuracy")
+    steps, value_TK = curves["step"], curves[key]
     for slot in range(summary["members"]):
-        ax_acc.plot(steps, [row[slot] for row in acc_TK], color="grey", alpha=0.35, linewidth=0.8)
-    ax_acc.plot(steps, curves["best_lineage_train_accuracy"], color="tab:red", linewidth=2,
+        ax_acc.plot(steps, [row[slot] for row in value_TK], color="grey", alpha=0.35, linewidth=0.8)
+    ax_acc.plot(steps, curves[f"best_lineage_{key}"], color="tab:red", linewidth=2,
                 label=f"best lineage (member {best['member']})")
-    target = summary["target_accuracy"]
-    ax_acc.axhline(target, color="black", linewidth=0.8, linestyle="--", label=f"target {target:g}")
+    goal = summary["target"]["goal"] if "target" in summary else summary["target_accuracy"]
+    ax_acc.axhline(goal, color="black", linewidth=0.8, linestyle="--", label=f"target {goal:g}")
     if summary["steps_to_target"] is not None:
         ax_acc.axvline(summary["steps_to_target"], color="tab:green", linewidth=0.8,
                        label=f"first member at target: step {summary['steps_to_target']}")
-    ax_acc.set_yscale("logit", nonpositive="clip")
-    ax_acc.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax_acc.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if key.endswith("accuracy"):
+        ax_acc.set_yscale("logit", nonpositive="clip")
+        ax_acc.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax_acc.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax_acc.set_xlabel("training steps")
-    ax_acc.set_ylabel("training-subset accuracy")
-    ax_acc.set_title("The population's accuracy (each slot; copies jump at ready events)")
+    ax_acc.set_ylabel(key.replace("_", " "))
+    ax_acc.set_title(f"The population's {key.replace('_', ' ')} (each slot; copies jump at ready events)")
     ax_acc.grid(True, alpha=0.3)
     ax_acc.legend(fontsize=8, loc="lower right")
     fig.suptitle(title or "Population Based Training")

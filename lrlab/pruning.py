@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from lrlab import population as pop_lib
+from lrlab import runner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +42,13 @@ class PruneSpec:
         return rungs
 
 
-def rung_cut(status: np.ndarray, accuracy: np.ndarray, steps_to_target: np.ndarray, eta: int) -> np.ndarray:
+def rung_cut(status: np.ndarray, score: np.ndarray, steps_to_target: np.ndarray, eta: int) -> np.ndarray:
     """Indices of the running members to prune at a rung.
 
     The race: every member not pruned before (nor padding). Its ranking: members that reached the
-    target first (fewer steps is better), then the rest by their latest training-subset accuracy,
-    diverged members last. The top ceil(n / eta) stay; the running members below them are pruned
-    (the others are finished already).
+    target first (fewer steps is better), then the rest by the score of their latest evaluation of
+    the target metric (higher is better; NaN, never evaluated, last), diverged members last. The top
+    ceil(n / eta) stay; the running members below them are pruned (the others are finished already).
     """
     in_race = np.flatnonzero((status != pop_lib.PRUNED) & (status != pop_lib.PADDING))
     if in_race.size == 0:
@@ -56,8 +57,25 @@ def rung_cut(status: np.ndarray, accuracy: np.ndarray, steps_to_target: np.ndarr
     diverged = status[in_race] == pop_lib.DIVERGED
     # lexsort: the last key is primary. Groups: 0 reached, 1 the rest, 2 diverged.
     group = np.where(reached, 0, np.where(diverged, 2, 1))
-    within = np.where(reached, steps_to_target[in_race], -np.nan_to_num(accuracy[in_race], nan=-1.0))
+    within = np.where(reached, steps_to_target[in_race], -np.where(np.isnan(score[in_race]), -np.inf, score[in_race]))
     order = in_race[np.lexsort((in_race, within, group))]
     keep = math.ceil(in_race.size / eta)
     losers = order[keep:]
     return np.sort(losers[status[losers] == pop_lib.RUNNING])
+
+
+class SuccessiveHalving(runner.Hook):
+    """The segment loop's hook: at each rung, the members `rung_cut` names become PRUNED (the loop
+    then re-packs the survivors)."""
+
+    name = "prune"
+
+    def __init__(self, spec: PruneSpec, max_steps: int, eval_every: int):
+        self.spec = spec
+        self.rungs = set(spec.rungs(max_steps, eval_every))
+
+    def after_segment(self, loop: runner.Loop, metrics) -> None:
+        if loop.step in self.rungs:
+            cut = rung_cut(loop.status, loop.last_scores(), loop.reached_at(), self.spec.eta)
+            if cut.size:
+                loop.set_status(cut, pop_lib.PRUNED)

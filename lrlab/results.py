@@ -6,6 +6,7 @@ results file behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,10 +20,14 @@ import numpy as np
 from lrlab import __version__
 from lrlab import population as pop_lib
 
-SCHEMA_VERSION = 1
-# Per-member numeric fields saved with Orbax (NaN / -1 mark "none"); everything in results.json.
-ORBAX_FIELDS = ("learning_rate", "status", "steps_to_target", "examples_to_target",
-                "seconds_to_target", "final_train_accuracy", "final_test_accuracy", "steps_trained")
+SCHEMA_VERSION = 2  # 2: records name their metrics <set>_<metric> (final_train_accuracy, ...) and their group
+READABLE_SCHEMAS = (1, 2)  # what the readers of results.json (optimizer_comparison --from_valley, ...) accept
+# Per-member numeric fields saved with Orbax (NaN / -1 mark "none"), besides each final_* metric;
+# everything is in results.json.
+ORBAX_FIELDS = ("learning_rate", "status", "steps_to_target", "examples_to_target", "seconds_to_target",
+                "steps_trained")
+INTEGER_FIELDS = ("steps_to_target", "examples_to_target", "steps_trained")
+BEST_RULE = "fewest steps to target; ties: the lower learning rate"
 
 
 def cell(value: Any, width: int, spec: str) -> str:
@@ -30,22 +35,41 @@ def cell(value: Any, width: int, spec: str) -> str:
     return f"{'-' if value is None else format(value, spec):>{width}}"
 
 
+def group_labels(name: str, hparams_K: dict[str, np.ndarray]) -> list[str]:
+    """Each member's valley: the population's name and, where they vary, its hyperparameters other
+    than the learning rate ("adamw weight_decay=0.0001"); one valley per label."""
+    k = len(hparams_K["learning_rate"])
+    varying = [h for h, v in hparams_K.items() if h != "learning_rate" and len(np.unique(np.asarray(v))) > 1]
+    return [" ".join([name] + [f"{h}={float(hparams_K[h][i]):.4g}" for h in varying]) for i in range(k)]
+
+
 def member_records(
-    optimizer: str,
+    name: str,
     hparams_K: dict[str, np.ndarray],
     final: pop_lib.Population,
     curves: list[dict[str, list[float]]],
     seconds_to_target: np.ndarray,
-    test_accuracy_K: np.ndarray,
+    test_metrics: dict[str, np.ndarray] | None,
     batch_size: int,
+    target_key: str,
+    metric_keys: list[str],
 ) -> list[dict[str, Any]]:
-    """One JSON-ready record per member of a finished population (host arrays)."""
+    """One JSON-ready record per member of a finished population (host arrays): its population
+    (`optimizer`: the population's name) and valley (`group`), hyperparameters, outcome, the last
+    evaluation of each metric (`final_<set>_<metric>`, the target's from the population), each
+    metric on the test set (`final_test_<metric>`, None without one), and its curve."""
     records = []
+    groups = group_labels(name, hparams_K)
     for i in range(len(hparams_K["learning_rate"])):
         steps = int(final.steps_to_target[i])
         reached = steps != pop_lib.NO_STEP
+        finals = {f"final_{key}": (curves[i][key][-1] if curves[i].get(key) else None) for key in metric_keys}
+        finals[f"final_{target_key}"] = float(final.target_value[i])
+        tests = {f"final_test_{m}": (None if test_metrics is None else float(v[i]))
+                 for m, v in (test_metrics or {}).items()}
         records.append({
-            "optimizer": optimizer,
+            "optimizer": name,
+            "group": groups[i],
             "learning_rate": float(hparams_K["learning_rate"][i]),
             "hyperparameters": {k: float(v[i]) for k, v in hparams_K.items()},
             "status": pop_lib.STATUS_NAMES[int(final.status[i])],
@@ -53,22 +77,37 @@ def member_records(
             "examples_to_target": steps * batch_size if reached else None,
             "seconds_to_target": float(seconds_to_target[i]) if reached else None,
             "steps_trained": int(final.steps_trained[i]),
-            "final_train_accuracy": float(final.train_accuracy[i]),
-            "final_test_accuracy": float(test_accuracy_K[i]),
+            **finals, **tests,
             "curve": curves[i],
         })
     return records
 
 
-def best_and_band(records: Iterable[dict[str, Any]]) -> tuple[dict[str, Any] | None, tuple[float, float] | None]:
-    """The member with the fewest steps to target (ties: lower seconds, then lower rate), and the
-    (lowest, highest) learning rate that reached the target; None where no member reached it."""
+def best_member(records: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The one best-rate rule of lrlab (BEST_RULE): among the members that reached the target, the
+    fewest steps to target, ties to the lower learning rate (then the earlier member); None if none
+    reached it."""
     reached = [r for r in records if r["status"] == "reached"]
     if not reached:
-        return None, None
-    best = min(reached, key=lambda r: (r["steps_to_target"], r["seconds_to_target"] or 0.0, r["learning_rate"]))
-    lrs = [r["learning_rate"] for r in reached]
-    return best, (min(lrs), max(lrs))
+        return None
+    return min(reached, key=lambda r: (r["steps_to_target"], r["learning_rate"]))
+
+
+def reached_band(records: Iterable[dict[str, Any]]) -> tuple[float, float] | None:
+    """The (lowest, highest) learning rate that reached the target, or None."""
+    lrs = [r["learning_rate"] for r in records if r["status"] == "reached"]
+    return (min(lrs), max(lrs)) if lrs else None
+
+
+def best_and_band(records: Iterable[dict[str, Any]]) -> tuple[dict[str, Any] | None, tuple[float, float] | None]:
+    """`best_member` and `reached_band` of the same members."""
+    records = list(records)
+    return best_member(records), reached_band(records)
+
+
+def group_of(record: dict[str, Any]) -> str:
+    """A record's valley (records of schema 1 have none: their optimizer's)."""
+    return record.get("group") or record["optimizer"]
 
 
 def atomic_write(path: pathlib.Path, write) -> None:
@@ -80,6 +119,7 @@ def atomic_write(path: pathlib.Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what any other tool's output gets
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -87,7 +127,13 @@ def atomic_write(path: pathlib.Path, write) -> None:
         raise
 
 
-def _json_default(x):
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def json_default(x):
     if isinstance(x, (np.integer,)):
         return int(x)
     if isinstance(x, (np.floating,)):
@@ -97,20 +143,20 @@ def _json_default(x):
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
-def _finite_or_none(obj):
+def finite_or_none(obj):
     """NaN/inf are not JSON: write them as null."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
+        return {k: finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_finite_or_none(v) for v in obj]
+        return [finite_or_none(v) for v in obj]
     return obj
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Writes JSON atomically; NaN becomes null."""
-    text = json.dumps(_finite_or_none(obj), indent=1, default=_json_default, allow_nan=False)
+    text = json.dumps(finite_or_none(obj), indent=1, default=json_default, allow_nan=False)
     atomic_write(pathlib.Path(path), lambda f: f.write(text.encode()))
 
 
@@ -119,20 +165,24 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
-def orbax_tree(records: list[dict[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
-    """Per optimizer, per field: a member-indexed numpy array (status as its code; None -> -1/NaN)."""
+def orbax_tree(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per population (`optimizer`), per field: a member-indexed numpy array (status as its code;
+    None -> -1 / NaN): ORBAX_FIELDS, every final_* metric, and `hyperparameters` {name: array}."""
     tree: dict[str, dict[str, Any]] = {}
     for opt in dict.fromkeys(r["optimizer"] for r in records):
         rows = [r for r in records if r["optimizer"] == opt]
-        fields = {}
-        for name in ORBAX_FIELDS:
+        names = list(ORBAX_FIELDS) + [k for k in rows[0] if k.startswith("final_")]
+        fields: dict[str, Any] = {}
+        for name in names:
             values = [r[name] for r in rows]
             if name == "status":
                 fields[name] = np.array([pop_lib.STATUS_NAMES.index(v) for v in values], np.int32)
-            elif name in ("steps_to_target", "examples_to_target", "steps_trained"):
+            elif name in INTEGER_FIELDS:
                 fields[name] = np.array([-1 if v is None else v for v in values], np.int64)
             else:
                 fields[name] = np.array([np.nan if v is None else v for v in values], np.float64)
+        fields["hyperparameters"] = {h: np.array([r["hyperparameters"][h] for r in rows], np.float64)
+                                     for h in rows[0]["hyperparameters"]}
         tree[opt] = fields
     return tree
 
@@ -155,18 +205,23 @@ def restore_orbax(directory: str | os.PathLike) -> Any:
     return jax.tree_util.tree_map(np.asarray, tree)
 
 
-def format_table(records: list[dict[str, Any]], eval_every: int) -> str:
-    """A plain-text table of the members, then the best rate and the band that reached the target."""
+def format_table(records: list[dict[str, Any]], eval_every: int, target_key: str = "train_accuracy") -> str:
+    """A plain-text table of the members of each valley, then its best rate and the band of rates
+    that reached the target. `target_key` names the target metric's records ("train_accuracy")."""
     lines = []
-    for opt in dict.fromkeys(r["optimizer"] for r in records):
-        rows = sorted((r for r in records if r["optimizer"] == opt), key=lambda r: r["learning_rate"])
+    metric = target_key.split("_", 1)[1]
+    test_key = f"final_test_{metric}"
+    width = max(9, len(target_key))
+    for opt in dict.fromkeys(group_of(r) for r in records):
+        rows = sorted((r for r in records if group_of(r) == opt), key=lambda r: r["learning_rate"])
         lines.append(f"\n{opt}: {len(rows)} learning rates (steps to target resolved to {eval_every} steps)")
         lines.append(f"{'learning_rate':>13}  {'status':<9}  {'steps':>6}  {'examples':>9}  {'seconds':>8}  "
-                     f"{'train_acc':>9}  {'test_acc':>8}")
+                     f"{target_key:>{width}}  {'test_' + metric:>{max(8, len(metric) + 5)}}")
         for r in rows:
             lines.append(f"{r['learning_rate']:>13.4g}  {r['status']:<9}  {cell(r['steps_to_target'], 6, 'd')}  "
                          f"{cell(r['examples_to_target'], 9, 'd')}  {cell(r['seconds_to_target'], 8, '.1f')}  "
-                         f"{r['final_train_accuracy']:>9.4f}  {r['final_test_accuracy']:>8.4f}")
+                         f"{cell(r.get('final_' + target_key), width, '.4f')}  "
+                         f"{cell(r.get(test_key), max(8, len(metric) + 5), '.4f')}")
         best, band = best_and_band(rows)
         if best is None:
             lines.append(f"{opt}: no learning rate reached the target")
@@ -180,20 +235,20 @@ def format_table(records: list[dict[str, Any]], eval_every: int) -> str:
 
 
 def envelope(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per learning rate (ascending): the fastest and slowest optimizer to the target, and how many
-    reached it. The article's second figure; rates no optimizer trained have None for both."""
+    """Per learning rate (ascending): the fastest and slowest valley (optimizer) to the target, and
+    how many reached it. The article's second figure; rates no optimizer trained have None for both."""
     by_lr: dict[float, list[dict[str, Any]]] = {}
     for r in records:
         by_lr.setdefault(r["learning_rate"], []).append(r)
     rows = []
     for lr in sorted(by_lr):
         reached = sorted((r for r in by_lr[lr] if r["status"] == "reached"),
-                         key=lambda r: (r["steps_to_target"], r["optimizer"]))
+                         key=lambda r: (r["steps_to_target"], group_of(r)))
         fastest, slowest = (reached[0], reached[-1]) if reached else (None, None)
         rows.append({
             "learning_rate": lr, "optimizers": len(by_lr[lr]), "reached": len(reached),
-            "fastest": fastest and fastest["optimizer"], "fastest_steps": fastest and fastest["steps_to_target"],
-            "slowest": slowest and slowest["optimizer"], "slowest_steps": slowest and slowest["steps_to_target"],
+            "fastest": fastest and group_of(fastest), "fastest_steps": fastest and fastest["steps_to_target"],
+            "slowest": slowest and group_of(slowest), "slowest_steps": slowest and slowest["steps_to_target"],
         })
     return rows
 
@@ -204,7 +259,7 @@ def trained_band(envelope_rows: list[dict[str, Any]]) -> tuple[float, float] | N
     return (min(lrs), max(lrs)) if lrs else None
 
 
-# optimizer_comparison: each optimizer at its best learning rate, its test-set curve and instability.
+# Reading an lr_valley run's results (optimizer_comparison --from_valley, lr_finder --valley).
 
 def read_valley(path: str | os.PathLike) -> tuple[pathlib.Path, list[dict[str, Any]]]:
     """The member records of an lr_valley results.json (`path`, or the one in the workdir `path`).
@@ -224,10 +279,11 @@ def read_valley(path: str | os.PathLike) -> tuple[pathlib.Path, list[dict[str, A
         reason = str(e).splitlines()[0][:200] if str(e) else ""
         raise ValueError(f"{path.name} is unreadable ({type(e).__name__}: {reason})") from None
     if not (isinstance(summary, dict) and summary.get("experiment") == "lr_valley"
-            and summary.get("schema_version") == SCHEMA_VERSION):
+            and summary.get("schema_version") in READABLE_SCHEMAS):
         found = (f"experiment {summary.get('experiment')!r}, schema version {summary.get('schema_version')!r}"
                  if isinstance(summary, dict) else f"a JSON {type(summary).__name__}")
-        raise ValueError(f"{path.name} is not lr_valley's results of schema version {SCHEMA_VERSION} ({found})")
+        raise ValueError(f"{path.name} is not lr_valley's results of schema version "
+                         f"{' or '.join(map(str, READABLE_SCHEMAS))} ({found})")
     members = summary.get("members")
     needed = {"optimizer", "learning_rate", "status", "steps_to_target", "seconds_to_target"}
     if not isinstance(members, list) or not all(isinstance(m, dict) and needed <= m.keys() for m in members):
@@ -236,81 +292,31 @@ def read_valley(path: str | os.PathLike) -> tuple[pathlib.Path, list[dict[str, A
 
 
 def best_rates(members: Iterable[dict[str, Any]], optimizers: Iterable[str]) -> dict[str, dict[str, Any] | None]:
-    """Per optimizer, its reached member with the fewest steps to target (ties: the lower rate);
-    None where none of its members reached the target."""
+    """Per optimizer, its best member (`best_member`); None where none of its members reached the target."""
     members = list(members)
-    best = {}
-    for name in optimizers:
-        reached = [m for m in members if m["optimizer"] == name and m["status"] == "reached"]
-        best[name] = min(reached, key=lambda m: (m["steps_to_target"], m["learning_rate"])) if reached else None
-    return best
-
-
-def first_at_target(train_accuracy: list[float], target: float) -> int | None:
-    """Index of the first evaluation at or above the target (lr_valley's rule), or None."""
-    return next((i for i, acc in enumerate(train_accuracy) if acc >= target), None)
-
-
-def accuracy_drops(accuracy: Iterable[float], threshold: float) -> tuple[int, float]:
-    """Instability of a curve: how many evaluations fell more than `threshold` (absolute) below the
-    best seen before them, and the largest such drop (0.0 when none)."""
-    best, count, largest = -math.inf, 0, 0.0
-    for acc in accuracy:
-        drop = best - acc
-        if drop > threshold:
-            count, largest = count + 1, max(largest, drop)
-        best = max(best, acc)
-    return count, largest
-
-
-def comparison_entry(record: dict[str, Any], lr_source: dict[str, Any], target: float, drop_threshold: float,
-                     batch_size: int) -> dict[str, Any]:
-    """optimizer_comparison's result for one optimizer, from its member record (whose curve holds
-    test_accuracy): steps and seconds to target, the test curve, final accuracies, instability."""
-    curve = record["curve"]
-    at = first_at_target(curve["train_accuracy"], target)
-    test_acc = curve.get("test_accuracy", [])
-    drops, largest = accuracy_drops(test_acc, drop_threshold)
-    if record["status"] == "diverged":
-        status = "diverged"  # even after reaching the target: its steps to target are kept
-    else:
-        status = "reached" if at is not None else "exhausted"
-    return {
-        "learning_rate": record["learning_rate"],
-        "lr_source": lr_source,
-        "hyperparameters": record["hyperparameters"],
-        "status": status,
-        "steps_to_target": None if at is None else curve["step"][at],
-        "examples_to_target": None if at is None else curve["step"][at] * batch_size,
-        "seconds_to_target": None if at is None else curve["seconds"][at],
-        "steps_trained": record["steps_trained"],
-        "final_train_accuracy": record["final_train_accuracy"],
-        "final_test_accuracy": record["final_test_accuracy"],
-        "final_test_subset_accuracy": test_acc[-1] if test_acc else None,
-        "instability": {"drops": drops, "largest_drop": largest, "threshold": drop_threshold},
-        "test_curve": {"step": curve["step"][:len(test_acc)], "seconds": curve["seconds"][:len(test_acc)],
-                       "test_accuracy": test_acc},
-        "train_curve": {k: curve[k] for k in ("step", "train_accuracy", "loss", "seconds")},
-    }
-
-
-def comparison_table(entries: dict[str, dict[str, Any]], target: float) -> str:
-    """optimizer_comparison's printed table: one row per optimizer."""
-    pct = f"{target * 100:g}%"
-    lines = [f"{'optimizer':<9}  {'lr':>9}  {'from':<6}  {'status':<9}  {'steps to ' + pct:>12}  "
-             f"{'seconds to ' + pct:>14}  {'final test acc':>14}  {'drops':>5}  {'largest drop':>12}"]
-    for name, e in entries.items():
-        lines.append(f"{name:<9}  {e['learning_rate']:>9.4g}  {e['lr_source']['from']:<6}  {e['status']:<9}  "
-                     f"{cell(e['steps_to_target'], 12, 'd')}  {cell(e['seconds_to_target'], 14, '.1f')}  "
-                     f"{e['final_test_accuracy']:>14.4f}  {e['instability']['drops']:>5d}  "
-                     f"{e['instability']['largest_drop']:>12.4f}")
-    return "\n".join(lines)
+    return {name: best_member(m for m in members if m["optimizer"] == name) for name in optimizers}
 
 
 def run_header(experiment: str) -> dict[str, Any]:
     """The fields every experiment's results.json starts with: schema, experiment, version, devices."""
     return {"schema_version": SCHEMA_VERSION, "experiment": experiment, "lrlab_version": __version__,
             "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
+
+
+def task_header(task: Any, settings: Any = None) -> dict[str, Any]:
+    """What every experiment's results.json says of its task and settings: the task, the model
+    (name, weights, and width for lrlab's built-in models), the dataset, the target and where it
+    is measured, the resolution of steps to target, the budget, the settings."""
+    described = task.describe()
+    model = {"name": described.get("model_name", task.model.name), "parameters": described["parameters"]}
+    if "width" in described:
+        model["width"] = described["width"]
+    header = {"task": described, "model": model, "dataset": described.get("dataset", task.name),
+              "target": dataclasses.asdict(task.target), "target_key": task.target_key}
+    if settings is not None:
+        header.update({"steps_to_target_resolution": settings.budget.eval_every,
+                       "max_steps": settings.budget.max_steps, "settings": settings.to_json()})
+    return header
 
 
 # Valleys side by side (the schedules experiment; any experiment that groups one optimizer's members):

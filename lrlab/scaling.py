@@ -7,7 +7,7 @@ recomputed from a results.json without JAX.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -86,17 +86,19 @@ def rate_fits(members: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def best_rate_per_width(members: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per width (ascending): the rate with the fewest steps to target (ties: the lower rate).
+    """Per width (ascending): its best rate (`results.best_member`: fewest steps to target, ties
+    the lower rate).
 
     Records {width, parameters, learning_rate, steps_to_target}; the last two are None where no
     rate reached the target at that width.
     """
+    from lrlab.results import best_member
+
     members = list(members)
     best = []
     for width in sorted({m["width"] for m in members}):
         rows = [m for m in members if m["width"] == width]
-        reached = [m for m in rows if m["status"] == "reached"]
-        winner = min(reached, key=lambda m: (m["steps_to_target"], m["learning_rate"])) if reached else None
+        winner = best_member(rows)
         best.append({
             "width": width,
             "parameters": rows[0]["parameters"],
@@ -155,3 +157,74 @@ def format_report(members: Sequence[dict[str, Any]], fits: Sequence[dict[str, An
                      + (f"; {verdict['widths_without_a_best_rate']} widths with none reached"
                         if verdict["widths_without_a_best_rate"] else ""))
     return "\n".join(lines)
+
+
+EXPERIMENT = "model_scaling"
+
+
+class ScalingRun:
+    """A model_scaling run's results (its results.json as `summary`): the fits, the best rate per
+    width, the transfer verdict, the printed report and the figure."""
+
+    def __init__(self, summary: dict[str, Any], paths: dict | None = None):
+        self.summary, self.paths = summary, dict(paths or {})
+
+    def report(self) -> str:
+        s = self.summary
+        return format_report(s["members"], s["fits"], s["best_rates"], s["transfer"], s["steps_to_target_resolution"])
+
+    def plot(self, path: Any) -> None:
+        from lrlab import plots
+
+        s = self.summary
+        plots.scaling(s["members"], s["fits"], s["best_rates"], path,
+                      title=f"Model scaling: {s['model']['name']} on {s['dataset']}, {s['optimizer']}, target "
+                            f"{s['target']['goal']:g}")
+
+
+def model_scaling(width_tasks: Mapping[float, Any], members: Any, settings: Any = None, workdir: Any = None, *,
+                  stop: Any = None, overwrite: bool = False, info: Mapping[str, Any] | None = None) -> ScalingRun:
+    """One population of `members` per width (width -> its task, e.g. the same model at several
+    widths), checkpointed per width; then the fits of time to target against parameters per rate,
+    the best rate per width and whether it transfers. As `python -m lrlab.experiments.model_scaling`."""
+    import time
+
+    from lrlab import results
+    from lrlab import workdir as workdir_lib
+    from lrlab.sweep import SweepSettings, run_sweep
+
+    settings = settings or SweepSettings()
+    started = time.perf_counter()
+    widths = sorted(width_tasks)
+    identity = {"widths": {f"{w:g}": width_tasks[w].identity() for w in widths},
+                "population": {members.name: members.to_json()}, "settings": settings.to_json()}
+    run = workdir_lib.resolve(workdir, EXPERIMENT, identity, overwrite)
+    if run is not None and run.finished:
+        return ScalingRun(run.read_results(), {"results": run.results_path})
+    scope = run.scope() if run is not None else workdir_lib.NO_SCOPE
+    params = {w: width_tasks[w].count_parameters() for w in widths}
+    records, timing = [], []
+    try:
+        for width in widths:
+            recs, stats = run_sweep(width_tasks[width], [members], settings, scope=scope.child(f"width-{width:g}"),
+                                    stop=stop)
+            records += [{"width": width, "parameters": params[width], **r} for r in recs]
+            timing.append({"width": width, "parameters": params[width], **stats[members.name]})
+            reached = sum(r["status"] == "reached" for r in recs)
+            print(f"width {width:g} ({params[width]:,} weights): {reached} of {len(recs)} rates reached the target; "
+                  f"compile {stats[members.name]['compile_seconds']:.1f} s, "
+                  f"training {stats[members.name]['train_seconds']:.1f} s", flush=True)
+    finally:
+        if run is not None:
+            run.close()
+    best = best_rate_per_width(records)
+    header = results.task_header(width_tasks[widths[0]], settings)
+    header["model"] = {"name": header["model"]["name"], "widths": widths, "parameters": [params[w] for w in widths]}
+    summary = {**results.run_header(EXPERIMENT), **header, **(info or {}), "optimizer": members.name,
+               "learning_rates": sorted({r["learning_rate"] for r in records}), "timing": timing,
+               "stage_seconds": {"sweep": time.perf_counter() - started}, "members": records,
+               "fits": rate_fits(records), "best_rates": best, "transfer": transfer(best)}
+    out = ScalingRun(summary)
+    if run is not None:
+        out.paths = run.save(summary, {"scaling.png": out.plot}, started=started)
+    return out

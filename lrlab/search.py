@@ -4,7 +4,8 @@ Random search samples every candidate at once (log-uniform learning rates, unifo
 other float hyperparameters) and trains them as ONE population. Bayesian search (Optuna's TPE,
 batch ask/tell) trains each round's batch of candidates as one population, tells the results, and
 asks for the next batch. Both score a member with `objective` (lower is better): steps to target
-when reached, else a penalty above every reached value that still ranks by best accuracy.
+when reached, else a penalty above every reached value that still ranks by the best value of the
+target metric.
 
 Everything derives from the seeds: a killed run rebuilds the study by asking and telling the
 finished rounds again (each round restores from its own checkpoint folder instantly), so it resumes
@@ -16,42 +17,44 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import time
 import warnings
 import zlib
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from lrlab import optimizers, results, runner
+from lrlab import optimizers, plots, results
+from lrlab import workdir as workdir_lib
 from lrlab.checkpoints import StopSignal
+from lrlab.optimizers import Optimizer
+from lrlab.sweep import SweepSettings, run_sweep
+from lrlab.tasks import Target, Task
+from lrlab.workdir import NO_SCOPE, Scope
 
 # name -> (low, high, log scale)
 Ranges = dict[str, tuple[float, float, bool]]
 Trial = dict[str, Any]  # one trained candidate, see `make_trial`
 
-# Scale used when an entry gives none: log for the learning rate and epsilons (they span decades),
-# linear for the rest (momentum, b1, b2, rho, decay: coefficients in [0, 1]).
-LOG_BY_DEFAULT = frozenset({"learning_rate", "eps"})
-# Hyperparameters that are averaging coefficients: their range must lie in [0, 1].
-UNIT_INTERVAL = frozenset({"momentum", "b1", "b2", "rho", "decay"})
-# How a diverged member scores, in units of max_steps * (1 + target): above every missed member.
-DIVERGED_FACTOR = 2.0
-OBJECTIVE = ("reached: steps_to_target; missed: max_steps * (1 + target - best training accuracy); "
-             "diverged: 2 * max_steps * (1 + target); lower is better")
+# How a diverged member scores, in units of max_steps: above every missed member (< 2 max_steps).
+DIVERGED_FACTOR = 4.0
+OBJECTIVE = ("reached: steps_to_target; missed: max_steps * (1 + shortfall of the best target value, in [0, 1]: "
+             "an accuracy's is target - best); diverged: 4 * max_steps; lower is better")
 
 
-def searchable(optimizer: str) -> list[str]:
-    """The per-member hyperparameters of `optimizer` a search may vary (learning rate first)."""
-    return ["learning_rate", *optimizers.REGISTRY[optimizer].hparams]
+def searchable(optimizer: Optimizer) -> list[str]:
+    """The hyperparameters of `optimizer` a search may vary (learning rate first)."""
+    return list(optimizer.hparams)
 
 
-def parse_ranges(entries: list[str], optimizer: str) -> Ranges:
+def parse_ranges(entries: list[str], optimizer: Optimizer) -> Ranges:
     """['learning_rate:1e-5:1', 'b1:0.8:0.99:linear'] -> {name: (low, high, log)}.
 
-    Each entry is NAME:LOW:HIGH[:log|linear]; the scale defaults to log for learning_rate and eps,
-    linear otherwise. NAME must be a per-member hyperparameter of `optimizer`, each once, and the
-    learning rate must be searched; LOW < HIGH, both finite; log needs LOW > 0; momentum, b1, b2,
-    rho and decay stay in [0, 1]. Bad input: ValueError naming the entry.
+    Each entry is NAME:LOW:HIGH[:log|linear]; the scale defaults to the hyperparameter's search
+    scale (`optimizers.HParam.search`: log for learning rates and epsilons), else linear. NAME must
+    be a hyperparameter of `optimizer`, each once, and the learning rate must be searched; LOW <
+    HIGH, both finite and valid values of the hyperparameter; log needs LOW > 0. Bad input:
+    ValueError naming the entry.
     """
     allowed = searchable(optimizer)
     ranges: Ranges = {}
@@ -61,7 +64,7 @@ def parse_ranges(entries: list[str], optimizer: str) -> Ranges:
             raise ValueError(f"{entry!r} is not NAME:LOW:HIGH[:log|linear] (for example learning_rate:1e-5:1)")
         name = parts[0]
         if name not in allowed:
-            raise ValueError(f"{entry!r}: {optimizer} has no hyperparameter {name!r}: choose from {', '.join(allowed)}")
+            raise ValueError(f"{entry!r}: {optimizer.name} has no hyperparameter {name!r}: choose from {', '.join(allowed)}")
         if name in ranges:
             raise ValueError(f"{entry!r}: {name} given twice")
         try:
@@ -70,15 +73,17 @@ def parse_ranges(entries: list[str], optimizer: str) -> Ranges:
             raise ValueError(f"{entry!r}: LOW and HIGH must be numbers") from None
         if len(parts) == 4 and parts[3] not in ("log", "linear"):
             raise ValueError(f"{entry!r}: the scale must be log or linear, not {parts[3]!r}")
-        log = parts[3] == "log" if len(parts) == 4 else name in LOG_BY_DEFAULT
+        spec = optimizer.hparams[name]
+        log = parts[3] == "log" if len(parts) == 4 else bool(spec.search and spec.search[2])
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise ValueError(f"{entry!r}: need finite LOW < HIGH")
         if log and low <= 0:
             raise ValueError(f"{entry!r}: a log-scale range needs LOW > 0 (append :linear for a linear one)")
-        if low < 0:
-            raise ValueError(f"{entry!r}: {name} must not be negative")
-        if name in UNIT_INTERVAL and high > 1:
-            raise ValueError(f"{entry!r}: {name} must lie in [0, 1]")
+        try:
+            for value in (low, high):
+                spec.check(name, value)
+        except ValueError as e:
+            raise ValueError(f"{entry!r}: {e}") from None
         ranges[name] = (low, high, log)
     if "learning_rate" not in ranges:
         raise ValueError("the search must include learning_rate (for example learning_rate:1e-6:100)")
@@ -110,50 +115,52 @@ def sample_random(ranges: Ranges, n: int, seed: int) -> dict[str, np.ndarray]:
     return samples
 
 
-def candidate_hparams(optimizer: str, sampled: Mapping[str, np.ndarray],
-                      overrides: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
-    """Per-member hyperparameters of a population of candidates: `optimizer`'s defaults (then
-    `overrides`, e.g. the flags) for all, replaced by the sampled values where searched."""
+def candidate_hparams(optimizer: Optimizer, sampled: Mapping[str, np.ndarray],
+                      overrides: Mapping[str, float] | None = None) -> optimizers.Members:
+    """The population of candidates: `optimizer`'s defaults (then `overrides`, e.g. the flags) for
+    all, replaced by the sampled values where searched."""
     hparams_K = optimizers.population_hparams(optimizer, sampled["learning_rate"], overrides)
     for name, values_K in sampled.items():
         hparams_K[name] = np.asarray(values_K, np.float32)
-    return hparams_K
+    return optimizers.Members(optimizer, hparams_K)
 
 
-def best_train_accuracy(record: Mapping[str, Any]) -> float:
-    """Highest finite training-subset accuracy a member's curve reached (its final one if no curve)."""
-    curve = [a for a in (record.get("curve") or {}).get("train_accuracy", []) if a is not None and math.isfinite(a)]
+def best_value(record: Mapping[str, Any], target: Target, target_key: str) -> float | None:
+    """The best finite value of the target metric along a member's curve (its final one if no
+    curve; None if it has neither)."""
+    curve = [v for v in (record.get("curve") or {}).get(target_key, []) if v is not None and math.isfinite(v)]
     if curve:
-        return float(max(curve))
-    final = record.get("final_train_accuracy")
-    return float(final) if final is not None and math.isfinite(final) else 0.0
+        return float(max(curve, key=target.score))
+    final = record.get(f"final_{target_key}")
+    return float(final) if final is not None and math.isfinite(final) else None
 
 
-def objective(record: Mapping[str, Any], budget: runner.Budget) -> float:
-    """A member's score, lower is better (a member record of `runner.run_sweep`).
+def objective(record: Mapping[str, Any], max_steps: int, target: Target, target_key: str) -> float:
+    """A member's score, lower is better (a member record of `sweep.run_sweep`).
 
     reached:  steps_to_target (at most max_steps).
-    missed:   max_steps * (1 + target - best), best the highest training-subset accuracy it reached
-              (below the target): above every reached value, and better accuracy scores lower.
-    diverged: 2 * max_steps * (1 + target), worse than every other outcome.
+    missed:   max_steps * (1 + target.shortfall(best)), best its best value of the target metric:
+              above every reached value, and closer to the goal scores lower (an accuracy's
+              shortfall is target - best).
+    diverged: DIVERGED_FACTOR * max_steps, worse than every other outcome.
     """
-    max_steps, target = float(budget.max_steps), float(budget.target_accuracy)
     if record["status"] == "reached":
         return float(record["steps_to_target"])
     if record["status"] == "diverged":
-        return DIVERGED_FACTOR * max_steps * (1.0 + target)
-    return max_steps * (1.0 + max(target - min(best_train_accuracy(record), target), 0.0))
+        return DIVERGED_FACTOR * max_steps
+    return max_steps * (1.0 + target.shortfall(best_value(record, target, target_key)))
 
 
-def make_trial(record: Mapping[str, Any], round_index: int, index: int, budget: runner.Budget,
-               optuna_number: int | None = None) -> Trial:
+def make_trial(record: Mapping[str, Any], round_index: int, index: int, max_steps: int, target: Target,
+               target_key: str, optuna_number: int | None = None) -> Trial:
     """The JSON record of one trained candidate: its round, hyperparameters, outcome, cost
     (steps_trained, the model-steps it took) and objective."""
+    metric = target.metric
     trial = {"index": index, "round": round_index, "learning_rate": record["learning_rate"],
              "hyperparameters": dict(record["hyperparameters"]), "status": record["status"],
-             "steps_to_target": record["steps_to_target"], "best_train_accuracy": best_train_accuracy(record),
-             "final_test_accuracy": record["final_test_accuracy"], "steps_trained": record["steps_trained"],
-             "objective": objective(record, budget)}
+             "steps_to_target": record["steps_to_target"], "best_target_value": best_value(record, target, target_key),
+             f"final_test_{metric}": record.get(f"final_test_{metric}"), "steps_trained": record["steps_trained"],
+             "objective": objective(record, max_steps, target, target_key)}
     if optuna_number is not None:
         trial["optuna_trial"] = optuna_number
     return trial
@@ -202,20 +209,12 @@ class SearchResult:
                 "timing": self.timing}
 
 
-def _round_settings(settings: runner.SweepSettings, round_index: int) -> runner.SweepSettings:
-    """Each round checkpoints in its own folder, so a finished round restores instead of training."""
-    if settings.checkpoint_dir is None:
-        return settings
-    return dataclasses.replace(settings, checkpoint_dir=settings.checkpoint_dir / f"round-{round_index}")
-
-
-def _train_round(dataset: Any, optimizer: str, hparams_K: dict[str, np.ndarray], settings: runner.SweepSettings,
-                 round_index: int, static_overrides: tuple[tuple[str, float], ...],
-                 stop: StopSignal | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One population of candidates trained by run_sweep: its member records and timing."""
-    records, stats = runner.run_sweep(dataset, {optimizer: hparams_K}, {optimizer: static_overrides},
-                                      _round_settings(settings, round_index), stop=stop)
-    return records, {"round": round_index, **stats[optimizer]}
+def _train_round(task: Task, members: optimizers.Members, settings: SweepSettings, round_index: int,
+                 scope: Scope, stop: StopSignal | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One population of candidates trained by run_sweep, checkpointed in scope/round-<r>/ (a
+    finished round restores instead of training): its member records and timing."""
+    records, stats = run_sweep(task, [members], settings, scope=scope.child(f"round-{round_index}"), stop=stop)
+    return records, {"round": round_index, **stats[members.name]}
 
 
 def _round_entry(round_index: int, trials: list[Trial], new: list[Trial]) -> dict[str, Any]:
@@ -225,15 +224,21 @@ def _round_entry(round_index: int, trials: list[Trial], new: list[Trial]) -> dic
             "incumbent_objective": best_trial(trials)["objective"], "incumbent": best_trial(trials)}
 
 
-def random_search(dataset: Any, optimizer: str, ranges: Ranges, n: int, settings: runner.SweepSettings,
-                  seed: int, *, overrides: Mapping[str, float] | None = None,
-                  static_overrides: tuple[tuple[str, float], ...] = (), stop: StopSignal | None = None,
+def _trials(task: Task, settings: SweepSettings, records: list[dict[str, Any]], round_index: int, first: int,
+            optuna_numbers: list[int] | None = None) -> list[Trial]:
+    return [make_trial(r, round_index, first + i, settings.budget.max_steps, task.target, task.target_key,
+                       None if optuna_numbers is None else optuna_numbers[i]) for i, r in enumerate(records)]
+
+
+def random_search(task: Task, optimizer: str | Optimizer, ranges: Ranges, n: int, settings: SweepSettings,
+                  seed: int, *, overrides: Mapping[str, float] | None = None, scope: Scope = NO_SCOPE,
+                  stop: StopSignal | None = None,
                   on_round: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
     """`n` candidates from `sample_random(ranges, n, seed)` trained as one population (round 0);
-    `overrides` sets the hyperparameters not searched (default: the optimizer's TF1 defaults)."""
-    hparams_K = candidate_hparams(optimizer, sample_random(ranges, n, seed), overrides)
-    records, timing = _train_round(dataset, optimizer, hparams_K, settings, 0, static_overrides, stop)
-    trials = [make_trial(r, 0, i, settings.budget) for i, r in enumerate(records)]
+    `overrides` sets the hyperparameters not searched (default: the optimizer's defaults)."""
+    members = candidate_hparams(optimizers.get(optimizer), sample_random(ranges, n, seed), overrides)
+    records, timing = _train_round(task, members, settings, 0, scope, stop)
+    trials = _trials(task, settings, records, 0, 0)
     rounds = [_round_entry(0, trials, trials)]
     if on_round is not None:
         on_round(rounds[-1])
@@ -288,10 +293,10 @@ def propose(study: Any, ranges: Ranges, batch: int) -> tuple[list[Any], dict[str
     return trials, sampled
 
 
-def bayes_search(dataset: Any, optimizer: str, ranges: Ranges, rounds: int, batch: int,
-                 settings: runner.SweepSettings, seed: int, *, n_startup: int | None = None,
-                 overrides: Mapping[str, float] | None = None,
-                 static_overrides: tuple[tuple[str, float], ...] = (), stop: StopSignal | None = None,
+def bayes_search(task: Task, optimizer: str | Optimizer, ranges: Ranges, rounds: int, batch: int,
+                 settings: SweepSettings, seed: int, *, n_startup: int | None = None,
+                 overrides: Mapping[str, float] | None = None, scope: Scope = NO_SCOPE,
+                 stop: StopSignal | None = None,
                  on_round: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
     """`rounds` rounds of TPE: each asks `batch` candidates, trains them as one population, tells
     their objectives. The first `n_startup` (default: one batch) candidates are random.
@@ -299,15 +304,14 @@ def bayes_search(dataset: Any, optimizer: str, ranges: Ranges, rounds: int, batc
     Resumable: finished rounds restore from their checkpoints, and re-telling them rebuilds the
     same study, so the next round's proposals are the uninterrupted run's.
     """
+    opt = optimizers.get(optimizer)
     study = make_study(seed, batch if n_startup is None else n_startup)
     trials: list[Trial] = []
     entries, timing = [], []
     for r in range(rounds):
         asked, sampled = propose(study, ranges, batch)
-        hparams_K = candidate_hparams(optimizer, sampled, overrides)
-        records, stats = _train_round(dataset, optimizer, hparams_K, settings, r, static_overrides, stop)
-        new = [make_trial(rec, r, len(trials) + i, settings.budget, t.number)
-               for i, (rec, t) in enumerate(zip(records, asked))]
+        records, stats = _train_round(task, candidate_hparams(opt, sampled, overrides), settings, r, scope, stop)
+        new = _trials(task, settings, records, r, len(trials), [t.number for t in asked])
         for trial, t in zip(new, asked):
             study.tell(t, trial["objective"])
         trials += new
@@ -318,19 +322,21 @@ def bayes_search(dataset: Any, optimizer: str, ranges: Ranges, rounds: int, batc
     return SearchResult("bayes", trials, entries, timing)
 
 
-def format_trials(trials: list[Trial], searched: list[str], eval_every: int) -> str:
+def format_trials(trials: list[Trial], searched: list[str], eval_every: int, metric: str = "accuracy") -> str:
     """Printed table of the trials ranked by objective (best first), then the best one."""
     others = [n for n in searched if n != "learning_rate"]
+    best_label = f"best_{metric}"[:10]
     lines = [f"{'rank':>4}  {'round':>5}  {'learning_rate':>13}  " + "".join(f"{n:>10}  " for n in others)
-             + f"{'status':<9}  {'steps':>6}  {'best_acc':>8}  {'test_acc':>8}  {'objective':>9}"]
+             + f"{'status':<9}  {'steps':>6}  {best_label:>10}  {'test_' + metric:>10}  {'objective':>9}"]
     ranked = sorted(trials, key=lambda t: (t["objective"], t["index"]))
     for rank, t in enumerate(ranked, 1):
         lines.append(f"{rank:>4}  {t['round'] + 1:>5}  {t['learning_rate']:>13.4g}  "
                      + "".join(f"{t['hyperparameters'][n]:>10.4g}  " for n in others)
-                     + f"{t['status']:<9}  {results.cell(t['steps_to_target'], 6, 'd')}  {t['best_train_accuracy']:>8.4f}  "
-                     f"{t['final_test_accuracy']:>8.4f}  {t['objective']:>9.1f}")
+                     + f"{t['status']:<9}  {results.cell(t['steps_to_target'], 6, 'd')}  "
+                     f"{results.cell(t['best_target_value'], 10, '.4f')}  "
+                     f"{results.cell(t.get('final_test_' + metric), 10, '.4f')}  {t['objective']:>9.1f}")
     lines.append(f"steps: to the target (resolution {eval_every}); objective: steps when reached, else above "
-                 "the budget and ranked by best training accuracy; diverged last")
+                 f"the budget and ranked by the best {metric}; diverged last")
     best = best_trial(trials)
     if best is not None and best["status"] == "reached":
         extra = "".join(f", {n} {best['hyperparameters'][n]:.4g}" for n in others)
@@ -338,5 +344,79 @@ def format_trials(trials: list[Trial], searched: list[str], eval_every: int) -> 
                      f"to target (round {best['round'] + 1}, trial {best['index'] + 1})")
     elif best is not None:
         lines.append(f"no candidate reached the target; closest: learning rate {best['learning_rate']:.4g} "
-                     f"(best training accuracy {best['best_train_accuracy']:.4f})")
+                     f"(best {metric} {results.cell(best['best_target_value'], 0, '.4f')})")
     return "\n".join(lines)
+
+
+class SearchRun:
+    """A search's results (its results.json as `summary`): the trials, the best one, the cost, the
+    printed report and the figure."""
+
+    def __init__(self, summary: dict[str, Any], paths: dict | None = None):
+        self.summary, self.paths = summary, dict(paths or {})
+
+    @property
+    def best(self) -> Trial | None:
+        return self.summary["best"]
+
+    def report(self) -> str:
+        s = self.summary
+        text = format_trials(s["trials"], list(s["search"]["ranges"]), s["steps_to_target_resolution"],
+                             s["target"]["metric"])
+        timing = s["timing"]
+        return (text + f"\ntotal {s['total_model_steps']:,} model-steps over {len(s['trials'])} candidates; compile "
+                f"{sum(t['compile_seconds'] for t in timing):.1f} s, training "
+                f"{sum(t['train_seconds'] for t in timing):.1f} s")
+
+    def plot(self, path: Any) -> None:
+        s = self.summary
+        label = {"random": "Random search", "bayes": "Bayesian search (TPE)"}[s["method"]]
+        plots.search_trials(s["trials"], s["trace"], s["rounds"], path, budget_steps=s["max_steps"],
+                            eval_every=s["steps_to_target_resolution"],
+                            title=f"{label}, {s['search']['optimizer']} on {s['model']['name']}, {s['dataset']}: "
+                                  f"{s['search']['candidates']}, target {s['target']['goal']:g}")
+
+
+def search(task: Task, optimizer: str | Optimizer, ranges: Ranges | list[str], settings: SweepSettings = SweepSettings(),
+           workdir: Any = None, *, method: str = "random", seed: int = 0, num_samples: int = 48, rounds: int = 4,
+           batch: int = 8, n_startup: int | None = None, overrides: Mapping[str, float] | None = None,
+           stop: StopSignal | None = None, overwrite: bool = False, on_round: Callable[[dict], None] | None = None,
+           info: Mapping[str, Any] | None = None) -> SearchRun:
+    """A random (`num_samples` candidates, one population) or Bayesian (`rounds` x `batch`, TPE)
+    search of `optimizer`'s hyperparameters over `ranges` on `task`, as the random_search and
+    bayes_search commands run it: with a `workdir`, resumable, writing results.json and search.png."""
+    if method not in ("random", "bayes"):
+        raise ValueError(f"method must be 'random' or 'bayes', got {method!r}")
+    started = time.perf_counter()
+    opt = optimizers.get(optimizer)
+    ranges = parse_ranges(ranges, opt) if isinstance(ranges, list) else ranges
+    if method == "random":
+        details = {"num_samples": num_samples, "candidates": f"{num_samples} candidates"}
+    else:
+        details = {"rounds": rounds, "batch": batch, "n_startup": n_startup or batch,
+                   "sampler": "optuna TPESampler(multivariate, constant_liar)",
+                   "candidates": f"{rounds} rounds x {batch} candidates"}
+    experiment = f"{method}_search"
+    identity = {"task": task.identity(), "optimizer": opt.name, "ranges": describe_ranges(ranges), "seed": seed,
+                "overrides": dict(overrides or {}), "settings": settings.to_json(), **details}
+    run = workdir_lib.resolve(workdir, experiment, identity, overwrite)
+    if run is not None and run.finished:
+        return SearchRun(run.read_results(), {"results": run.results_path})
+    scope = run.scope() if run is not None else NO_SCOPE
+    try:
+        if method == "random":
+            result = random_search(task, opt, ranges, num_samples, settings, seed, overrides=overrides, scope=scope,
+                                   stop=stop, on_round=on_round)
+        else:
+            result = bayes_search(task, opt, ranges, rounds, batch, settings, seed, n_startup=n_startup,
+                                  overrides=overrides, scope=scope, stop=stop, on_round=on_round)
+    finally:
+        if run is not None:
+            run.close()
+    summary = {**results.run_header(experiment), **results.task_header(task, settings), **(info or {}),
+               "search": {"optimizer": opt.name, "ranges": describe_ranges(ranges), "seed": seed, **details},
+               "objective": OBJECTIVE, **result.to_json()}
+    out = SearchRun(summary)
+    if run is not None:
+        out.paths = run.save(summary, {"search.png": out.plot}, started=started)
+    return out

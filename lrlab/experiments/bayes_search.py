@@ -4,20 +4,20 @@
   python -m lrlab.experiments.bayes_search --search=learning_rate:1e-5:1,b1:0.8:0.99 --workdir=runs/bayes
 
 Each round Optuna's TPE (seeded, multivariate, constant liar) proposes --batch candidates at once;
-they train as ONE population, and their objectives (steps to target; missed runs ranked by best
-accuracy above the budget; diverged last) are told back. Writes results.json and search.png to
---workdir and checkpoints each round in its own folder: rerunning the same command resumes it.
+they train as ONE population, and their objectives (steps to target; missed runs ranked by their
+best target value above the budget; diverged last) are told back. Writes results.json and
+search.png to --workdir and checkpoints each round in its own folder: rerunning the same command
+resumes it. The library call: `lrlab.search(..., method="bayes")`.
 """
 
 from __future__ import annotations
 
 from absl import app, flags
 
-from lrlab import search
-from lrlab.experiments import search_command
+from lrlab.experiments import _search
 
 FLAGS = flags.FLAGS
-search_command.define_flags()
+_search.define_flags()
 flags.DEFINE_integer("rounds", 4, "Rounds of ask / train / tell.")
 flags.DEFINE_integer("batch", 8, "Candidates per round, trained as one population.")
 flags.DEFINE_integer("n_startup", None, "Random candidates before TPE takes over (default: one --batch).")
@@ -31,19 +31,11 @@ def report(entry: dict) -> None:
     best = entry["incumbent"]
     print(f"round {entry['round'] + 1}/{FLAGS.rounds}: {entry['members']} candidates, "
           f"{entry['cumulative_model_steps']:,} model-steps so far; best lr {best['learning_rate']:.4g} "
-          f"({best['status']}, objective {best['objective']:.0f})")
+          f"({best['status']}, objective {best['objective']:.0f})", flush=True)
 
 
 def main(argv: list[str]) -> None:
-    def train(dataset, optimizer, ranges, settings, overrides, static_overrides, stop):
-        return search.bayes_search(dataset, optimizer, ranges, FLAGS.rounds, FLAGS.batch, settings,
-                                   FLAGS.search_seed, n_startup=FLAGS.n_startup, overrides=overrides,
-                                   static_overrides=static_overrides, stop=stop, on_round=report)
-
-    search_command.run(argv, "bayes_search", "Bayesian search (TPE)",
-                       f"{FLAGS.rounds} rounds x {FLAGS.batch} candidates",
-                       {"rounds": FLAGS.rounds, "batch": FLAGS.batch, "n_startup": FLAGS.n_startup or FLAGS.batch,
-                        "sampler": "optuna TPESampler(multivariate, constant_liar)"}, train)
+    _search.run(argv, "bayes", rounds=FLAGS.rounds, batch=FLAGS.batch, n_startup=FLAGS.n_startup, on_round=report)
 
 
 if __name__ == "__main__":

@@ -6,17 +6,16 @@ several seeds as one population, and the rate each rule reads off the loss-again
 
 Writes results.json and lr_finder.png to --workdir and prints the suggestions; with --valley (an
 lr_valley results.json or its workdir) also how far each suggestion is from the valley's best rate.
+The library call: `lrlab.lr_finder(task, optimizers, settings, workdir)`.
 """
 
 from __future__ import annotations
-
-import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from lrlab import __version__, cli, lr_finder, models, plots, results
+from lrlab import __version__, cli, lr_finder, results
 
 FLAGS = flags.FLAGS
 cli.define_flags("adam", rate_grid=False)
@@ -39,14 +38,13 @@ flags.register_validator("schedule", lambda v: v == "constant", "the range test 
 flags.register_validator("warmup_steps", lambda v: v == 0, "the range test ramps the rate itself: no warmup")
 cli.refuse_flags({"sequential": "the range test trains its seeds as one population",
                   "early_stopping": "not used by the range test (it stops at divergence)",
-                  "prune": "not used by the range test (every seed runs the ramp)"})
-
-FIGURE = "lr_finder.png"
+                  "prune": "not used by the range test (every seed runs the ramp)",
+                  "hparam": "the range test ramps the learning rate of one population: set other "
+                            "hyperparameters with their own flags"})
 
 
 def main(argv: list[str]) -> None:
-    cli.start(argv)
-    start = time.perf_counter()
+    start = cli.start(argv)
     names = cli.optimizer_names()
     valley_members = None
     if FLAGS.valley is not None:
@@ -54,37 +52,22 @@ def main(argv: list[str]) -> None:
             _, valley_members = results.read_valley(FLAGS.valley)
         except ValueError as e:
             cli.fail(f"--valley={FLAGS.valley}: {e}")
-    dataset = cli.load_dataset()
-    workdir = cli.prepare_workdir("lr_finder")
-    if cli.claim_workdir(workdir, "lr_finder"):
-        print(lr_finder.summary_text(results.read_json(workdir / "results.json")))
+    task = cli.task()
+    run = cli.workdir("lr_finder")
+    if run.finished:
+        print(lr_finder.FinderRun(run.read_results()).report())
         return
-    model = cli.model_for(dataset)
-    n_params = models.count_parameters(model, dataset.image_shape)
-    print(f"lrlab {__version__}: range test of {', '.join(names)} on {FLAGS.model} ({n_params:,} weights), "
-          f"{dataset.name}; rate {FLAGS.lr_min:g} to {FLAGS.lr_max:g} over {FLAGS.num_steps} steps, "
-          f"{FLAGS.num_seeds} seeds as one population, batch {FLAGS.batch_size}, on {jax.default_backend()}")
-    settings = cli.sweep_settings(model, None)
-    tests = {}
-    for name in names:
-        overrides = cli.hparam_overrides(name)
-        tests[name] = lr_finder.lr_range_test(
-            dataset, name, FLAGS.lr_min, FLAGS.lr_max, FLAGS.num_steps, FLAGS.num_seeds, settings,
-            overrides=overrides, static_overrides=cli.static_overrides_for(name))
-    summary = {**results.run_header("lr_finder"),
-               "model": {"name": FLAGS.model, "width": FLAGS.width, "parameters": n_params},
-               "dataset": dataset.name, "flags": cli.flag_values(), **lr_finder.summarize(tests, valley_members)}
-    known_best = {n: tuple(c["best"]) for n, c in (summary["versus_valley"] or {}).items() if c}
-    paths = cli.save_outputs(workdir, summary, FIGURE, lambda path: plots.lr_range_test(
-        list(summary["tests"].values()), path, known_best=known_best,
-        title=f"LR range test: {FLAGS.model} on {dataset.name}, batch {FLAGS.batch_size}, {FLAGS.num_seeds} seeds"),
-        start)
-    print(lr_finder.summary_text(summary))
-    for name, t in tests.items():
-        rate = "none (curve too short)" if t.suggested_lr is None else f"{t.suggested_lr:.4g}"
-        print(f"{name}: suggested learning rate {rate} ({lr_finder.HEADLINE} rule); {t.model_steps} model-steps, "
-              f"compile {t.compile_seconds:.1f} s, training {t.train_seconds:.1f} s")
-    cli.print_saved(paths, start)
+    opts = [cli.optimizer(name) for name in names]
+    print(f"lrlab {__version__}: range test of {', '.join(o.name for o in opts)} on {cli.describe_task(task)}; rate "
+          f"{FLAGS.lr_min:g} to {FLAGS.lr_max:g} over {FLAGS.num_steps} steps, {FLAGS.num_seeds} seeds as one "
+          f"population, batch {FLAGS.batch_size}, on {jax.default_backend()}", flush=True)
+    with cli.resumable("lr_finder", run):
+        result = lr_finder.lr_finder(task, opts, cli.settings(), run, lr_min=FLAGS.lr_min, lr_max=FLAGS.lr_max,
+                                     num_steps=FLAGS.num_steps, num_seeds=FLAGS.num_seeds,
+                                     overrides={o.name: cli.hparam_overrides(o.name) for o in opts},
+                                     valley_members=valley_members, info=cli.info())
+    print(result.report())
+    cli.print_saved(result.paths, start)
 
 
 if __name__ == "__main__":

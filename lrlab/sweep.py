@@ -1,0 +1,198 @@
+"""Sweeps: populations of members (an optimizer and each member's hyperparameters) trained on a
+task, as one vectorized program each, or one member after another (the sequential baseline).
+
+`run_sweep` is what every experiment trains with: the data split of the settings, one engine
+configuration per population, the segment loop (`runner.train`) with its hooks (successive
+halving), checkpoints in the run's scope, the test-set evaluation, and one record per member.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from lrlab import data as data_lib
+from lrlab import packing, results, runner, tasks
+from lrlab import population as pop_lib
+from lrlab.checkpoints import StopSignal
+from lrlab.optimizers import Members, Optimizer
+from lrlab.population import EngineConfig, TrainData
+from lrlab.pruning import PruneSpec, SuccessiveHalving
+from lrlab.runner import Budget
+from lrlab.schedules import ScheduleSpec
+from lrlab.tasks import Task
+from lrlab.workdir import NO_SCOPE, Scope
+
+EVAL_CHUNK = 250  # evaluation examples per chunk (the evaluation is a lax.map over chunks)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings:
+    """How members train, besides the task and their hyperparameters."""
+
+    budget: Budget = Budget()
+    batch_size: int = 100
+    eval_examples: int = 2000  # the fixed training subset the target is measured on (a task without `eval`)
+    seed: int = 0
+    distinct_seeds: bool = False
+    sequential: bool = False
+    repack: bool = True
+    member_chunk: int = 0
+    progress: bool = True
+    schedule: ScheduleSpec | None = None  # learning-rate schedule (None: constant)
+    dtype: str = "float32"  # compute dtype; weights and optimizer state stay float32
+    augment: bool = False  # apply the task's augmentation to training batches
+    patience: int = 0  # early stopping after this many evaluations without improvement; 0: off
+    validation_examples: int = 5000  # held out of the training set for early stopping (patience > 0)
+    prune: PruneSpec | None = None  # successive halving (vectorized runs only)
+    stop_at_target: bool = True  # False: members train on past the target (optimizer_comparison's curves)
+
+    def __post_init__(self):
+        if self.sequential and self.prune is not None:
+            raise ValueError("pruning ranks members against each other: it needs a vectorized run, not sequential")
+        if min(self.batch_size, self.eval_examples) < 1 or self.seed < 0:
+            raise ValueError("batch_size and eval_examples must be at least 1, the seed at least 0")
+
+    def to_json(self) -> dict[str, Any]:
+        """What decides the results (JSON): every field but the progress display and member chunks."""
+        out = dataclasses.asdict(self)
+        for operational in ("progress", "member_chunk"):
+            out.pop(operational)
+        if not self.patience:
+            out.pop("validation_examples")
+        return out
+
+
+def engine_config(task: Task, optimizer: Optimizer, settings: SweepSettings, eval_chunk: int) -> EngineConfig:
+    """The engine configuration of one population under `settings`."""
+    return EngineConfig(task=task, optimizer=optimizer, batch_size=settings.batch_size, eval_chunk=eval_chunk,
+                        distinct_seeds=settings.distinct_seeds, member_chunk=settings.member_chunk,
+                        schedule=settings.schedule, dtype=settings.dtype, augment=settings.augment,
+                        patience=settings.patience)
+
+
+def sweep_data(task: Task, settings: SweepSettings) -> tuple[TrainData, int]:
+    """The device-resident data of a sweep and its evaluation chunk (`tasks.split`: with early
+    stopping, `validation_examples` training examples are held out)."""
+    splits = tasks.split(task, settings.eval_examples, settings.seed,
+                         settings.validation_examples if settings.patience else 0)
+    eval_chunk = min(EVAL_CHUNK, tasks.num_examples(splits.eval))
+    return pop_lib.make_train_data(splits.train, splits.eval, eval_chunk, splits.val), eval_chunk
+
+
+def identity(task: Task, members: Members, settings: SweepSettings, **extra: Any) -> dict[str, Any]:
+    """What a population's checkpoint must match to be resumed (JSON): task, optimizer, members, settings."""
+    return {**task.identity(), "optimizer": members.optimizer.name, "population": members.name,
+            "hparams": members.to_json(), "settings": settings.to_json(), **extra}
+
+
+def api_identity(task: Task, populations: Sequence[Members], settings: Any, **extra: Any) -> dict[str, Any]:
+    """What a workdir claimed from Python must match on resume (the command line saves its flags)."""
+    return {"task": task.identity(), "populations": {m.name: m.to_json() for m in populations},
+            "settings": settings.to_json(), **extra}
+
+
+def test_metrics(cfg: EngineConfig, final: pop_lib.Population) -> dict[str, np.ndarray] | None:
+    """Each member's metrics on the task's test set (None without one)."""
+    if cfg.task.test is None:
+        return None
+    return runner.evaluate_members(cfg, final.variables, cfg.task.test)
+
+
+def train_population(task: Task, members: Members, settings: SweepSettings, data: TrainData, eval_chunk: int, *,
+                     scope: Scope = NO_SCOPE, stop: StopSignal | None = None,
+                     hooks: Sequence[runner.Hook] = (), desc: str = "") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One population trained (vectorized, or one member after another with `settings.sequential`),
+    checkpointed in `scope`; returns its member records and its timing."""
+    cfg = engine_config(task, members.optimizer, settings, eval_chunk)
+    start = time.perf_counter()
+    ident = identity(task, members, settings)
+    hooks = list(hooks)
+    if settings.prune is not None:
+        hooks.append(SuccessiveHalving(settings.prune, settings.budget.max_steps, settings.budget.eval_every))
+    if settings.sequential:
+        out = train_sequential(cfg, members, data, settings, scope, ident, stop=stop, hooks=hooks, desc=desc)
+    else:
+        pop = pop_lib.init_population(cfg, members.hparams, settings.seed)
+        out = runner.train(pop, data, settings.budget, data_lib.data_key(settings.seed), runner.Programs(cfg),
+                           freeze_at_target=settings.stop_at_target, repack=settings.repack, progress=settings.progress, desc=desc, hooks=hooks,
+                           checkpoints=scope.checkpoints(ident), stop=stop)
+    test_start = time.perf_counter()
+    tests = test_metrics(cfg, out.final)
+    test_seconds = time.perf_counter() - test_start
+    records = results.member_records(members.name, members.hparams, out.final, out.curves, out.seconds_to_target,
+                                     tests, settings.batch_size, task.target_key, task.metric_keys())
+    stats = {
+        "mode": "sequential" if settings.sequential else "vectorized",
+        "members": members.size,
+        "compile_seconds": out.compile_seconds,
+        "train_seconds": out.train_seconds,
+        "test_eval_seconds": test_seconds,
+        "wall_seconds": time.perf_counter() - start,
+        "segments": out.segments,
+        "population_sizes": out.population_sizes,
+    }
+    return records, stats
+
+
+def run_sweep(task: Task, populations: Sequence[Members], settings: SweepSettings, *, scope: Scope = NO_SCOPE,
+              stop: StopSignal | None = None,
+              make_hooks: Callable[[Members, EngineConfig], Sequence[runner.Hook]] | None = None,
+              ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Trains each population in turn (each checkpointed in scope/<its name>/ and resumed from there:
+    a finished one is restored, not retrained). `make_hooks(members, cfg)` gives a population's extra
+    hooks. Returns the member records (results.json) and per-population timing."""
+    names = [m.name for m in populations]
+    if len(set(names)) != len(names):
+        raise ValueError(f"population names must differ (they name checkpoint folders): {', '.join(names)}")
+    data, eval_chunk = sweep_data(task, settings)
+    records, stats = [], {}
+    for members in populations:
+        hooks = () if make_hooks is None else make_hooks(members, engine_config(task, members.optimizer, settings,
+                                                                                  eval_chunk))
+        population_records, stats[members.name] = train_population(
+            task, members, settings, data, eval_chunk, scope=scope.child(members.name), stop=stop,
+            hooks=hooks, desc=members.name)
+        records += population_records
+    return records, stats
+
+
+def train_sequential(cfg: EngineConfig, members: Members, data: TrainData, settings: SweepSettings, scope: Scope,
+                     ident: dict[str, Any], *, stop: StopSignal | None = None, hooks: Sequence[runner.Hook] = (),
+                     desc: str = "") -> runner.RunOutput:
+    """The baseline: the same members trained one after another (K=1 each), each timed on its own
+    clock as the study measured it, each checkpointed in scope/member-<i>/. One compiled program
+    serves every member (hyperparameters are data)."""
+    programs = runner.Programs(cfg, packing.make_mesh(jax.local_devices()[:1]))
+    outputs = []
+    for i in range(members.size):
+        one = members.subset([i])
+        pop = pop_lib.init_population(cfg, one.hparams, settings.seed, member_ids=np.array([i]))
+        hooks_i = [_Shifted(hook, i) if isinstance(hook, runner.SegmentCallback) else hook for hook in hooks]
+        outputs.append(runner.train(pop, data, settings.budget, data_lib.data_key(settings.seed), programs,
+                                    freeze_at_target=settings.stop_at_target, repack=False, progress=settings.progress, desc=f"{desc} member {i + 1}/{members.size}",
+                                    checkpoints=scope.child(f"member-{i}").checkpoints({**ident, "member": i}),
+                                    stop=stop, hooks=hooks_i))
+    final = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *[o.final for o in outputs])
+    return runner.RunOutput(
+        final=final,
+        curves=[o.curves[0] for o in outputs],
+        seconds_to_target=np.concatenate([o.seconds_to_target for o in outputs]),
+        seconds_trained=np.concatenate([o.seconds_trained for o in outputs]),
+        compile_seconds=programs.compile_seconds,
+        train_seconds=sum(o.train_seconds for o in outputs),
+        segments=sum(o.segments for o in outputs),
+        population_sizes=[1],
+        steps_run=max(o.steps_run for o in outputs),
+    )
+
+
+class _Shifted(runner.SegmentCallback):
+    """A segment callback of the whole population, given member i's one-member runs (positions + i)."""
+
+    def __init__(self, hook: runner.SegmentCallback, offset: int):
+        super().__init__(lambda sub, pos, step: hook.fn(sub, pos + offset, step))

@@ -1,0 +1,138 @@
+"""The learning-rate valley: steps to target against learning rate, one population per optimizer
+(or per population of any hyperparameter grid), as a library call.
+
+    task = lrlab.image_classification(my_cnn, "mnist")
+    result = lrlab.lr_valley(task, lrlab.grid("adam", learning_rate=np.geomspace(1e-6, 100, 48)),
+                             workdir="runs/valley")
+    print(result.report()); result.best(); result.band()
+
+With a workdir it writes what `python -m lrlab.experiments.lr_valley` writes (results.json,
+results_orbax/, valley.png, envelope.png with several valleys) and checkpoints while training: the
+same call with the same workdir resumes it, and returns a finished run's results without training.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping, Sequence
+
+from lrlab import plots, results
+from lrlab import workdir as workdir_lib
+from lrlab.checkpoints import StopSignal
+from lrlab.optimizers import Members
+from lrlab.sweep import SweepSettings, api_identity, run_sweep
+from lrlab.tasks import Task
+
+EXPERIMENT = "lr_valley"
+
+
+class ValleyResult:
+    """An lr_valley run's results (its results.json as `summary`): per-member records, the best
+    rate and the band of each valley, the printed table and the figures."""
+
+    def __init__(self, summary: dict[str, Any], paths: Mapping[str, Any] | None = None):
+        self.summary = summary
+        self.paths = dict(paths or {})
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.summary["members"]
+
+    @property
+    def groups(self) -> list[str]:
+        """The valleys: one per population, and per value of the other hyperparameters it varies."""
+        return list(dict.fromkeys(results.group_of(r) for r in self.records))
+
+    def _members(self, group: str | None) -> list[dict[str, Any]]:
+        if group is None:
+            if len(self.groups) > 1:
+                raise ValueError(f"name the valley: one of {', '.join(self.groups)}")
+            return self.records
+        return [r for r in self.records if results.group_of(r) == group]
+
+    def best(self, group: str | None = None) -> dict[str, Any] | None:
+        """The valley's best member (results.BEST_RULE), None if no rate reached the target."""
+        return results.best_member(self._members(group))
+
+    def band(self, group: str | None = None) -> tuple[float, float] | None:
+        """The lowest and highest learning rate of the valley that reached the target."""
+        return results.reached_band(self._members(group))
+
+    def valleys(self) -> dict[str, dict[str, Any]]:
+        """Each valley's headline numbers (`results.valley_summary`)."""
+        return {g: results.valley_summary(self._members(g)) for g in self.groups}
+
+    def table(self) -> str:
+        return results.format_table(self.records, self.summary["steps_to_target_resolution"],
+                                    self.summary.get("target_key", "train_accuracy"))
+
+    def report(self) -> str:
+        """What the command prints: the table, the rates that trained in some valley, the timing."""
+        lines = [self.table()]
+        envelope = self.summary.get("envelope")
+        if envelope is not None:
+            band = self.summary["trained_band"]
+            trained = sum(row["reached"] > 0 for row in envelope)
+            lines.append("rates that trained with at least one optimizer: "
+                         + (f"{band[0]:.4g} to {band[1]:.4g} ({trained} of {len(envelope)})" if band else "none"))
+        for name, s in self.summary.get("timing", {}).items():
+            lines.append(f"{name}: {s['mode']}, {s['members']} members, compile {s['compile_seconds']:.1f} s, "
+                         f"training {s['train_seconds']:.1f} s")
+        return "\n".join(lines)
+
+    def plot(self, path: Any) -> None:
+        """valley.png: steps to target against learning rate, one line per valley."""
+        s = self.summary
+        plots.valley(self.records, path, budget_steps=s["max_steps"], eval_every=s["steps_to_target_resolution"],
+                     title=f"Learning-rate valley: {s['model']['name']} on {s['dataset']}, target "
+                           f"{s['target']['goal']:g}")
+
+    def plot_envelope(self, path: Any) -> None:
+        """envelope.png: the fastest and slowest valley per learning rate."""
+        s = self.summary
+        plots.envelope(s["envelope"], path, eval_every=s["steps_to_target_resolution"],
+                       title=f"Fastest and slowest of {len(self.groups)} optimizers: {s['model']['name']} on "
+                             f"{s['dataset']}, target {s['target']['goal']:g}")
+
+    def figures(self) -> dict[str, Any]:
+        figures = {"valley.png": self.plot}
+        if self.summary.get("envelope") is not None:
+            figures["envelope.png"] = self.plot_envelope
+        return figures
+
+
+def _populations(populations: Members | Sequence[Members]) -> list[Members]:
+    return [populations] if isinstance(populations, Members) else list(populations)
+
+
+def lr_valley(task: Task, populations: Members | Sequence[Members], settings: SweepSettings = SweepSettings(),
+              workdir: Any = None, *, stop: StopSignal | None = None, overwrite: bool = False,
+              info: Mapping[str, Any] | None = None) -> ValleyResult:
+    """Trains each population (`grid(...)` members) on `task` and returns the valleys.
+
+    `workdir` (a path, or a `workdir.Workdir`): resume from it and write the results there.
+    `info` joins results.json (the command line's flags). A SIGTERM / Ctrl-C caught by `stop`
+    checkpoints and raises `checkpoints.Interrupted`.
+    """
+    started = time.perf_counter()
+    populations = _populations(populations)
+    run = workdir_lib.resolve(workdir, EXPERIMENT, api_identity(task, populations, settings), overwrite)
+    if run is not None and run.finished:
+        return ValleyResult(run.read_results(), {"results": run.results_path})
+    try:
+        records, stats = run_sweep(task, populations, settings, scope=run.scope() if run else workdir_lib.NO_SCOPE,
+                                   stop=stop)
+    finally:
+        if run is not None:
+            run.close()
+    sweep_seconds = time.perf_counter() - started
+    summary = {**results.run_header(EXPERIMENT), **results.task_header(task, settings), **(info or {}),
+               "timing": stats, "stage_seconds": {**(info or {}).get("stage_seconds", {}), "sweep": sweep_seconds},
+               "members": records}
+    if len({results.group_of(r) for r in records}) > 1:
+        envelope = results.envelope(records)
+        summary["envelope"], summary["trained_band"] = envelope, results.trained_band(envelope)
+    result = ValleyResult(summary)
+    if run is not None:
+        result.paths = run.save(summary, result.figures(), results.orbax_tree(records), started)
+    return result

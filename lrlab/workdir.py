@@ -1,0 +1,212 @@
+"""The run handle: one object owns a run's folder. It prepares and claims it (the settings saved in
+flags.json must match a resume's), opens its checkpoints (and closes them), and writes its results
+(results.json, Orbax, figures) atomically. Nothing else names the files in a workdir.
+
+A run's checkpoints live under checkpoints/, in folders named by the parts of the run they hold
+(`Scope`: checkpoints/adam/, checkpoints/round-2/adam/, checkpoints/width-4/adam/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import shutil
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+
+from lrlab import results
+from lrlab.checkpoints import RunCheckpoints
+
+RESULTS = "results.json"
+ORBAX = "results_orbax"
+CHECKPOINTS = "checkpoints"
+FLAGS_FILE = "flags.json"
+# Each experiment's figures (what --overwrite removes, with the files above; nothing else is touched).
+FIGURES = ("valley.png", "envelope.png", "curves.png", "scaling.png", "schedules.png", "techniques.png",
+           "search.png", "pbt.png", "lr_finder.png", "search_compare.png")
+OUTPUTS = (RESULTS, ORBAX, CHECKPOINTS, FLAGS_FILE) + FIGURES
+
+
+class WorkdirError(Exception):
+    """A workdir that cannot be used: unwritable, or holding another run (the message says which)."""
+
+
+def is_writer() -> bool:
+    """Only process 0 writes results and figures (every process computes them)."""
+    return jax.process_index() == 0
+
+
+def default_path(experiment: str) -> pathlib.Path:
+    return pathlib.Path(f"runs/{experiment}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+
+
+def _normalised(obj: Any) -> Any:
+    """The JSON form of `obj` (tuples become lists, numpy numbers plain ones), as saved."""
+    return json.loads(json.dumps(results.finite_or_none(obj), default=results.json_default))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scope:
+    """A part of a run whose checkpoints have their own folder (None: the run keeps none)."""
+
+    run: "Workdir | None"
+    parts: tuple[str, ...] = ()
+
+    def child(self, *parts: str) -> "Scope":
+        return Scope(self.run, self.parts + tuple(parts))
+
+    @property
+    def directory(self) -> pathlib.Path | None:
+        return None if self.run is None else self.run.path.joinpath(CHECKPOINTS, *self.parts)
+
+    def checkpoints(self, identity: Mapping[str, Any]) -> RunCheckpoints | None:
+        """This part's checkpoints (None without a workdir); `identity` must match on restore."""
+        return None if self.run is None else self.run.open_checkpoints(self.directory, identity)
+
+    def file(self, name: str) -> pathlib.Path | None:
+        """A file of this part beside its checkpoints (a finished search_compare row)."""
+        return None if self.run is None else self.directory / name
+
+
+NO_SCOPE = Scope(None)
+
+
+class Workdir:
+    """A run's folder. `claim(settings)` before any training: True when it already holds this
+    run's results (then read them with `read_results`); otherwise its settings are saved so a
+    rerun with the same ones resumes from the checkpoints."""
+
+    def __init__(self, path: str | os.PathLike | None, experiment: str, *, checkpoint_every: int = 10,
+                 overwrite: bool = False):
+        self.path = pathlib.Path(path) if path is not None else default_path(experiment)
+        self.experiment = experiment
+        self.checkpoint_every = checkpoint_every
+        self.overwrite = overwrite
+        self.claimed = False
+        self.finished = False  # after claim: the folder already holds this run's results
+        self._managers: list[RunCheckpoints] = []
+
+    @property
+    def results_path(self) -> pathlib.Path:
+        return self.path / RESULTS
+
+    def figure_path(self, name: str) -> pathlib.Path:
+        if name not in FIGURES:
+            raise ValueError(f"unknown figure {name!r}: add it to workdir.FIGURES")
+        return self.path / name
+
+    def prepare(self) -> "Workdir":
+        """Creates the folder and proves it writable, or raises WorkdirError."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test-{jax.process_index()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise WorkdirError(f"{self.path}: cannot write there ({e.strerror or e})") from None
+        return self
+
+    def claim(self, settings: Mapping[str, Any], label: Callable[[str], str] = str, noun: str = "settings") -> bool:
+        """Checks the folder against this run's `settings` (JSON); True when its results exist.
+
+        With `overwrite`, lrlab's outputs are removed first. Settings saved by another run are
+        refused with the differences named (`label(key)` names a setting: "--max_steps").
+        """
+        self.prepare()
+        if self.overwrite and is_writer():
+            for name in OUTPUTS:
+                target = self.path / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        current = _normalised({"experiment": self.experiment, **settings})
+        saved_path = self.path / FLAGS_FILE
+        self.claimed = True
+        if saved_path.exists():
+            try:
+                saved = json.loads(saved_path.read_text())
+            except (OSError, ValueError) as e:
+                raise WorkdirError(f"{self.path}: unreadable {FLAGS_FILE} ({e}); use --overwrite to start again") from None
+            diffs = [f"{label(k)}={saved.get(k)!r} there, {current.get(k)!r} here"
+                     for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+            if diffs:
+                raise WorkdirError(f"{self.path} holds a run with other {noun} ({'; '.join(diffs)}): use another "
+                                   f"workdir, the same {noun} to resume it, or overwrite to discard it")
+            self.finished = self.results_path.exists()
+            return self.finished
+        if is_writer():
+            results.write_json(saved_path, current)
+        return False
+
+    def read_results(self) -> dict[str, Any]:
+        return results.read_json(self.results_path)
+
+    def open_checkpoints(self, directory: pathlib.Path, identity: Mapping[str, Any]) -> RunCheckpoints:
+        manager = RunCheckpoints(directory, _normalised(dict(identity)), self.checkpoint_every)
+        self._managers.append(manager)
+        return manager
+
+    def scope(self, *parts: str) -> Scope:
+        return Scope(self, tuple(parts))
+
+    def close(self) -> None:
+        """Closes every checkpoint manager opened so far (idempotent)."""
+        while self._managers:
+            self._managers.pop().close()
+
+    def __enter__(self) -> "Workdir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # Results, written by process 0 (Orbax: by every process, it synchronises them).
+    def save_results(self, summary: dict[str, Any]) -> pathlib.Path:
+        if is_writer():
+            results.write_json(self.results_path, summary)
+        return self.results_path
+
+    def save_orbax(self, tree: Any) -> pathlib.Path:
+        results.save_orbax(self.path / ORBAX, tree)
+        return self.path / ORBAX
+
+    def save_figure(self, name: str, draw: Callable[[pathlib.Path], None]) -> pathlib.Path:
+        path = self.figure_path(name)
+        if is_writer():
+            draw(path)
+        return path
+
+    def save(self, summary: dict[str, Any], figures: Mapping[str, Callable[[pathlib.Path], None]],
+             orbax_tree: Any = None, started: float | None = None) -> dict[str, pathlib.Path]:
+        """A finished run's outputs: the Orbax results (if any), the figures, then results.json with
+        the seconds spent saving (`stage_seconds.save`) and since `started` (`wall_seconds`).
+        Returns what was saved where."""
+        start = time.perf_counter()
+        paths = {"results": self.results_path}
+        if orbax_tree is not None:
+            paths["orbax"] = self.save_orbax(orbax_tree)
+        for name, draw in figures.items():
+            paths[name.removesuffix(".png")] = self.save_figure(name, draw)
+        summary.setdefault("stage_seconds", {})["save"] = time.perf_counter() - start
+        if started is not None:
+            summary["wall_seconds"] = time.perf_counter() - started
+        self.save_results(summary)
+        return paths
+
+
+def resolve(workdir: "str | os.PathLike | Workdir | None", experiment: str, settings: Mapping[str, Any],
+            overwrite: bool = False) -> Workdir | None:
+    """What the library functions accept as `workdir`: None (no files), a path (claimed here with
+    the API's settings), or a Workdir (claimed already by the command line, or claimed here)."""
+    if workdir is None:
+        return None
+    run = workdir if isinstance(workdir, Workdir) else Workdir(workdir, experiment, overwrite=overwrite)
+    if not run.claimed:
+        run.claim(settings)
+    return run
