@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from lrlab import checkpoints, models, optimizers, pruning, schedules, tasks
+from lrlab import checkpoints, lr_schedules, models, optimizers, pruning, tasks
 from lrlab import data as data_lib
 from lrlab import population as pop_lib
 from lrlab import workdir as workdir_lib
@@ -153,7 +153,7 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
                          "population over them (0: JAX's default, one).")
     flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (multi-host: TPU pods, SLURM). "
                       "Default: when the environment names more than one TPU worker.")
-    flags.DEFINE_enum("schedule", "constant", schedules.SCHEDULES, "Learning-rate schedule; each member's rate "
+    flags.DEFINE_enum("schedule", "constant", lr_schedules.SCHEDULES, "Learning-rate schedule; each member's rate "
                       "is its peak: step and exponential decay, SGDR cosine restarts, one-cycle.")
     flags.DEFINE_enum("dtype", "float32", list(pop_lib.COMPUTE_DTYPES), "Compute dtype of the forward and "
                       "backward passes; weights and optimizer state stay float32 (float16 adds dynamic loss scaling).")
@@ -372,11 +372,11 @@ def populations(lrs: Any) -> list[optimizers.Members]:
     return pops
 
 
-def schedule_spec() -> schedules.ScheduleSpec | None:
+def schedule_spec() -> lr_schedules.ScheduleSpec | None:
     """The learning-rate schedule of the schedule flags (None: constant, no warmup)."""
     if FLAGS.schedule == "constant" and not FLAGS.warmup_steps:
         return None
-    return schedules.ScheduleSpec(FLAGS.schedule, FLAGS.decay_steps, FLAGS.decay_factor, FLAGS.sgdr_period,
+    return lr_schedules.ScheduleSpec(FLAGS.schedule, FLAGS.decay_steps, FLAGS.decay_factor, FLAGS.sgdr_period,
                                   FLAGS.sgdr_mult, FLAGS.warmup_steps, FLAGS.max_steps)
 
 

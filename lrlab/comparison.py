@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from lrlab import lr_finder, optimizers, pbt, plots, pruning, results, search
+from lrlab import optimizers, plots, population_based, pruning, range_test, results, search
 from lrlab import workdir as workdir_lib
 from lrlab.checkpoints import StopSignal
 from lrlab.optimizers import Optimizer
@@ -244,11 +244,11 @@ def run_method(method: str, seed: int, setup: Setup, valley: Sequence[Mapping[st
     if method == "grid12":
         return score_grid(method, seed, valley, s_star, stride=GRID_STRIDE)
     if method == "random16":
-        result = search.random_search(task, opt, lr_ranges(opt), RANDOM_N, settings, seed, **common)
+        result = search.train_random(task, opt, lr_ranges(opt), RANDOM_N, settings, seed, **common)
         return score_search(method, seed, result.trials, s_star)
     if method == "random32_sha":
         settings = dataclasses.replace(settings, prune=SHA_SPEC)
-        result = search.random_search(task, opt, lr_ranges(opt), SHA_N, settings, seed, **common)
+        result = search.train_random(task, opt, lr_ranges(opt), SHA_N, settings, seed, **common)
         return score_search(method, seed, result.trials, s_star)
     if method == "bayes4x8":
         entries: list[dict[str, Any]] = []
@@ -259,7 +259,7 @@ def run_method(method: str, seed: int, setup: Setup, valley: Sequence[Mapping[st
                 raise _Good
 
         try:
-            search.bayes_search(task, opt, lr_ranges(opt), BAYES_ROUNDS, BAYES_BATCH, settings, seed,
+            search.train_bayes(task, opt, lr_ranges(opt), BAYES_ROUNDS, BAYES_BATCH, settings, seed,
                                 on_round=on_round, **common)
         except _Good:
             pass
@@ -267,18 +267,18 @@ def run_method(method: str, seed: int, setup: Setup, valley: Sequence[Mapping[st
     if method == "pbt16":
         lr_K = search.sample_random(lr_ranges(opt), PBT_K, seed)["learning_rate"]  # random16's draws
         members = optimizers.Members(opt, optimizers.population_hparams(opt, lr_K, setup.overrides))
-        cfg = pbt.PBTConfig(ready_steps=PBT_READY_STEPS,
-                            explore=(pbt.Bound("learning_rate", LR_LOW, LR_HIGH, True),))
-        result = pbt.run_pbt(task, members, cfg, settings, scope=scope, stop=stop, exploit_seed=seed)
+        cfg = population_based.PBTConfig(ready_steps=PBT_READY_STEPS,
+                            explore=(population_based.Bound("learning_rate", LR_LOW, LR_HIGH, True),))
+        result = population_based.run_pbt(task, members, cfg, settings, scope=scope, stop=stop, exploit_seed=seed)
         member = result.member_at_target
-        schedule = result.schedule_of("learning_rate", None if member is None else pbt.lineage(result.sources_EK,
+        schedule = result.schedule_of("learning_rate", None if member is None else population_based.lineage(result.sources_EK,
                                                                                                 member))
         return score_pbt(method, seed, k=result.k, steps_to_target=result.steps_to_target,
                          steps_run=result.steps_run, found_lr=schedule["learning_rate"][-1], s_star=s_star,
                          lr_schedule=schedule, stopped_by=result.stopped_by)
     if method == "lr_finder":
-        test = lr_finder.lr_range_test(task, opt, lr_finder.LR_MIN, lr_finder.LR_MAX, lr_finder.NUM_STEPS,
-                                       lr_finder.NUM_SEEDS, dataclasses.replace(settings, seed=seed),
+        test = range_test.lr_range_test(task, opt, range_test.LR_MIN, range_test.LR_MAX, range_test.NUM_STEPS,
+                                       range_test.NUM_SEEDS, dataclasses.replace(settings, seed=seed),
                                        overrides=setup.overrides, desc=f"lr_finder seed {seed}")
         verify = None
         if test.suggested_lr is not None:

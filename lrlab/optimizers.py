@@ -35,7 +35,7 @@ import jax
 import numpy as np
 import optax
 
-from lrlab.schedules import ScheduleSpec, factor_schedule
+from lrlab.lr_schedules import ScheduleSpec, factor_schedule
 
 LEARNING_RATE = "learning_rate"
 

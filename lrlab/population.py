@@ -35,7 +35,7 @@ import optax
 
 from lrlab import data as data_lib
 from lrlab.optimizers import Optimizer
-from lrlab.schedules import ScheduleSpec
+from lrlab.lr_schedules import ScheduleSpec
 from lrlab.tasks import Task
 
 RUNNING, REACHED, DIVERGED, EXHAUSTED, PADDING, PRUNED, STOPPED = 0, 1, 2, 3, 4, 5, 6

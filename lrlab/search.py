@@ -230,7 +230,7 @@ def _trials(task: Task, settings: SweepSettings, records: list[dict[str, Any]], 
                        None if optuna_numbers is None else optuna_numbers[i]) for i, r in enumerate(records)]
 
 
-def random_search(task: Task, optimizer: str | Optimizer, ranges: Ranges, n: int, settings: SweepSettings,
+def train_random(task: Task, optimizer: str | Optimizer, ranges: Ranges, n: int, settings: SweepSettings,
                   seed: int, *, overrides: Mapping[str, float] | None = None, scope: Scope = NO_SCOPE,
                   stop: StopSignal | None = None,
                   on_round: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
@@ -293,7 +293,7 @@ def propose(study: Any, ranges: Ranges, batch: int) -> tuple[list[Any], dict[str
     return trials, sampled
 
 
-def bayes_search(task: Task, optimizer: str | Optimizer, ranges: Ranges, rounds: int, batch: int,
+def train_bayes(task: Task, optimizer: str | Optimizer, ranges: Ranges, rounds: int, batch: int,
                  settings: SweepSettings, seed: int, *, n_startup: int | None = None,
                  overrides: Mapping[str, float] | None = None, scope: Scope = NO_SCOPE,
                  stop: StopSignal | None = None,
@@ -377,14 +377,35 @@ class SearchRun:
                                   f"{s['search']['candidates']}, target {s['target']['goal']:g}")
 
 
-def search(task: Task, optimizer: str | Optimizer, ranges: Ranges | list[str], settings: SweepSettings = SweepSettings(),
-           workdir: Any = None, *, method: str = "random", seed: int = 0, num_samples: int = 48, rounds: int = 4,
-           batch: int = 8, n_startup: int | None = None, overrides: Mapping[str, float] | None = None,
-           stop: StopSignal | None = None, overwrite: bool = False, on_round: Callable[[dict], None] | None = None,
-           info: Mapping[str, Any] | None = None) -> SearchRun:
-    """A random (`num_samples` candidates, one population) or Bayesian (`rounds` x `batch`, TPE)
-    search of `optimizer`'s hyperparameters over `ranges` on `task`, as the random_search and
-    bayes_search commands run it: with a `workdir`, resumable, writing results.json and search.png."""
+def random_search(task: Task, optimizer: str | Optimizer, ranges: Ranges | list[str], num_samples: int = 48,
+                  settings: SweepSettings = SweepSettings(), workdir: Any = None, *, seed: int = 0,
+                  overrides: Mapping[str, float] | None = None, stop: StopSignal | None = None,
+                  overwrite: bool = False, info: Mapping[str, Any] | None = None) -> SearchRun:
+    """`num_samples` candidates drawn from `ranges` (NAME:LOW:HIGH entries, or parsed) with `seed`,
+    trained as one population; as `python -m lrlab.experiments.random_search` runs it: with a
+    `workdir`, resumable, writing results.json and search.png."""
+    return _search(task, optimizer, ranges, settings, workdir, "random", seed=seed, num_samples=num_samples,
+                   overrides=overrides, stop=stop, overwrite=overwrite, info=info)
+
+
+def bayes_search(task: Task, optimizer: str | Optimizer, ranges: Ranges | list[str], rounds: int = 4, batch: int = 8,
+                 settings: SweepSettings = SweepSettings(), workdir: Any = None, *, seed: int = 0,
+                 n_startup: int | None = None, overrides: Mapping[str, float] | None = None,
+                 stop: StopSignal | None = None, overwrite: bool = False,
+                 on_round: Callable[[dict], None] | None = None, info: Mapping[str, Any] | None = None) -> SearchRun:
+    """`rounds` rounds of TPE, `batch` candidates each trained as one population; as `python -m
+    lrlab.experiments.bayes_search` runs it."""
+    return _search(task, optimizer, ranges, settings, workdir, "bayes", seed=seed, rounds=rounds, batch=batch,
+                   n_startup=n_startup, overrides=overrides, stop=stop, overwrite=overwrite, on_round=on_round,
+                   info=info)
+
+
+def _search(task: Task, optimizer: str | Optimizer, ranges: Ranges | list[str], settings: SweepSettings,
+            workdir: Any, method: str, *, seed: int = 0, num_samples: int = 48, rounds: int = 4, batch: int = 8,
+            n_startup: int | None = None, overrides: Mapping[str, float] | None = None,
+            stop: StopSignal | None = None, overwrite: bool = False, on_round: Callable[[dict], None] | None = None,
+            info: Mapping[str, Any] | None = None) -> SearchRun:
+    """The command around a search: claim the workdir, train resumably, save results.json and search.png."""
     if method not in ("random", "bayes"):
         raise ValueError(f"method must be 'random' or 'bayes', got {method!r}")
     started = time.perf_counter()
@@ -405,10 +426,10 @@ def search(task: Task, optimizer: str | Optimizer, ranges: Ranges | list[str], s
     scope = run.scope() if run is not None else NO_SCOPE
     try:
         if method == "random":
-            result = random_search(task, opt, ranges, num_samples, settings, seed, overrides=overrides, scope=scope,
+            result = train_random(task, opt, ranges, num_samples, settings, seed, overrides=overrides, scope=scope,
                                    stop=stop, on_round=on_round)
         else:
-            result = bayes_search(task, opt, ranges, rounds, batch, settings, seed, n_startup=n_startup,
+            result = train_bayes(task, opt, ranges, rounds, batch, settings, seed, n_startup=n_startup,
                                   overrides=overrides, scope=scope, stop=stop, on_round=on_round)
     finally:
         if run is not None:

@@ -23,7 +23,7 @@ from lrlab.optimizers import Members, Optimizer
 from lrlab.population import EngineConfig, TrainData
 from lrlab.pruning import PruneSpec, SuccessiveHalving
 from lrlab.runner import Budget
-from lrlab.schedules import ScheduleSpec
+from lrlab.lr_schedules import ScheduleSpec
 from lrlab.tasks import Task
 from lrlab.workdir import NO_SCOPE, Scope
 

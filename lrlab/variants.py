@@ -15,7 +15,7 @@ from lrlab import plots, results
 from lrlab import workdir as workdir_lib
 from lrlab.checkpoints import StopSignal
 from lrlab.optimizers import Members
-from lrlab.schedules import ScheduleSpec
+from lrlab.lr_schedules import ScheduleSpec
 from lrlab.sweep import SweepSettings, run_sweep
 from lrlab.tasks import Task
 from lrlab.workdir import NO_SCOPE, Scope

@@ -191,8 +191,8 @@ class Workdir:
         paths = {"results": self.results_path}
         if orbax_tree is not None:
             paths["orbax"] = self.save_orbax(orbax_tree)
-        for name, draw in figures.items():
-            paths[name.removesuffix(".png")] = self.save_figure(name, draw)
+        for i, (name, draw) in enumerate(figures.items()):  # "saved figure: ...", then any other by name
+            paths["figure" if i == 0 else name.removesuffix(".png")] = self.save_figure(name, draw)
         summary.setdefault("stage_seconds", {})["save"] = time.perf_counter() - start
         if started is not None:
             summary["wall_seconds"] = time.perf_counter() - started

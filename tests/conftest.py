@@ -1,45 +1,60 @@
-"""Shared fixtures: a small slice of the shipped MNIST and tiny engine configurations (CPU JAX);
-run_together for command-line tests."""
+"""Shared fixtures: a small slice of the shipped MNIST as a task, tiny engine configurations (CPU
+JAX), and run_together for command-line tests."""
 
+import functools
 import subprocess
 
-import jax
 import numpy as np
 import pytest
 
 from lrlab import data as data_lib
-from lrlab import optimizers
-from lrlab import models
+from lrlab import models, optimizers, runner, tasks
 from lrlab import population as pop_lib
-from lrlab import runner
+
+N_TRAIN, N_EVAL = 1000, 200  # the slice: 1,000 training images, the first 200 of them the evaluation set
 
 
-@pytest.fixture(scope="session")
-def mnist():
+@functools.lru_cache(maxsize=None)
+def load_mnist():
     return data_lib.load_mnist()
 
 
 @pytest.fixture(scope="session")
-def small_data(mnist):
-    """1,000 training images on the device, 200 of them as the evaluation subset."""
-    images, labels = mnist.train_images[:1000], mnist.train_labels[:1000]
-    return pop_lib.make_train_data(images, labels, np.arange(200, dtype=np.int32), eval_chunk=100)
+def mnist():
+    return load_mnist()
 
 
-def make_cfg(optimizer="adam", batch_size=32, **kw):
-    kw.setdefault("model", models.make_model("small_cnn"))
-    return pop_lib.EngineConfig(optimizer=optimizer, batch_size=batch_size, eval_chunk=100, **kw)
+def image_task(model=None, target=1.0, n=N_TRAIN):
+    """small_cnn (or `model`) on the first `n` MNIST training images, a 97%-style accuracy target."""
+    ds = load_mnist()
+    train = {"image": ds.train_images[:n], "label": ds.train_labels[:n]}
+    return tasks.classification(model or models.make_model("small_cnn"), train, inputs=tasks.image_inputs,
+                                target=tasks.Target("accuracy", target),
+                                test={"image": ds.test_images[:500], "label": ds.test_labels[:500]},
+                                augment=lambda key, x: data_lib.augment_batch(key, x, 2.0, 10.0), name="mnist-slice")
+
+
+@pytest.fixture(scope="session")
+def small_data():
+    """The slice on the device, its first 200 images the evaluation set (chunks of 100)."""
+    train = image_task().train
+    return pop_lib.make_train_data(train, tasks.take(train, np.arange(N_EVAL)), eval_chunk=100)
+
+
+def make_cfg(optimizer="adam", batch_size=32, model=None, target=1.0, **kw):
+    return pop_lib.EngineConfig(task=image_task(model, target), optimizer=optimizers.get(optimizer),
+                                batch_size=batch_size, eval_chunk=100, **kw)
 
 
 def hparams(optimizer, lrs):
     return optimizers.population_hparams(optimizer, lrs)
 
 
-def run_population(cfg, lrs, data, budget, seed=0, repack=True, programs=None):
+def run_population(cfg, lrs, data, budget, seed=0, repack=True, programs=None, **train_kw):
     """Trains one population of `cfg` at `lrs`; pass `programs` to reuse compilations across runs."""
-    pop = pop_lib.init_population(cfg, hparams(cfg.optimizer, lrs), (28, 28, 1), seed)
-    return runner.train(pop, data, budget, jax.random.PRNGKey(seed + 1), programs or runner.Programs(cfg),
-                        repack=repack, progress=False)
+    pop = pop_lib.init_population(cfg, hparams(cfg.optimizer, lrs), seed)
+    return runner.train(pop, data, budget, data_lib.data_key(seed), programs or runner.Programs(cfg),
+                        repack=repack, progress=False, **train_kw)
 
 
 def run_together(commands, timeout=600):

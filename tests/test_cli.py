@@ -24,13 +24,14 @@ def test_tiny_valley_end_to_end(tmp_path):
     assert "adam: 3 learning rates" in proc.stdout and "sgd: 3 learning rates" in proc.stdout
     assert f"saved results: {workdir / 'results.json'}" in proc.stdout
     summary = json.loads((workdir / "results.json").read_text())
-    assert summary["schema_version"] == 1 and summary["steps_to_target_resolution"] == 10
+    assert summary["schema_version"] == 2 and summary["steps_to_target_resolution"] == 10
+    assert summary["target"] == {"metric": "accuracy", "goal": 0.97, "mode": "max"}
     members = summary["members"]
     assert [m["optimizer"] for m in members] == ["adam"] * 3 + ["sgd"] * 3
     for m in members:
         assert m["status"] in ("reached", "diverged", "exhausted")
         assert (m["steps_to_target"] is None) == (m["status"] != "reached")
-        assert set(m["curve"]) == {"step", "train_accuracy", "loss", "seconds"}
+        assert set(m["curve"]) == {"step", "train_accuracy", "train_loss", "loss", "seconds"}
         assert 0 <= m["final_test_accuracy"] <= 1
     restored = results.restore_orbax(workdir / "results_orbax")
     assert list(restored["sgd"]["learning_rate"]) == pytest.approx([m["learning_rate"] for m in members[3:]])
@@ -63,7 +64,7 @@ def test_tiny_valley_end_to_end(tmp_path):
     ("--dtype=float8", "--dtype"),
     ("--model=mlp --batch_norm", "--batch_norm needs a CNN: the mlp has no conv blocks"),
     ("--prune=sha --sequential", "--prune ranks members against each other: not with --sequential"),
-    ("--early_stopping --validation_examples=60000", "--validation_examples=60000: mnist has only 60000 training images"),
+    ("--early_stopping --validation_examples=60000", "--validation_examples=60000: mnist has only 60000 training examples"),
 ])
 def test_bad_flags_fail_with_one_clear_line(tmp_path, flag, needle):
     workdir = tmp_path / "run"

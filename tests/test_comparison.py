@@ -153,17 +153,19 @@ def test_bad_methods_flag_is_one_clear_line(tmp_path):
 def test_run_all_resumes_from_saved_rows_in_method_order(tmp_path):
     """Finished rows (checkpoints/<method>/seed-<s>/row.json) are reused without training; grid48
     runs once; rows come back method by method, seeds ascending."""
-    from lrlab import results, runner
+    from lrlab import optimizers, results, sweep
+    from lrlab.workdir import Workdir
 
     methods = ["grid48", "random16", "pbt16"]
     for method, seed in [("grid48", 1), ("random16", 1), ("random16", 2), ("pbt16", 1), ("pbt16", 2)]:
         row = comparison.make_row(method, seed, trainings=16, model_steps=100 * seed, found_lr=0.01,
                                   found_steps=500, s_star=S_STAR)
-        (tmp_path / method / f"seed-{seed}").mkdir(parents=True)
-        results.write_json(tmp_path / method / f"seed-{seed}" / "row.json", row)
-    settings = runner.SweepSettings(model=None, budget=runner.Budget(), checkpoint_dir=tmp_path)
+        (tmp_path / "checkpoints" / method / f"seed-{seed}").mkdir(parents=True)
+        results.write_json(tmp_path / "checkpoints" / method / f"seed-{seed}" / "row.json", row)
+    setup = comparison.Setup(None, optimizers.get("adam"), sweep.SweepSettings(),
+                             scope=Workdir(tmp_path, "search_compare").scope())
     seen = []
-    rows = comparison.run_all(comparison.Setup(None, "adam", settings), methods, 2, VALLEY, S_STAR,
+    rows = comparison.run_all(setup, methods, 2, VALLEY, S_STAR,
                               on_row=lambda row, i, n: seen.append((row["method"], row["seed"], i, n)))
     assert seen == [("grid48", 1, 1, 5), ("random16", 1, 2, 5), ("pbt16", 1, 3, 5), ("random16", 2, 4, 5),
                     ("pbt16", 2, 5, 5)]

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lrlab import data as data_lib
-from lrlab import lr_finder, models, optimizers, runner, schedules
+from conftest import image_task
+from lrlab import range_test as lr_finder, models, optimizers, lr_schedules as schedules, sweep
 
 # The measured valley (runs/mack2018-cpu/lr_valley: small_cnn, Adam, MNIST, batch 100, seed 0, 48 rates
 # 1e-6..100, 97% training accuracy): fastest at 0.0147 and 0.0215 (550 steps); 0.01: 700, 0.00464:
@@ -107,10 +107,11 @@ def test_ramp_factor_is_geometric_from_lr_min_to_lr_max():
 
 def test_ramped_optimizer_applies_each_members_peak_times_the_ramp():
     """SGD with gradient 1: each step's update is -lr_max_k * factor(t); the peak is per-member data."""
-    tx = optimizers.make_optimizer("sgd", schedule=schedules.ScheduleSpec(schedules.RANGE_TEST, decay_factor=1e-3,
-                                                                          total_steps=5))
+    ramp = schedules.ScheduleSpec(schedules.RANGE_TEST, decay_factor=1e-3, total_steps=5)
+    sgd = optimizers.get("sgd")
+    tx = sgd.make_tx(ramp)
     params_K = jnp.zeros((2,))
-    state = optimizers.init_population_state(tx, params_K, {"learning_rate": np.array([1.0, 3.0], np.float32)})
+    state = sgd.init_state(params_K, {"learning_rate": np.array([1.0, 3.0], np.float32)}, ramp)
     step = jax.jit(jax.vmap(lambda s: tx.update(jnp.ones(()), s)))
     updates = []
     for _ in range(5):
@@ -189,13 +190,11 @@ def test_divergence_rule():
     assert lr_finder.all_diverged(np.array([[2.0, 1.0, 5.0], [2.0, np.nan, np.nan]]))
 
 
-def test_range_test_stops_once_every_seed_diverged(mnist):
+def test_range_test_stops_once_every_seed_diverged():
     """SGD ramped to 1e6 on an MLP: every seed's loss blows up well before the ramp ends."""
-    small = data_lib.Dataset("mnist-1k", mnist.train_images[:1000], mnist.train_labels[:1000],
-                             mnist.test_images[:100], mnist.test_labels[:100], 10)
-    settings = runner.SweepSettings(model=models.make_model("mlp"), budget=runner.Budget(), batch_size=32,
-                                    progress=False)
-    res = lr_finder.lr_range_test(small, "sgd", 1e-2, 1e6, 60, 2, settings, segment_steps=5)
+    settings = sweep.SweepSettings(batch_size=32, progress=False)
+    res = lr_finder.lr_range_test(image_task(models.make_model("mlp")), "sgd", 1e-2, 1e6, 60, 2, settings,
+                                  segment_steps=5)
     assert res.stopped_early and res.steps_run < 60 and res.steps_run % 5 == 0
     assert lr_finder.all_diverged(res.smoothed_KS)
     assert not lr_finder.all_diverged(res.smoothed_KS[:, : res.steps_run - 5])  # not one segment earlier

@@ -112,7 +112,7 @@ def test_tiny_model_scaling_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "width   parameters" in proc.stdout and f"saved figure: {workdir / 'scaling.png'}" in proc.stdout
     summary = json.loads((workdir / "results.json").read_text())
-    assert summary["schema_version"] == 1 and summary["experiment"] == "model_scaling"
+    assert summary["schema_version"] == 2 and summary["experiment"] == "model_scaling"
     assert summary["model"]["widths"] == [0.25, 0.5] and summary["optimizer"] == "adam"
     assert summary["flags"]["widths"] == ["0.25", "0.5"] and summary["flags"]["target_accuracy"] == 0.5
     assert [t["width"] for t in summary["timing"]] == [0.25, 0.5]
@@ -143,8 +143,8 @@ BAD_FLAGS = {
     "--widths=1,1.0": "flag --widths=['1', '1.0']: width multiplier 1 given twice",
     "--widths=0.5,-1": "width multipliers must be positive and finite, got -1",
     "--optimizer=all": "model_scaling trains one optimizer",
-    "--width=2": "lrlab: error: --width: model_scaling sets the width from --widths",
-    "--lrs=0.01,0.1,0.010": "a learning rate is listed twice",
+    "--width=2": "flag --width=2.0: model_scaling sets the width from --widths",
+    "--lrs=0.01,0.1,0.010": "learning rate 0.01 listed twice",
 }
 
 

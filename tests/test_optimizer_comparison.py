@@ -11,8 +11,13 @@ import sys
 
 import pytest
 
-from lrlab import cli, results
+from lrlab import results
+from lrlab import curves as comparison
+from lrlab.experiments.optimizer_comparison import parse_rate_pairs
+from lrlab.tasks import Target
 from conftest import run_together
+
+TARGET = Target("accuracy", 0.6)
 
 TINY = ["--model=mlp", "--max_steps=40", "--eval_every=10", "--eval_examples=250", "--test_examples=250",
         "--batch_size=32", "--target_accuracy=0.6", "--noprogress"]
@@ -69,7 +74,7 @@ def test_lrs_end_to_end(runs):
     assert "steps to 60%" in proc.stdout and f"saved results: {workdir / 'results.json'}" in proc.stdout
     assert (workdir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((workdir / "results.json").read_text())
-    assert summary["schema_version"] == 1 and summary["experiment"] == "optimizer_comparison"
+    assert summary["schema_version"] == 2 and summary["experiment"] == "optimizer_comparison"
     assert summary["flags"]["lrs"] == ["adam:0.003", "sgd:0.1"] and summary["test_examples"] == 250
     assert set(summary["timing"]) == {"adam", "sgd"} and summary["timing"]["adam"]["test_curve_seconds"] > 0
     entries = summary["optimizers"]
@@ -82,11 +87,11 @@ def test_lrs_end_to_end(runs):
         assert curve["seconds"] == train["seconds"] == sorted(curve["seconds"])  # the training clock
         assert all(0 <= acc <= 1 for acc in curve["test_accuracy"])
         assert 0 <= e["final_test_accuracy"] <= 1 and e["final_test_subset_accuracy"] == curve["test_accuracy"][-1]
-        at = results.first_at_target(train["train_accuracy"], 0.6)
+        at = comparison.first_at_target(train["train_accuracy"], TARGET)
         assert e["status"] == ("exhausted" if at is None else "reached")
         assert e["steps_to_target"] == (None if at is None else train["step"][at])
         assert e["seconds_to_target"] == (None if at is None else train["seconds"][at])
-        drops, largest = results.accuracy_drops(curve["test_accuracy"], 0.01)
+        drops, largest = comparison.drops(curve["test_accuracy"], 0.01)
         assert e["instability"] == {"drops": drops, "largest_drop": largest, "threshold": 0.01}
 
 
@@ -120,7 +125,7 @@ def test_read_valley_refuses_what_lr_valley_did_not_write(tmp_path):
     write_valley(tmp_path / "no_members", {**VALLEY, "members": [{"optimizer": "adam"}]})
     for path, needle in [(tmp_path / "nothing.json", "no such file"), (tmp_path, "no results.json in that folder"),
                          (tmp_path / "garbage.json", "garbage.json is unreadable (JSONDecodeError"),
-                         (tmp_path / "list.json", "not lr_valley's results of schema version 1 (a JSON list)"),
+                         (tmp_path / "list.json", "not lr_valley's results of schema version 1 or 2 (a JSON list)"),
                          (tmp_path / "no_members", "its members lack some of")]:
         with pytest.raises(ValueError, match=re.escape(needle)):
             results.read_valley(path)
@@ -129,18 +134,18 @@ def test_read_valley_refuses_what_lr_valley_did_not_write(tmp_path):
 def test_accuracy_drops_counts_evaluations_below_the_best_so_far():
     accuracy = [0.5, 0.9, 0.885, 0.95, 0.93, 0.7, 0.96, 0.955, 0.945]
     # best before each: -, 0.5, 0.9, 0.9, 0.95, 0.95, 0.95, 0.96, 0.96 -> drops 0.015, 0.02, 0.25, 0.015
-    drops, largest = results.accuracy_drops(accuracy, 0.01)
+    drops, largest = comparison.drops(accuracy, 0.01)
     assert drops == 4 and largest == pytest.approx(0.25)
-    assert results.accuracy_drops(accuracy, 0.1) == (1, pytest.approx(0.25))
-    assert results.accuracy_drops([0.1, 0.5, 0.9], 0.01) == (0, 0.0)
-    assert results.accuracy_drops([], 0.01) == (0, 0.0)
+    assert comparison.drops(accuracy, 0.1) == (1, pytest.approx(0.25))
+    assert comparison.drops([0.1, 0.5, 0.9], 0.01) == (0, 0.0)
+    assert comparison.drops([], 0.01) == (0, 0.0)
 
 
 def test_comparison_entry_keeps_steps_to_target_of_a_member_that_diverged_after():
     record = {**member("adam", 0.01, "diverged"), "steps_trained": 35,
               "curve": {"step": [10, 20, 30, 35], "train_accuracy": [0.5, 0.97, 0.98, 0.4], "loss": [1, 1, 1, 9],
                         "seconds": [1.0, 2.0, 3.0, 3.5], "test_accuracy": [0.5, 0.96, 0.97, 0.3]}}
-    e = results.comparison_entry(record, {"from": "lrs"}, 0.97, 0.01, 100)
+    e = comparison.comparison_entry(record, {"from": "lrs"}, Target("accuracy", 0.97), "train_accuracy", 0.01, 100)
     assert e["status"] == "diverged" and e["steps_to_target"] == 20 and e["examples_to_target"] == 2000
     assert e["seconds_to_target"] == 2.0 and e["instability"]["drops"] == 1
     assert e["test_curve"] == {"step": [10, 20, 30, 35], "seconds": [1.0, 2.0, 3.0, 3.5],
@@ -149,7 +154,7 @@ def test_comparison_entry_keeps_steps_to_target_of_a_member_that_diverged_after(
 
 
 def test_parse_rate_pairs():
-    assert cli.parse_rate_pairs(["adam:0.001", " sgd : 1e-1"]) == {"adam": 0.001, "sgd": 0.1}
+    assert parse_rate_pairs(["adam:0.001", " sgd : 1e-1"]) == {"adam": 0.001, "sgd": 0.1}
 
 
 @pytest.mark.parametrize("entries,needle", [
@@ -164,13 +169,13 @@ def test_parse_rate_pairs():
 ])
 def test_parse_rate_pairs_refuses(entries, needle):
     with pytest.raises(ValueError, match=needle):
-        cli.parse_rate_pairs(entries)
+        parse_rate_pairs(entries)
 
 
 BAD = {
     "both": (["--lrs=adam:0.1", "--from_valley={valley}"], "--from_valley and --lrs are mutually exclusive"),
     "neither": ([], "give --from_valley=PATH"),
-    "wrong schema": (["--from_valley={tmp}/other"], "is not lr_valley's results of schema version 1"),
+    "wrong schema": (["--from_valley={tmp}/other"], "is not lr_valley's results of schema version 1 or 2"),
     "none reached": (["--from_valley={tmp}/unreached"], "reached the target there: nothing to compare"),
     "optimizer absent": (["--from_valley={valley}", "--optimizer=rmsprop"], "--optimizer=rmsprop: rmsprop not in"),
     "bad lrs": (["--lrs=adam:0.1,sgd:fast"], "--lrs: 'sgd:fast': the rate 'fast' is not a number"),

@@ -3,16 +3,18 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lrlab import optimizers
 
 
 def _one_step(name, grad, lr, **hp):
-    tx = optimizers.make_optimizer(name)
+    opt = optimizers.get(name)
+    tx = opt.make_tx()
     params = {"w": jnp.zeros(3)}
     hparams = optimizers.population_hparams(name, [lr], hp)
-    state = optimizers.init_population_state(tx, jax.tree_util.tree_map(lambda x: x[None], params), hparams)
+    state = opt.init_state(jax.tree_util.tree_map(lambda x: x[None], params), hparams)
     state = jax.tree_util.tree_map(lambda x: x[0], state)
     updates, state = tx.update({"w": grad}, state, params)
     return np.asarray(updates["w"]), state
@@ -35,7 +37,7 @@ def test_adagrad_matches_tf1_first_step():
 
 def test_momentum_matches_tf1_two_steps():
     # TF1 MomentumOptimizer(lr, 0.5): a = 0.5 a + g; update = -lr a
-    tx = optimizers.make_optimizer("momentum")
+    tx = optimizers.get("momentum").make_tx()
     state = tx.init({"w": jnp.zeros(3)})
     state.hyperparams["learning_rate"] = jnp.asarray(0.1)
     first, state = tx.update({"w": G}, state)
@@ -74,8 +76,55 @@ def test_parse_optimizer_list_rejects(text):
         optimizers.parse_optimizer_list(text)
 
 
+def test_adagrad_initial_accumulator_is_per_member():
+    """A hyperparameter used only at initialisation still differs per member (vmapped init)."""
+    opt = optimizers.get("adagrad")
+    hparams = optimizers.population_hparams("adagrad", [0.1, 0.1])
+    hparams["initial_accumulator"] = np.array([0.1, 2.0], np.float32)
+    state = opt.init_state({"w": jnp.zeros((2, 3))}, hparams)
+    updates, _ = jax.vmap(opt.make_tx().update)({"w": jnp.ones((2, 3))}, state, {"w": jnp.zeros((2, 3))})
+    np.testing.assert_allclose(updates["w"][:, 0], -0.1 / np.sqrt(np.array([0.1, 2.0]) + 1.0), rtol=1e-5)
+
+
+def test_any_factory_of_named_floats_is_an_optimizer():
+    opt = optimizers.optimizer(lambda learning_rate, weight_decay=1e-4: optax.adamw(learning_rate,
+                                                                                    weight_decay=weight_decay),
+                               name="adamw")
+    assert opt.names == ("learning_rate", "weight_decay") and opt.defaults() == {"weight_decay": 1e-4}
+    members = optimizers.grid(opt, learning_rate=[1e-3, 1e-2], weight_decay=[0.0, 0.1, 0.2])
+    assert members.size == 6 and members.varying() == ["learning_rate", "weight_decay"]
+    np.testing.assert_allclose(members.hparams["weight_decay"], [0.0, 0.1, 0.2] * 2, rtol=1e-6)
+    np.testing.assert_allclose(members.hparams["learning_rate"], [1e-3] * 3 + [1e-2] * 3, rtol=1e-6)
+    with pytest.raises(ValueError, match="name every hyperparameter"):
+        optimizers.optimizer(lambda learning_rate, **kw: optax.sgd(learning_rate))
+    with pytest.raises(ValueError, match="learning_rate"):
+        optimizers.optimizer(lambda lr: optax.sgd(lr))
+    with pytest.raises(ValueError, match="give weight_decay"):
+        optimizers.grid(optimizers.optimizer(lambda learning_rate, weight_decay: optax.adamw(learning_rate)),
+                        learning_rate=[0.1])
+
+
+def test_bad_values_are_refused_by_the_range_table():
+    with pytest.raises(ValueError, match=r"b1 must be finite and in \[0, 1\), got 1.5"):
+        optimizers.grid("adam", learning_rate=[1e-3], b1=1.5)
+    with pytest.raises(ValueError, match="learning_rate must be finite and in"):
+        optimizers.grid("sgd", learning_rate=[-1.0])
+    with pytest.raises(ValueError, match="adam has no hyperparameter momentum"):
+        optimizers.grid("adam", learning_rate=[1e-3], momentum=0.9)
+
+
+def test_the_command_line_flags_are_the_registry():
+    from lrlab import cli
+
+    for flag, (opt, hp) in cli.HPARAM_FLAGS.items():
+        assert optimizers.REGISTRY[opt].hparams[hp].default is not None
+    assert {"momentum", "adam_b1", "adam_b2", "adam_eps", "adagrad_initial_accumulator", "adadelta_rho",
+            "adadelta_eps", "rmsprop_decay", "rmsprop_eps", "rmsprop_initial_scale"} == set(cli.HPARAM_FLAGS)
+
+
 def test_new_learning_rates_do_not_recompile():
-    tx = optimizers.make_optimizer("adam")
+    opt = optimizers.get("adam")
+    tx = opt.make_tx()
     params_K = {"w": jnp.zeros((4, 3))}
 
     @jax.jit
@@ -84,7 +133,7 @@ def test_new_learning_rates_do_not_recompile():
 
     for lrs in ([1e-3, 1e-2, 0.1, 1.0], [5.0, 6.0, 7.0, 8.0]):
         hp = {"learning_rate": np.array(lrs, np.float32)}
-        state = optimizers.init_population_state(tx, params_K, hp)
+        state = opt.init_state(params_K, {**optimizers.population_hparams("adam", lrs), **hp})
         updates, _ = step(state, {"w": jnp.ones((4, 3))})
         np.testing.assert_allclose(updates["w"][:, 0], -np.array(lrs), rtol=1e-4)
     assert step._cache_size() == 1

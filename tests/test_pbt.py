@@ -13,9 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import hparams
-from lrlab import checkpoints, models, pbt, results, runner
+from conftest import hparams, make_cfg
+from lrlab import checkpoints, models, optimizers, population_based as pbt, results, runner, sweep, tasks
 from lrlab import population as pop_lib
+from lrlab.workdir import Workdir
 
 K = 10
 LR_K = np.geomspace(1e-4, 1.0, K).astype(np.float32)
@@ -45,8 +46,8 @@ def cli_runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def toy(cli_runs):
     """A population of K MLPs whose every leaf differs between members (so a copy shows)."""
-    cfg = pop_lib.EngineConfig(model=models.make_model("mlp"), optimizer="adam", distinct_seeds=True)
-    pop = pop_lib.init_population(cfg, hparams("adam", LR_K), (28, 28, 1), seed=0)
+    cfg = make_cfg("adam", model=models.make_model("mlp"), distinct_seeds=True)
+    pop = pop_lib.init_population(cfg, hparams("adam", LR_K), seed=0)
 
     def distinct(x):
         offset = jnp.arange(K).reshape((K,) + (1,) * (x.ndim - 1))
@@ -55,7 +56,7 @@ def toy(cli_runs):
     pop = pop.replace(params=jax.tree_util.tree_map(distinct, pop.params),
                       opt_state=jax.tree_util.tree_map(distinct, pop.opt_state),
                       steps_trained=jnp.full((K,), 100, jnp.int32) + jnp.arange(K, dtype=jnp.int32),
-                      train_accuracy=jnp.asarray(SCORE_K), loss=jnp.arange(K, dtype=jnp.float32))
+                      target_value=jnp.asarray(SCORE_K), loss=jnp.arange(K, dtype=jnp.float32))
     hyper = dict(pop.opt_state.hyperparams, learning_rate=jnp.asarray(LR_K))  # distinct() shifted them
     return pop.replace(opt_state=pop.opt_state._replace(hyperparams=hyper))
 
@@ -177,15 +178,17 @@ def test_lineage_follows_sources_back():
 
 
 def test_parse_explore():
-    assert pbt.parse_explore(["learning_rate"], "adam") == (LR_BOUND,)
-    assert pbt.parse_explore(["b1:0.5:0.95", "eps"], "adam") == (pbt.Bound("b1", 0.5, 0.95, False),
-                                                                 pbt.Bound("eps", 1e-10, 1e-4, True))
+    adam = optimizers.get("adam")
+    assert pbt.parse_explore(["learning_rate"], adam) == (LR_BOUND,)
+    assert pbt.parse_explore(["b1:0.5:0.95", "eps"], adam) == (pbt.Bound("b1", 0.5, 0.95, False),
+                                                               pbt.Bound("eps", 1e-10, 1e-4, True))
     for entries, needle in [(["momentum"], "adam has no hyperparameter 'momentum'"), (["b1", "b1"], "twice"),
                             (["b1:0.9"], "is not NAME or NAME:LOW:HIGH"), (["b1:0.9:0.5"], "low < high"),
-                            (["learning_rate:0:1"], "needs low > 0"), (["b1:a:1"], "could not convert"),
-                            ([], "at least")]:
+                            (["learning_rate:0:1"], r"learning_rate must be finite and in \(0, inf\]"),
+                            (["b1:0.5:1.5"], r"b1 must be finite and in \[0, 1\), got 1.5"),
+                            (["b1:a:1"], "could not convert"), ([], "at least")]:
         with pytest.raises(ValueError, match=needle):
-            pbt.parse_explore(entries, "adam")
+            pbt.parse_explore(entries, adam)
 
 
 class StopAfter:
@@ -217,32 +220,34 @@ def check_lineage(r):
                 1e-6 <= lr[e + 1][m] <= 100)
     np.testing.assert_array_equal(np.asarray(r.final.opt_state.hyperparams["learning_rate"]), lr[-1])
     slots = r.best_lineage
-    assert slots[-1] == r.best_member == int(np.argmax(r.accuracy_TK[-1]))
+    assert slots[-1] == r.best_member == int(np.argmax(r.value_TK[-1]))
     for e, source_K in enumerate(r.sources_EK):
         assert slots[e] == source_K[slots[e + 1]]
     schedule = r.schedule_of("learning_rate")
     assert schedule["step"] == [0, *r.event_steps.tolist()] and schedule["slot"] == slots.tolist()
     assert schedule["learning_rate"] == [float(lr[i, s]) for i, s in enumerate(slots)]
     interval = pbt.interval_of(r.step_T, r.event_steps)
-    assert r.lineage_accuracy().tolist() == [r.accuracy_TK[t, slots[i]] for t, i in enumerate(interval)]
+    assert r.lineage_values().tolist() == [r.value_TK[t, slots[i]] for t, i in enumerate(interval)]
 
 
 def test_command_and_a_resumed_run_agree_on_a_consistent_lineage(cli_runs, mnist, tmp_path):
     """The command's run (uninterrupted) against the same run in process, stopped by SIGTERM after
     two segments and resumed from its checkpoint: the same curves, events, rates and lineage."""
     root, procs = cli_runs
-    settings = runner.SweepSettings(model=models.make_model("mlp"), budget=runner.Budget(0.99, 40, None, 10),
-                                    batch_size=32, eval_examples=250, progress=False,
-                                    checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1)
+    settings = sweep.SweepSettings(budget=runner.Budget(40, None, 10), batch_size=32, eval_examples=250,
+                                   progress=False)
+    task = tasks.image_classification(models.make_model("mlp"), mnist, target_accuracy=0.99)
     cfg = pbt.PBTConfig(ready_steps=10)
-    hp = hparams("adam", np.geomspace(1e-4, 1.0, 4))
-    with pytest.raises(checkpoints.Interrupted):
-        pbt.run_pbt(mnist, "adam", hp, cfg, settings, stop=StopAfter(2))  # after 20 steps and 2 ready events
-    r = pbt.run_pbt(mnist, "adam", hp, cfg, settings)
+    members = optimizers.grid("adam", learning_rate=np.geomspace(1e-4, 1.0, 4))
+    hp = members.hparams
+    with Workdir(tmp_path, "pbt", checkpoint_every=1) as run, pytest.raises(checkpoints.Interrupted):
+        pbt.run_pbt(task, members, cfg, settings, scope=run.scope(), stop=StopAfter(2))  # after 2 ready events
+    with Workdir(tmp_path, "pbt", checkpoint_every=1) as run:
+        r = pbt.run_pbt(task, members, cfg, settings, scope=run.scope())
     assert r.step_T.tolist() == [10, 20, 30, 40] and r.event_steps.tolist() == [10, 20, 30]
     assert r.model_steps == 4 * 40 and r.stopped_by == "max_steps" and r.steps_to_target is None
     np.testing.assert_array_equal(r.hparams_E1K["learning_rate"][0], hp["learning_rate"])
-    np.testing.assert_array_equal(r.scores_EK, r.accuracy_TK[:3])  # ranked at the ready step's evaluation
+    np.testing.assert_array_equal(r.scores_EK, r.value_TK[:3])  # ranked at the ready step's evaluation
     check_lineage(r)
 
     out, err = procs["run"].communicate(timeout=300)
@@ -253,10 +258,11 @@ def test_command_and_a_resumed_run_agree_on_a_consistent_lineage(cli_runs, mnist
     s = json.loads((workdir / "results.json").read_text())
     assert s["experiment"] == "pbt" and s["members"] == 4 and s["steps_run"] == 40 and s["model_steps"] == 160
     assert s["stopped_by"] == "max_steps" and s["steps_to_target"] is None  # 99%: out of reach in 40 steps
-    mine = json.loads(json.dumps(results._finite_or_none(pbt.result_json(r, None, 32))))  # as written there
+    mine = json.loads(json.dumps(results.finite_or_none(pbt.result_json(r, "train_accuracy", None, 32))))
     for key in ("initial_hyperparameters", "events", "curves", "hyperparameter_schedules", "steps_run"):
-        assert s[key] == mine[key], key
-    s["best"]["final_test_accuracy"] = None
+        assert s[key] == mine[key], key  # as written there
+    for key in ("final_test_accuracy", "final_test_loss"):
+        s["best"].pop(key)
     assert s["best"] == mine["best"]
     assert pbt.format_summary(s).splitlines()[0].startswith("PBT adam: 4 members, 3 ready events")
     out, err = procs["bad"].communicate(timeout=300)

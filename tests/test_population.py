@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import hparams, make_cfg, run_population
+from lrlab import optimizers, runner, sweep
 from lrlab import population as pop_lib
-from lrlab import runner
+from lrlab.workdir import NO_SCOPE
 
 LRS = [1e-3, 3e-3, 1e-2, 3e-2]
 
@@ -21,7 +22,7 @@ def _assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
 
 @pytest.mark.parametrize("member_chunk", [0, 2])  # CPU default: all 4 in one vmap; 2: a loop of 2 chunks
 def test_population_equals_independent_runs(small_data, member_chunk):
-    budget = runner.Budget(target_accuracy=1.0, max_steps=30, eval_every=10)
+    budget = runner.Budget(max_steps=30, eval_every=10)
     cfg = make_cfg(member_chunk=member_chunk)
     together = run_population(cfg, LRS, small_data, budget)
     single_cfg = make_cfg()
@@ -36,11 +37,12 @@ def test_population_equals_independent_runs(small_data, member_chunk):
 
 
 def test_sequential_mode_equals_vectorized(small_data):
-    budget = runner.Budget(target_accuracy=0.6, max_steps=40, eval_every=10)
-    cfg = make_cfg()
-    vec = run_population(cfg, LRS, small_data, budget)
-    seq = runner.train_sequential(cfg, hparams("adam", LRS), small_data, budget, 0, jax.random.PRNGKey(1),
-                                  (28, 28, 1), progress=False)
+    budget = runner.Budget(max_steps=40, eval_every=10)
+    cfg = make_cfg(target=0.6)
+    vec = run_population(cfg, LRS, small_data, budget, seed=0)
+    settings = sweep.SweepSettings(budget=budget, batch_size=32, seed=0, progress=False)
+    seq = sweep.train_sequential(cfg, optimizers.grid("adam", learning_rate=LRS), small_data, settings,
+                                 NO_SCOPE, {})
     np.testing.assert_array_equal(vec.final.status, seq.final.status)
     np.testing.assert_array_equal(vec.final.steps_to_target, seq.final.steps_to_target)
     _assert_trees_close(vec.final.params, seq.final.params)
@@ -52,7 +54,7 @@ def test_divergent_member_is_frozen_and_contained(small_data, member_chunk):
     """With member_chunk=1 every member runs the same one-member program, so even a population of
     another size is bit-identical; with the default chunking a population of another size differs
     by float rounding (vmap width changes the kernels), a population of the same size does not."""
-    budget = runner.Budget(target_accuracy=1.0, max_steps=20, eval_every=10)
+    budget = runner.Budget(max_steps=20, eval_every=10)
     cfg = make_cfg("sgd", member_chunk=member_chunk)
     with_huge = run_population(cfg, [1e-2, 1e30, 3e-2], small_data, budget, repack=False)
     sane = run_population(cfg, [1e-2, 1e-2, 3e-2], small_data, budget, repack=False)
@@ -74,8 +76,8 @@ def test_divergent_member_is_frozen_and_contained(small_data, member_chunk):
 
 
 def test_steps_to_target_is_first_evaluation_at_target(small_data):
-    budget = runner.Budget(target_accuracy=0.5, max_steps=60, eval_every=10)
-    out = run_population(make_cfg(), [1e-5, 3e-3, 1e-2], small_data, budget)
+    budget = runner.Budget(max_steps=60, eval_every=10)
+    out = run_population(make_cfg(target=0.5), [1e-5, 3e-3, 1e-2], small_data, budget)
     reached_any = False
     for i, curve in enumerate(out.curves):
         hits = [s for s, a in zip(curve["step"], curve["train_accuracy"]) if a >= 0.5]
@@ -92,10 +94,10 @@ def test_steps_to_target_is_first_evaluation_at_target(small_data):
 
 
 def test_repacking_keeps_results_and_shrinks_population(small_data):
-    budget = runner.Budget(target_accuracy=0.5, max_steps=60, eval_every=10)
+    budget = runner.Budget(max_steps=60, eval_every=10)
     lrs = [1e-5, 2e-5, 3e-3, 1e-2, 1e30]
-    packed = run_population(make_cfg(), lrs, small_data, budget, repack=True)
-    unpacked = run_population(make_cfg(), lrs, small_data, budget, repack=False)
+    packed = run_population(make_cfg(target=0.5), lrs, small_data, budget, repack=True)
+    unpacked = run_population(make_cfg(target=0.5), lrs, small_data, budget, repack=False)
     assert packed.population_sizes[0] == 5 and packed.population_sizes[-1] < 5
     np.testing.assert_array_equal(packed.final.status, unpacked.final.status)
     np.testing.assert_array_equal(packed.final.steps_to_target, unpacked.final.steps_to_target)
@@ -108,15 +110,15 @@ def test_repacking_keeps_results_and_shrinks_population(small_data):
 def test_learning_rates_are_data_not_constants(small_data):
     cfg = make_cfg()
     programs = runner.Programs(cfg)
-    budget = runner.Budget(target_accuracy=1.0, max_steps=10, eval_every=10)
+    budget = runner.Budget(max_steps=10, eval_every=10)
     for lrs in ([1e-3, 1e-2], [5e-1, 7e-4]):
-        pop = pop_lib.init_population(cfg, hparams("adam", lrs), (28, 28, 1), 0)
+        pop = pop_lib.init_population(cfg, hparams("adam", lrs), 0)
         runner.train(pop, small_data, budget, jax.random.PRNGKey(0), programs, progress=False)
     assert len(programs._compiled) == 1
 
 
 def test_max_seconds_exhausts_running_members(small_data):
-    budget = runner.Budget(target_accuracy=1.0, max_steps=1000, eval_every=5, max_seconds=1e-6)
+    budget = runner.Budget(max_steps=1000, eval_every=5, max_seconds=1e-6)
     out = run_population(make_cfg(), [1e-3, 1e-2], small_data, budget)
     assert list(out.final.status) == [pop_lib.EXHAUSTED] * 2
     assert list(out.final.steps_trained) == [5, 5]
@@ -130,17 +132,21 @@ def test_max_seconds_exhausts_running_members(small_data):
     (5, 10, 3_478, 5),  # an explicit request wins
 ])
 def test_member_chunk_size(requested, k, weights, expected):
-    assert pop_lib.member_chunk_size(requested, k, weights) == expected
+    assert pop_lib.member_chunk_size(requested, k, weights, backend="cpu") == expected
+
+
+def test_member_chunk_size_elsewhere_is_one_vmap():
+    assert pop_lib.member_chunk_size(0, 48, 3_274_634, backend="gpu") == 48
 
 
 def test_distinct_seeds_give_each_member_its_own_run(small_data):
     """--distinct_seeds: own initialisation and batch order per member, still equal to its lone run."""
-    budget = runner.Budget(target_accuracy=1.0, max_steps=20, eval_every=10)
+    budget = runner.Budget(max_steps=20, eval_every=10)
     cfg = make_cfg(distinct_seeds=True)
     lrs = [3e-3, 3e-3]
     vec = run_population(cfg, lrs, small_data, budget)
-    seq = runner.train_sequential(cfg, hparams("adam", lrs), small_data, budget, 0, jax.random.PRNGKey(1),
-                                  (28, 28, 1), progress=False)
+    settings = sweep.SweepSettings(budget=budget, batch_size=32, seed=0, progress=False)
+    seq = sweep.train_sequential(cfg, optimizers.grid("adam", learning_rate=lrs), small_data, settings, NO_SCOPE, {})
     first = jax.tree_util.tree_leaves(vec.final.params)[0]
     assert not np.allclose(first[0], first[1])  # same rate, different runs
     _assert_trees_close(vec.final.params, seq.final.params)

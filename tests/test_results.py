@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import numpy as np
 import pytest
 
@@ -30,9 +31,28 @@ RECORDS = [
 
 def test_best_and_band():
     best, band = results.best_and_band(RECORDS[:5])
-    assert best["learning_rate"] == 1e-1  # fewest steps; tie broken by seconds
+    assert best["learning_rate"] == 1e-2  # fewest steps; tie broken by the lower rate (not the seconds)
     assert band == (1e-3, 1e-1)
     assert results.best_and_band(RECORDS[5:]) == (None, None)
+
+
+def test_every_consumer_of_the_best_rate_picks_the_same_member():
+    """One rule: lr_valley's table, optimizer_comparison --from_valley, model_scaling's best rate per
+    width and search_compare's scoring agree on tied members (here: 0.01 and 0.1 at 100 steps)."""
+    from lrlab import comparison, scaling
+    from lrlab.curves import rates_from_valley
+    from lrlab.valley import ValleyResult
+
+    valley = RECORDS[:5]
+    expected = 1e-2
+    assert results.best_member(valley)["learning_rate"] == expected
+    assert results.best_rates(valley, ["adam"])["adam"]["learning_rate"] == expected
+    assert rates_from_valley(valley, ["adam"])[0] == {"adam": expected}
+    assert scaling.best_rate_per_width([{**r, "width": 1.0, "parameters": 10} for r in valley])[0]["learning_rate"] \
+        == expected
+    assert comparison.score_members("grid48", 1, valley, 100)["found_lr"] == expected
+    assert ValleyResult({"members": valley}).best()["learning_rate"] == expected
+    assert f"best learning rate {expected:.4g} " in results.format_table(valley, 50)
 
 
 def test_orbax_round_trip(tmp_path):
@@ -40,9 +60,9 @@ def test_orbax_round_trip(tmp_path):
     results.save_orbax(tmp_path / "r", tree)
     restored = results.restore_orbax(tmp_path / "r")
     assert set(restored) == {"adam", "sgd"}
-    for opt in tree:
-        for field, value in tree[opt].items():
-            np.testing.assert_array_equal(restored[opt][field], value)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, restored, tree)
+    np.testing.assert_array_equal(restored["adam"]["hyperparameters"]["learning_rate"], [1e-4, 1e-3, 1e-2, 0.1, 10.0])
+    np.testing.assert_array_equal(restored["adam"]["final_test_accuracy"], [0.4] * 4 + [np.nan])
     assert list(restored["adam"]["steps_to_target"]) == [-1, 150, 100, 100, -1]
     assert list(restored["adam"]["status"]) == [3, 1, 1, 1, 2]
 
@@ -69,7 +89,7 @@ def test_failed_write_leaves_old_file_intact(tmp_path):
 
 def test_table_names_best_rate_and_band():
     text = results.format_table(RECORDS, eval_every=50)
-    assert "adam: best learning rate 0.1 (100 steps, 10000 examples, 2.0 s)" in text
+    assert "adam: best learning rate 0.01 (100 steps, 10000 examples, 2.5 s)" in text
     assert "band that reached the target: 0.001 to 0.1 (3 of 5 rates)" in text
     assert "sgd: no learning rate reached the target" in text
     assert math.isnan(RECORDS[4]["final_test_accuracy"])

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from lrlab import optimizers
-from lrlab.schedules import ScheduleSpec, factor_schedule
+from lrlab.lr_schedules import ScheduleSpec, factor_schedule
 
 STEPS = np.arange(0, 120)
 
@@ -41,11 +41,12 @@ def test_warmup_ramps_linearly_to_the_peak_then_follows_the_schedule():
 def test_each_members_rate_is_its_peak_times_the_factor(optimizer):
     """Per-member peaks, vmapped: SGD's update at step t is -peak * factor(t) * gradient."""
     spec = ScheduleSpec("step", decay_steps=2, decay_factor=0.5, warmup_steps=0)
-    tx = optimizers.make_optimizer(optimizer, schedule=spec)
+    opt = optimizers.get(optimizer)
+    tx = opt.make_tx(schedule=spec)
     peaks = np.array([0.1, 1.0, 3.0], np.float32)
     hparams = optimizers.population_hparams(optimizer, peaks, {"momentum": 0.0})
     params = {"w": jnp.zeros((3, 2))}
-    state = optimizers.init_population_state(tx, params, hparams)
+    state = opt.init_state(params, hparams, schedule=spec)
     grads = {"w": jnp.ones((3, 2))}
     for t in range(5):
         updates, state = jax.vmap(tx.update)(grads, state, params)

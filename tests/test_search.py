@@ -7,17 +7,24 @@ import math
 import subprocess
 import sys
 
+import types
+
 import numpy as np
 import pytest
 
-from lrlab import runner, search
+from lrlab import optimizers, runner, search, sweep
+from lrlab.tasks import Target
+from lrlab.workdir import Workdir
 
-BUDGET = runner.Budget(target_accuracy=0.97, max_steps=1000, eval_every=10)
+BUDGET = runner.Budget(max_steps=1000, eval_every=10)
+TARGET = Target("accuracy", 0.97)
+TASK = types.SimpleNamespace(target=TARGET, target_key="train_accuracy")  # what the searches read of a task
 LR = (1e-6, 100.0, True)
+ADAM = optimizers.get("adam")
 
 
 def test_sample_random_reproducible_within_bounds_log_uniform():
-    ranges = search.parse_ranges(["learning_rate:1e-6:100", "b1:0.8:0.99"], "adam")
+    ranges = search.parse_ranges(["learning_rate:1e-6:100", "b1:0.8:0.99"], ADAM)
     s = search.sample_random(ranges, 4000, seed=0)
     assert all(v.dtype == np.float32 and v.shape == (4000,) for v in s.values())
     np.testing.assert_array_equal(s["learning_rate"], search.sample_random(ranges, 4000, seed=0)["learning_rate"])
@@ -33,17 +40,18 @@ def test_sample_random_reproducible_within_bounds_log_uniform():
 
 
 def test_parse_ranges_scales():
-    assert search.parse_ranges(["learning_rate:1e-5:1", "momentum:0.5:0.99"], "momentum") == {
+    assert search.parse_ranges(["learning_rate:1e-5:1", "momentum:0.5:0.99"], optimizers.get("momentum")) == {
         "learning_rate": (1e-5, 1.0, True), "momentum": (0.5, 0.99, False)}
-    assert search.parse_ranges(["learning_rate:0:1:linear", "eps:1e-9:1e-6", "b2:0.9:0.9999:log"], "adam") == {
-        "learning_rate": (0.0, 1.0, False), "eps": (1e-9, 1e-6, True), "b2": (0.9, 0.9999, True)}
+    assert search.parse_ranges(["learning_rate:1e-6:1:linear", "eps:1e-9:1e-6", "b2:0.9:0.9999:log"], ADAM) == {
+        "learning_rate": (1e-6, 1.0, False), "eps": (1e-9, 1e-6, True), "b2": (0.9, 0.9999, True)}
 
 
 @pytest.mark.parametrize("entries, optimizer, message", [
     (["learning_rate:1e-5:1", "momentum:0.1:0.9"], "adam", "adam has no hyperparameter 'momentum'"),
     (["learning_rate:1:0.1"], "adam", "need finite LOW < HIGH"),
     (["learning_rate:0:1"], "adam", "log-scale range needs LOW > 0"),
-    (["learning_rate:1e-5:1", "b1:0.5:1.5"], "adam", "b1 must lie in [0, 1]"),
+    (["learning_rate:1e-5:1", "b1:0.5:1.5"], "adam", "b1 must be finite and in [0, 1), got 1.5"),
+    (["learning_rate:0:1:linear"], "adam", "learning_rate must be finite and in (0, inf], got 0"),
     (["learning_rate:1e-5:1:cubic"], "adam", "scale must be log or linear"),
     (["learning_rate:1e-5"], "adam", "is not NAME:LOW:HIGH"),
     (["learning_rate:a:1"], "adam", "must be numbers"),
@@ -51,8 +59,9 @@ def test_parse_ranges_scales():
     (["b1:0.8:0.99"], "adam", "must include learning_rate"),
 ])
 def test_parse_ranges_errors(entries, optimizer, message):
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        search.parse_ranges(entries, optimizer)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        search.parse_ranges(entries, optimizers.get(optimizer))
 
 
 def record(status, steps=None, curve=(), lr=1e-3):
@@ -65,18 +74,19 @@ def test_objective_ordering():
     ranked = [record("reached", 200), record("reached", 1000), record("exhausted", curve=[0.5, 0.96, 0.9]),
               record("pruned", curve=[0.8]), record("exhausted", curve=[0.1]),
               record("diverged", curve=[0.97 - 1e-6, float("nan")])]
-    values = [search.objective(r, BUDGET) for r in ranked]
+    values = [search.objective(r, BUDGET.max_steps, TARGET, "train_accuracy") for r in ranked]
     assert values == sorted(values) and len(set(values)) == len(values), values
     assert values[:2] == [200.0, 1000.0]
     assert values[2] == pytest.approx(1000 * (1 + 0.97 - 0.96))  # ranked by the best accuracy, not the last
 
 
 def synthetic_sweep(calls):
-    """Stands in for runner.run_sweep: a valley around lr 1e-3 (steps 100 + 300 per decade away),
+    """Stands in for sweep.run_sweep: a valley around lr 1e-3 (steps 100 + 300 per decade away),
     exhausted beyond a decade (accuracy falling), diverged above lr 3."""
-    def run_sweep(dataset, population_hparams, static_overrides, settings, stop=None):
-        (optimizer, hparams_K), = population_hparams.items()
-        calls.append({"hparams": hparams_K, "checkpoint_dir": settings.checkpoint_dir, "static": static_overrides})
+    def run_sweep(task, populations, settings, scope=None, stop=None):
+        (members,) = populations
+        optimizer, hparams_K = members.name, members.hparams
+        calls.append({"hparams": hparams_K, "scope": scope.parts})
         records = []
         for i, lr in enumerate(hparams_K["learning_rate"]):
             d = abs(math.log10(lr) + 3)
@@ -90,8 +100,7 @@ def synthetic_sweep(calls):
     return run_sweep
 
 
-def settings(tmp_path):
-    return runner.SweepSettings(model=None, budget=BUDGET, checkpoint_dir=tmp_path / "checkpoints")
+SETTINGS = sweep.SweepSettings(budget=BUDGET)
 
 
 def test_propose_within_bounds_and_reproducible():
@@ -118,14 +127,13 @@ def test_propose_within_bounds_and_reproducible():
 
 def test_bayes_search_rounds(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(runner, "run_sweep", synthetic_sweep(calls))
+    monkeypatch.setattr(search, "run_sweep", synthetic_sweep(calls))
     ranges = {"learning_rate": LR}
-    run = lambda seed: search.bayes_search(None, "adam", ranges, 4, 8, settings(tmp_path), seed,
-                                           overrides={"b2": 0.99}, static_overrides=(("x", 1.0),))
+    run = lambda seed: search.train_bayes(TASK, "adam", ranges, 4, 8, SETTINGS, seed, overrides={"b2": 0.99},
+                                           scope=Workdir(tmp_path, "bayes_search").scope())
     result = run(0)
-    assert [c["checkpoint_dir"] for c in calls] == [tmp_path / "checkpoints" / f"round-{r}" for r in range(4)]
-    assert all(np.all(c["hparams"]["b2"] == np.float32(0.99)) and c["static"] == {"adam": (("x", 1.0),)}
-               for c in calls)
+    assert [c["scope"] for c in calls] == [(f"round-{r}",) for r in range(4)]
+    assert all(np.all(c["hparams"]["b2"] == np.float32(0.99)) for c in calls)
     assert [t["round"] for t in result.trials] == [r for r in range(4) for _ in range(8)]
     assert [t["optuna_trial"] for t in result.trials] == list(range(32))
     assert result.total_model_steps == sum(t["steps_trained"] for t in result.trials)
@@ -145,15 +153,16 @@ def test_bayes_search_rounds(monkeypatch, tmp_path):
 
 def test_random_search_one_population(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(runner, "run_sweep", synthetic_sweep(calls))
+    monkeypatch.setattr(search, "run_sweep", synthetic_sweep(calls))
     ranges = {"learning_rate": LR, "b1": (0.8, 0.99, False)}
-    result = search.random_search(None, "adam", ranges, 12, settings(tmp_path), seed=3)
+    result = search.train_random(TASK, "adam", ranges, 12, SETTINGS, seed=3,
+                                  scope=Workdir(tmp_path, "random_search").scope())
     (call,) = calls
     sampled = search.sample_random(ranges, 12, 3)
     np.testing.assert_array_equal(call["hparams"]["learning_rate"], sampled["learning_rate"])
     np.testing.assert_array_equal(call["hparams"]["b1"], sampled["b1"])
     assert np.all(call["hparams"]["b2"] == np.float32(0.999))  # not searched: the default
-    assert call["checkpoint_dir"] == tmp_path / "checkpoints" / "round-0"
+    assert call["scope"] == ("round-0",)
     assert len(result.rounds) == 1 and result.rounds[0]["cumulative_model_steps"] == result.total_model_steps
 
 

@@ -3,19 +3,18 @@ scaling skips overflowing steps, batch-norm statistics are per member and used a
 augmentation is deterministic from the seed, early stopping keeps the best variables, and
 successive halving prunes the right members at its rungs."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import hparams, make_cfg, run_population
+from conftest import hparams, image_task, make_cfg, run_population
 from lrlab import data as data_lib
-from lrlab import models, pruning, runner
+from lrlab import models, optimizers, packing, pruning, runner, sweep, tasks
 from lrlab import population as pop_lib
 
-BUDGET = runner.Budget(target_accuracy=2.0, max_steps=20, eval_every=10)  # unreachable target: all train 20
+BUDGET = runner.Budget(max_steps=20, eval_every=10)
+UNREACHABLE = 2.0  # a target accuracy no member reaches: all train 20 steps
 
 
 def _leaves(tree):
@@ -23,8 +22,8 @@ def _leaves(tree):
 
 
 def test_bfloat16_keeps_float32_master_weights_and_tracks_float32(small_data):
-    f32 = run_population(make_cfg(), [1e-3, 3e-3], small_data, BUDGET)
-    bf16 = run_population(make_cfg(dtype="bfloat16"), [1e-3, 3e-3], small_data, BUDGET)
+    f32 = run_population(make_cfg(target=UNREACHABLE), [1e-3, 3e-3], small_data, BUDGET)
+    bf16 = run_population(make_cfg(dtype="bfloat16", target=UNREACHABLE), [1e-3, 3e-3], small_data, BUDGET)
     assert all(x.dtype == np.float32 for x in _leaves(bf16.final.params))
     assert all(x.dtype == np.float32 for x in _leaves(bf16.final.opt_state) if np.issubdtype(x.dtype, np.floating))
     assert not all(np.array_equal(a, b) for a, b in zip(_leaves(bf16.final.params), _leaves(f32.final.params)))
@@ -33,11 +32,11 @@ def test_bfloat16_keeps_float32_master_weights_and_tracks_float32(small_data):
 
 def test_float16_overflow_skips_the_step_and_halves_the_scale(small_data):
     cfg = make_cfg(dtype="float16")
-    pop = pop_lib.init_population(cfg, hparams("adam", [1e-3, 1e-3]), (28, 28, 1), 0)
+    pop = pop_lib.init_population(cfg, hparams("adam", [1e-3, 1e-3]), 0)
     assert np.all(np.asarray(pop.loss_scale) == pop_lib.FLOAT16_INITIAL_SCALE)
     pop = pop.replace(loss_scale=jnp.array([pop_lib.FLOAT16_INITIAL_SCALE, 2.0**100], jnp.float32))
     before = jax.tree_util.tree_map(np.asarray, pop)  # the segment donates `pop`
-    step = pop_lib.make_segment_fn(cfg, 1)
+    step = packing.make_segment_fn(cfg, 1)
     new, _ = step(pop, small_data, jnp.int32(0), jax.random.PRNGKey(1), jnp.float32(2.0), jnp.int32(10))
     assert list(np.asarray(new.status)) == [pop_lib.RUNNING, pop_lib.RUNNING]  # not diverged
     assert float(new.loss_scale[1]) == 2.0**99  # overflowed: halved ...
@@ -48,7 +47,7 @@ def test_float16_overflow_skips_the_step_and_halves_the_scale(small_data):
 
 
 def test_batch_norm_statistics_are_per_member_and_equal_independent_runs(small_data):
-    cfg = make_cfg(model=models.make_model("small_cnn", batch_norm=True))
+    cfg = make_cfg(model=models.make_model("small_cnn", batch_norm=True), target=UNREACHABLE)
     together = run_population(cfg, [1e-3, 1e-2], small_data, BUDGET)
     alone = run_population(cfg, [1e-2], small_data, BUDGET)
     stats = together.final.model_state["batch_stats"]
@@ -57,21 +56,21 @@ def test_batch_norm_statistics_are_per_member_and_equal_independent_runs(small_d
     for a, b in zip(_leaves(stats), _leaves(alone.final.model_state["batch_stats"])):
         np.testing.assert_allclose(a[1], b[0], rtol=2e-4, atol=1e-6)
     # evaluation uses the running averages: one image's logits do not depend on the rest of the batch
-    model, variables = cfg.model, jax.tree_util.tree_map(lambda x: x[1], together.final.variables)
-    x = data_lib.to_float(small_data.eval_images[:8])
+    model, variables = cfg.task.model.module, jax.tree_util.tree_map(lambda x: x[1], together.final.variables)
+    x = data_lib.to_float(small_data.eval["image"][:8])
     np.testing.assert_allclose(model.apply(variables, x[:1]), model.apply(variables, x)[:1], rtol=1e-5, atol=1e-5)
 
 
 def test_augmentation_is_deterministic_from_the_seed(small_data):
-    images = data_lib.to_float(small_data.eval_images[:4])
+    images = data_lib.to_float(small_data.eval["image"][:4])
     a = data_lib.augment_batch(jax.random.PRNGKey(0), images, 2.0, 10.0)
     np.testing.assert_array_equal(a, data_lib.augment_batch(jax.random.PRNGKey(0), images, 2.0, 10.0))
     assert not np.allclose(a, data_lib.augment_batch(jax.random.PRNGKey(1), images, 2.0, 10.0))
     assert not np.allclose(a, images)
     np.testing.assert_allclose(data_lib.augment_batch(jax.random.PRNGKey(0), images, 0.0, 0.0), images, atol=1e-6)
-    cfg = make_cfg(augment=(2.0, 10.0))
+    cfg = make_cfg(augment=True, target=UNREACHABLE)
     first, second = (run_population(cfg, [3e-3], small_data, BUDGET) for _ in range(2))
-    plain = run_population(make_cfg(), [3e-3], small_data, BUDGET)
+    plain = run_population(make_cfg(target=UNREACHABLE), [3e-3], small_data, BUDGET)
     jax.tree_util.tree_map(np.testing.assert_array_equal, first.final.params, second.final.params)
     assert not np.allclose(_leaves(first.final.params)[0], _leaves(plain.final.params)[0])
 
@@ -80,39 +79,35 @@ def test_early_stopping_update_keeps_the_best_and_stops_after_patience():
     pop = pop_lib.Population(
         params={"w": jnp.zeros((2, 3))}, opt_state=(), rng=jnp.zeros((2, 2), jnp.uint32),
         member=jnp.arange(2), status=jnp.zeros(2, jnp.int32), steps_trained=jnp.zeros(2, jnp.int32),
-        steps_to_target=jnp.full(2, -1), train_accuracy=jnp.zeros(2), loss=jnp.zeros(2),
-        best={"params": {"w": jnp.zeros((2, 3))}}, best_accuracy=jnp.full(2, -1.0), evals_since_best=jnp.zeros(2, jnp.int32))
+        steps_to_target=jnp.full(2, -1), target_value=jnp.zeros(2), loss=jnp.zeros(2),
+        best={"params": {"w": jnp.zeros((2, 3))}}, best_score=jnp.full(2, -jnp.inf), evals_since_best=jnp.zeros(2, jnp.int32))
     evaluated = jnp.array([True, True])
     for value, acc in [(1.0, [0.5, 0.5]), (2.0, [0.7, 0.4]), (3.0, [0.6, 0.45]), (4.0, [0.65, 0.3])]:
         variables = {"params": {"w": jnp.full((2, 3), value)}}
         pop = pop_lib.early_stopping_update(pop.replace(params=variables["params"]), variables,
                                             jnp.array(acc, jnp.float32), evaluated, patience=2)
     assert list(np.asarray(pop.status)) == [pop_lib.STOPPED, pop_lib.STOPPED]
-    np.testing.assert_allclose(pop.best_accuracy, [0.7, 0.5])
+    np.testing.assert_allclose(pop.best_score, [0.7, 0.5])
     restored = pop_lib.restore_best(pop)
     np.testing.assert_array_equal(restored.params["w"], [[2.0] * 3, [1.0] * 3])  # each member's best
 
 
-def test_early_stopping_run_returns_the_best_variables(mnist):
-    settings = runner.SweepSettings(model=models.make_model("small_cnn"), budget=runner.Budget(2.0, 60, None, 10),
-                                    batch_size=32, eval_examples=200, patience=2, validation_examples=300,
-                                    progress=False)
-    data, chunk = runner.sweep_data(_slice(mnist), settings)
-    assert data.train_labels.shape[0] == 1700 and float(data.val_weight.sum()) == 300  # held out of training
+def test_early_stopping_run_returns_the_best_variables():
+    settings = sweep.SweepSettings(budget=runner.Budget(60, None, 10), batch_size=32, eval_examples=200, patience=2,
+                                   validation_examples=300, progress=False)
+    task = image_task(target=UNREACHABLE, n=2000)
+    data, chunk = sweep.sweep_data(task, settings)
+    assert data.train["label"].shape[0] == 1700 and float(data.val_weight.sum()) == 300  # held out of training
     _, val_idx = data_lib.split_validation(2000, 300, 0)
-    cfg = runner.sweep_config(settings, "adam", chunk)
-    pop = pop_lib.init_population(cfg, hparams("adam", [3e-3, 30.0]), (28, 28, 1), 0)
+    cfg = sweep.engine_config(task, optimizers.get("adam"), settings, chunk)
+    pop = pop_lib.init_population(cfg, hparams("adam", [3e-3, 30.0]), 0)
     out = runner.train(pop, data, settings.budget, jax.random.PRNGKey(1), runner.Programs(cfg), progress=False)
     for i in range(2):
         val = np.array(out.curves[i]["val_accuracy"])
-        assert out.final.best_accuracy[i] == pytest.approx(val.max())
-        accuracy = runner.test_accuracy(cfg, jax.tree_util.tree_map(lambda x: x[i:i + 1], out.final.variables),
-                                        mnist.train_images[val_idx], mnist.train_labels[val_idx])
+        assert out.final.best_score[i] == pytest.approx(val.max())
+        accuracy = runner.evaluate_members(cfg, jax.tree_util.tree_map(lambda x: x[i:i + 1], out.final.variables),
+                                           tasks.take(task.train, val_idx))["accuracy"]
         assert accuracy[0] == pytest.approx(val.max(), abs=1e-6)  # the returned variables are the best ones
-
-
-def _slice(mnist, n=2000):
-    return dataclasses.replace(mnist, train_images=mnist.train_images[:n], train_labels=mnist.train_labels[:n])
 
 
 def test_successive_halving_keeps_the_best_and_prunes_at_the_rung(small_data):
@@ -122,10 +117,8 @@ def test_successive_halving_keeps_the_best_and_prunes_at_the_rung(small_data):
     cut = pruning.rung_cut(status, accuracy, np.array([-1, -1, -1, -1, 40, -1]), eta=2)
     assert list(cut) == [0, 2]  # top 3 of 6: reached #4, then #1 and #3 by accuracy
     assert pruning.PruneSpec(100, 3).rungs(1000, 30) == [120, 300, 900]
-    cfg = make_cfg()
-    pop = pop_lib.init_population(cfg, hparams("adam", [1e-5, 1e-3, 3e-3, 1e-4]), (28, 28, 1), 0)
-    out = runner.train(pop, small_data, runner.Budget(2.0, 40, None, 10), jax.random.PRNGKey(1), runner.Programs(cfg),
-                       progress=False, prune=pruning.PruneSpec(10, 2))
+    out = run_population(make_cfg(target=UNREACHABLE), [1e-5, 1e-3, 3e-3, 1e-4], small_data,
+                         runner.Budget(40, None, 10), hooks=[pruning.SuccessiveHalving(pruning.PruneSpec(10, 2), 40, 10)])
     acc_at_10 = np.array([c["train_accuracy"][0] for c in out.curves])
     names = [pop_lib.STATUS_NAMES[s] for s in out.final.status]
     assert names.count("pruned") == 3  # rungs at 10 (keep 2 of 4) and 20 (keep 1 of 2)

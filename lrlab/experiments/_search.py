@@ -43,11 +43,11 @@ def run(argv: list[str], method: str, **options: Any) -> None:
     start = cli.start(argv)
     task = cli.task()
     experiment = f"{method}_search"
+    cli.check_data(task)
     run_dir = cli.workdir(experiment)
     if run_dir.finished:
         print(search.SearchRun(run_dir.read_results()).report())
         return
-    cli.check_data(task)
     opt = cli.optimizer(cli.optimizer_names()[0])
     try:
         ranges = search.parse_ranges(FLAGS.search, opt)
@@ -59,7 +59,8 @@ def run(argv: list[str], method: str, **options: Any) -> None:
           + ", ".join(f"{n} {lo:g}..{hi:g} ({'log' if log else 'linear'})" for n, (lo, hi, log) in ranges.items())
           + f"; {cli.describe_budget(task)} per candidate", flush=True)
     with cli.resumable(experiment, run_dir) as stop:
-        result = search.search(task, opt, ranges, cli.settings(), run_dir, method=method, seed=FLAGS.search_seed,
-                               overrides=cli.hparam_overrides(opt.name), stop=stop, info=cli.info(), **options)
+        run_search = search.random_search if method == "random" else search.bayes_search
+        result = run_search(task, opt, ranges, settings=cli.settings(), workdir=run_dir, seed=FLAGS.search_seed,
+                            overrides=cli.hparam_overrides(opt.name), stop=stop, info=cli.info(), **options)
     print(result.report())
     cli.print_saved(result.paths, start)

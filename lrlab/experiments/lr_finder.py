@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from lrlab import __version__, cli, lr_finder, results
+from lrlab import __version__, cli, range_test as lr_finder, results
 
 FLAGS = flags.FLAGS
 cli.define_flags("adam", rate_grid=False)

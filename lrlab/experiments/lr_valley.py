@@ -27,11 +27,11 @@ def main(argv: list[str]) -> None:
     start = cli.start(argv)
     task = cli.task()
     load_seconds = time.perf_counter() - start
+    cli.check_data(task)
     run = cli.workdir("lr_valley")
     if run.finished:
         print(ValleyResult(run.read_results()).report())
         return
-    cli.check_data(task)
     lrs = cli.learning_rates()
     populations = cli.populations(lrs)
     print(f"lrlab {__version__}: {cli.describe_task(task)}; {', '.join(p.name for p in populations)} x "

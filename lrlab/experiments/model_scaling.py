@@ -43,13 +43,13 @@ def main(argv: list[str]) -> None:
     start = cli.start(argv)
     choose_learning_rates()
     dataset = cli.load_dataset()
+    widths = scaling.parse_widths(FLAGS.widths)
+    width_tasks = {w: cli.task(width=w, dataset=dataset) for w in widths}
+    cli.check_data(width_tasks[widths[0]])
     run = cli.workdir("model_scaling")
     if run.finished:
         print(scaling.ScalingRun(run.read_results()).report())
         return
-    widths = scaling.parse_widths(FLAGS.widths)
-    width_tasks = {w: cli.task(width=w, dataset=dataset) for w in widths}
-    cli.check_data(width_tasks[widths[0]])
     lrs = cli.learning_rates()
     (members,) = cli.populations(lrs)
     params = {w: t.count_parameters() for w, t in width_tasks.items()}

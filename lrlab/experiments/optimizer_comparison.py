@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags
 
 from lrlab import __version__, cli, optimizers, results
-from lrlab import optimizer_comparison as comparison
+from lrlab import curves as comparison
 
 FLAGS = flags.FLAGS
 cli.define_flags(default_optimizer="all", rate_grid=False)

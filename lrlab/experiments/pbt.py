@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from lrlab import __version__, cli, pbt
+from lrlab import __version__, cli, population_based as pbt
 
 FLAGS = flags.FLAGS
 cli.define_flags("adam", rate_grid=True)
@@ -62,11 +62,11 @@ def main(argv: list[str]) -> None:
     (members,) = cli.populations(cli.learning_rates())
     config = pbt_config(members.optimizer)
     task = cli.task()
+    cli.check_data(task)
     run = cli.workdir("pbt")
     if run.finished:
         print(pbt.PBTRun(run.read_results()).report())
         return
-    cli.check_data(task)
     print(f"lrlab {__version__}: PBT of {members.name} on {cli.describe_task(task)}; {members.size} members, "
           f"ready every {FLAGS.ready_steps} steps, truncation {FLAGS.truncation:g}, exploring "
           f"{', '.join(config.names)}; {cli.describe_budget(task)}", flush=True)

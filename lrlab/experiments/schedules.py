@@ -21,7 +21,7 @@ import jax
 from absl import app, flags
 
 from lrlab import __version__, cli, variants
-from lrlab.schedules import SCHEDULES, ScheduleSpec
+from lrlab.lr_schedules import SCHEDULES, ScheduleSpec
 
 FLAGS = flags.FLAGS
 cli.define_flags("adam")
@@ -56,11 +56,11 @@ flags.register_validator("schedule", lambda v: v == "constant",
 def main(argv: list[str]) -> None:
     start = cli.start(argv)
     task = cli.task()
+    cli.check_data(task)
     run = cli.workdir("schedules")
     if run.finished:
         print(variants.VariantsRun(run.read_results()).report())
         return
-    cli.check_data(task)
     names = parse_schedules(FLAGS.schedules)
     lrs = cli.learning_rates()
     (members,) = cli.populations(lrs)

@@ -37,21 +37,22 @@ cli.refuse_flags({name: "set by --techniques in this experiment (one technique p
 flags.register_multi_flags_validator(
     ["model", "techniques", "task"],
     lambda f: (f["model"] != "mlp" and not f["task"]) or "batch_norm" not in f["techniques"],
-    "--techniques=batch_norm needs one of lrlab's CNNs (--model=small_cnn or tutorial_cnn)")
+    "--techniques=batch_norm needs a CNN (--model=small_cnn or tutorial_cnn; with --task, use the Python API's "
+    "batch_norm_task)")
 
 
 def main(argv: list[str]) -> None:
     start = cli.start(argv)
     dataset = None if FLAGS.task else cli.load_dataset()
     task = cli.task(dataset=dataset)
-    run = cli.workdir("techniques")
-    if run.finished:
-        print(variants.VariantsRun(run.read_results()).report())
-        return
     names = parse_techniques(FLAGS.techniques)
     if "early_stopping" in names and FLAGS.validation_examples >= task.num_train:
         cli.fail(f"--validation_examples={FLAGS.validation_examples}: {task.name} has only {task.num_train} "
                  "training examples")
+    run = cli.workdir("techniques")
+    if run.finished:
+        print(variants.VariantsRun(run.read_results()).report())
+        return
     lrs = cli.learning_rates()
     (members,) = cli.populations(lrs)
     print(f"lrlab {__version__}: {cli.describe_task(task)}; {members.name} x {len(lrs)} learning rates "

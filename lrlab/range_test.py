@@ -3,7 +3,7 @@ exponentially every step, several seeds as one population, and rules that read a
 loss-against-rate curve.
 
 Every member's injected learning rate is lr_max (per-member data, as everywhere in lrlab) and an
-Optax factor ramps it from lr_min / lr_max to 1 over the run (`schedules.range_test_factor`), so the
+Optax factor ramps it from lr_min / lr_max to 1 over the run (`lr_schedules.range_test_factor`), so the
 rate at step t is lr_min * (lr_max / lr_min)^(t / (T - 1)). The members differ only by seed (init,
 batch order, dropout). The run stops early once every member's smoothed loss has exceeded 4x its
 minimum or gone non-finite (fastai's divergence rule).
@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lrlab import data as data_lib
-from lrlab import optimizers, packing, plots, results, runner, schedules
+from lrlab import lr_schedules, optimizers, packing, plots, results, runner
 from lrlab import population as pop_lib
 from lrlab import workdir as workdir_lib
 from lrlab.checkpoints import StopSignal
@@ -235,7 +235,7 @@ def lr_range_test(
         raise ValueError(f"need 0 < lr_min < lr_max, num_steps >= 2, num_seeds >= 1; got {lr_min}, {lr_max}, "
                          f"{num_steps}, {num_seeds}")
     opt = optimizers.get(optimizer)
-    ramp = schedules.ScheduleSpec(schedules.RANGE_TEST, decay_factor=lr_min / lr_max, total_steps=num_steps)
+    ramp = lr_schedules.ScheduleSpec(lr_schedules.RANGE_TEST, decay_factor=lr_min / lr_max, total_steps=num_steps)
     budget = runner.Budget(max_steps=num_steps, eval_every=segment_steps)
     settings = dataclasses.replace(settings, distinct_seeds=True, schedule=ramp, patience=0, prune=None,
                                    sequential=False, eval_examples=EVAL_EXAMPLES, budget=budget)
