@@ -44,15 +44,15 @@ def run(argv: list[str], method: str, **options: Any) -> None:
     task = cli.task()
     experiment = f"{method}_search"
     cli.check_data(task)
-    run_dir = cli.workdir(experiment)
-    if run_dir.finished:
-        print(search.SearchRun(run_dir.read_results()).report())
-        return
     opt = cli.optimizer(cli.optimizer_names()[0])
     try:
         ranges = search.parse_ranges(FLAGS.search, opt)
     except ValueError as e:
         cli.fail(f"--search: {e}")
+    run_dir = cli.workdir(experiment)
+    if run_dir.finished:
+        print(search.SearchRun(run_dir.read_results()).report())
+        return
     candidates = (f"{options['num_samples']} candidates" if method == "random"
                   else f"{options['rounds']} rounds x {options['batch']} candidates")
     print(f"lrlab {__version__}: {experiment}, {opt.name} on {cli.describe_task(task)}; {candidates} over "

@@ -28,12 +28,12 @@ def main(argv: list[str]) -> None:
     task = cli.task()
     load_seconds = time.perf_counter() - start
     cli.check_data(task)
+    lrs = cli.learning_rates()
+    populations = cli.populations(lrs)
     run = cli.workdir("lr_valley")
     if run.finished:
         print(ValleyResult(run.read_results()).report())
         return
-    lrs = cli.learning_rates()
-    populations = cli.populations(lrs)
     print(f"lrlab {__version__}: {cli.describe_task(task)}; {', '.join(p.name for p in populations)} x "
           f"{len(lrs)} learning rates {lrs.min():.3g}..{lrs.max():.3g}"
           + "".join(f" x {len(set(p.hparams[h].tolist()))} {h}" for h in populations[0].varying() if h != "learning_rate")

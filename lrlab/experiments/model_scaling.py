@@ -46,12 +46,12 @@ def main(argv: list[str]) -> None:
     widths = scaling.parse_widths(FLAGS.widths)
     width_tasks = {w: cli.task(width=w, dataset=dataset) for w in widths}
     cli.check_data(width_tasks[widths[0]])
+    lrs = cli.learning_rates()
+    (members,) = cli.populations(lrs)
     run = cli.workdir("model_scaling")
     if run.finished:
         print(scaling.ScalingRun(run.read_results()).report())
         return
-    lrs = cli.learning_rates()
-    (members,) = cli.populations(lrs)
     params = {w: t.count_parameters() for w, t in width_tasks.items()}
     first, last = widths[0], widths[-1]
     sizes = (f"width {first:g} ({params[first]:,} weights)" if len(widths) == 1 else

@@ -57,13 +57,13 @@ def main(argv: list[str]) -> None:
     start = cli.start(argv)
     task = cli.task()
     cli.check_data(task)
+    names = parse_schedules(FLAGS.schedules)
+    lrs = cli.learning_rates()
+    (members,) = cli.populations(lrs)
     run = cli.workdir("schedules")
     if run.finished:
         print(variants.VariantsRun(run.read_results()).report())
         return
-    names = parse_schedules(FLAGS.schedules)
-    lrs = cli.learning_rates()
-    (members,) = cli.populations(lrs)
     print(f"lrlab {__version__}: {cli.describe_task(task)}; {members.name} x {len(lrs)} learning rates "
           f"{lrs.min():.3g}..{lrs.max():.3g} (peaks) x schedules {', '.join(names)}"
           + (f", each after {FLAGS.warmup_steps} warmup steps" if FLAGS.warmup_steps else "")

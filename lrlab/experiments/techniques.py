@@ -49,12 +49,12 @@ def main(argv: list[str]) -> None:
     if "early_stopping" in names and FLAGS.validation_examples >= task.num_train:
         cli.fail(f"--validation_examples={FLAGS.validation_examples}: {task.name} has only {task.num_train} "
                  "training examples")
+    lrs = cli.learning_rates()
+    (members,) = cli.populations(lrs)
     run = cli.workdir("techniques")
     if run.finished:
         print(variants.VariantsRun(run.read_results()).report())
         return
-    lrs = cli.learning_rates()
-    (members,) = cli.populations(lrs)
     print(f"lrlab {__version__}: {cli.describe_task(task)}; {members.name} x {len(lrs)} learning rates "
           f"{lrs.min():.3g}..{lrs.max():.3g} x techniques {', '.join(names)}; {cli.describe_budget(task)}", flush=True)
     batch_norm_task = cli.task(batch_norm=True, dataset=dataset) if "batch_norm" in names else None
