@@ -16,18 +16,28 @@ import numpy as np
 import optax
 
 from lrlab import data as data_lib
-from lrlab import optimizers
+from lrlab import optimizers, packing, tasks
 from lrlab import population as pop_lib
 
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
+def mnist_task(model) -> tasks.Task:
+    """`model` classifying the shipped MNIST (the benchmarks' task)."""
+    return tasks.image_classification(model, data_lib.load_mnist())
+
+
+def engine_config(model, **kw: Any) -> pop_lib.EngineConfig:
+    """Adam on `mnist_task(model)`, evaluating in chunks of 250 (the benchmarks' program)."""
+    return pop_lib.EngineConfig(task=mnist_task(model), optimizer=optimizers.get("adam"), eval_chunk=250, **kw)
+
+
 def benchmark_data(eval_examples: int = 250) -> pop_lib.TrainData:
     """MNIST on the device, with a fixed evaluation subset of `eval_examples` training images."""
     ds = data_lib.load_mnist()
-    idx = np.arange(eval_examples, dtype=np.int32)
-    return pop_lib.make_train_data(ds.train_images, ds.train_labels, idx, min(250, eval_examples))
+    train = {"image": ds.train_images, "label": ds.train_labels}
+    return pop_lib.make_train_data(train, tasks.take(train, np.arange(eval_examples)), min(250, eval_examples))
 
 
 def machine() -> dict[str, Any]:
@@ -54,10 +64,10 @@ def prepare_adam_segment(cfg: pop_lib.EngineConfig, k: int, data: pop_lib.TrainD
     timer runs one segment (state carried from call to call) and returns its seconds.
     """
     hparams = optimizers.population_hparams("adam", np.geomspace(1e-4, 1e-1, k))
-    state = [pop_lib.init_population(cfg, hparams, data.train_images.shape[1:], 0)]
+    state = [pop_lib.init_population(cfg, hparams, 0)]
     args = (jnp.int32(0), jax.random.PRNGKey(1), jnp.float32(2.0), jnp.int32(10**9))
     start = time.perf_counter()
-    compiled = pop_lib.make_segment_fn(cfg, steps).lower(state[0], data, *args).compile()
+    compiled = packing.make_segment_fn(cfg, steps).lower(state[0], data, *args).compile()
     compile_s = time.perf_counter() - start
 
     def run_once() -> float:
@@ -80,7 +90,7 @@ def time_adam_segment(cfg: pop_lib.EngineConfig, k: int, data: pop_lib.TrainData
 
 def make_user_step(model, batch_size: int = 100) -> Callable:
     """A single-member Adam train step as a user would write it: jit, no vmap, no scan."""
-    tx = optimizers.make_optimizer("adam")
+    tx = optimizers.get("adam").make_tx()
 
     @jax.jit
     def step(params, opt_state, images, labels, step):
@@ -90,7 +100,7 @@ def make_user_step(model, batch_size: int = 100) -> Callable:
         def loss_fn(p):
             logits = model.apply({"params": p}, data_lib.to_float(images[idx]), train=True,
                                  rngs={"dropout": jax.random.fold_in(jax.random.PRNGKey(2), step)})
-            return pop_lib.cross_entropy(logits, labels[idx])
+            return tasks.cross_entropy(logits, labels[idx]).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -101,13 +111,14 @@ def make_user_step(model, batch_size: int = 100) -> Callable:
 
 def user_run(model, data: pop_lib.TrainData, lr: float, steps: int, step_fn: Callable) -> float:
     """One user-style run: init, then a Python loop of jitted steps; returns its seconds."""
-    tx = optimizers.make_optimizer("adam")
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + data.train_images.shape[1:]))["params"]
+    tx = optimizers.get("adam").make_tx()
+    images, labels = data.train["image"], data.train["label"]
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + images.shape[1:]))["params"]
     opt_state = tx.init(params)
     opt_state.hyperparams["learning_rate"] = jnp.float32(lr)
     start = time.perf_counter()
     for step in range(steps):
-        params, opt_state, loss = step_fn(params, opt_state, data.train_images, data.train_labels, step)
+        params, opt_state, loss = step_fn(params, opt_state, images, labels, step)
     jax.block_until_ready(params)
     return time.perf_counter() - start
 
@@ -115,9 +126,10 @@ def user_run(model, data: pop_lib.TrainData, lr: float, steps: int, step_fn: Cal
 def step_flops(model, data: pop_lib.TrainData, batch_size: int = 100) -> float:
     """FLOPs of one single-member training step, from XLA's cost analysis of the compiled step."""
     step = make_user_step(model, batch_size)
-    tx = optimizers.make_optimizer("adam")
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + data.train_images.shape[1:]))["params"]
-    compiled = step.lower(params, tx.init(params), data.train_images, data.train_labels, 0).compile()
+    tx = optimizers.get("adam").make_tx()
+    images, labels = data.train["image"], data.train["label"]
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + images.shape[1:]))["params"]
+    compiled = step.lower(params, tx.init(params), images, labels, 0).compile()
     analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list) else analysis
     return float(analysis["flops"])

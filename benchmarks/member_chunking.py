@@ -15,13 +15,10 @@ import pathlib
 import platform
 
 import jax
-import numpy as np
-from _common import time_adam_segment
+from _common import benchmark_data, engine_config, time_adam_segment
 from absl import app, flags
 
-from lrlab import data as data_lib
 from lrlab import models
-from lrlab import population as pop_lib
 
 flags.DEFINE_string("model", "small_cnn", "Model name.")
 flags.DEFINE_integer("members", 48, "Population size K.")
@@ -34,15 +31,14 @@ FLAGS = flags.FLAGS
 
 def time_segment(model, k: int, chunk: int, data, steps: int, repeats: int) -> tuple[float, float]:
     """(compile seconds, median seconds per segment) for a K-member Adam population."""
-    cfg = pop_lib.EngineConfig(model=model, optimizer="adam", member_chunk=chunk or k, eval_chunk=250)
+    cfg = engine_config(model, member_chunk=chunk or k)
     compile_s, seconds, _ = time_adam_segment(cfg, k, data, steps, repeats)
     return compile_s, seconds
 
 
 def main(argv):
     del argv
-    ds = data_lib.load_mnist()
-    data = pop_lib.make_train_data(ds.train_images, ds.train_labels, np.arange(250, dtype=np.int32), 250)
+    data = benchmark_data()
     model = models.make_model(FLAGS.model)
     k, steps = FLAGS.members, FLAGS.steps
     rows = []

@@ -21,7 +21,8 @@ import time
 
 import jax
 import numpy as np
-from _common import benchmark_data, make_user_step, memory_bytes, prepare_adam_segment, user_run, write_results
+from _common import (benchmark_data, engine_config, make_user_step, memory_bytes, prepare_adam_segment, user_run,
+                     write_results)
 from absl import app, flags
 
 from lrlab import models, optimizers
@@ -53,15 +54,15 @@ def user_loops(model_name: str, data: pop_lib.TrainData) -> dict[str, tuple]:
 def eval_seconds(cfg: pop_lib.EngineConfig, k: int, data: pop_lib.TrainData) -> float:
     """Seconds to evaluate K members on 2000 images (the default --eval_examples), compiled, median of 3."""
     hparams = optimizers.population_hparams("adam", np.geomspace(1e-4, 1e-1, k))
-    pop = pop_lib.init_population(cfg, hparams, data.train_images.shape[1:], 0)
-    images, labels, weight = pop_lib.pad_to_chunks(np.asarray(data.train_images[:2000]),
-                                                   np.asarray(data.train_labels[:2000]), cfg.eval_chunk)
-    evaluate = pop_lib.make_eval_fn(cfg)
-    jax.block_until_ready(evaluate(pop.variables, images, labels, weight))
+    pop = pop_lib.init_population(cfg, hparams, 0)
+    arrays, weight = pop_lib.pad_to_chunks({name: np.asarray(v[:2000]) for name, v in data.train.items()},
+                                           cfg.eval_chunk)
+    evaluate = jax.jit(pop_lib.make_metrics_fn(cfg))
+    jax.block_until_ready(evaluate(pop.variables, arrays, weight))
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        jax.block_until_ready(evaluate(pop.variables, images, labels, weight))
+        jax.block_until_ready(evaluate(pop.variables, arrays, weight))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -77,7 +78,7 @@ def measure(model_name: str, k: int, loops: dict, data: pop_lib.TrainData, steps
     best_known = max(seq_steps_per_s.values(), default=None)
     if best_known and k * steps * (FLAGS.repeats + 1) / best_known > FLAGS.skip_over_seconds:
         return {**row, "skipped": "estimated time > --skip_over_seconds"}
-    cfg = pop_lib.EngineConfig(model=models.make_model(model_name), optimizer="adam", eval_chunk=250)
+    cfg = engine_config(models.make_model(model_name))
     pop_compile, run_segment, compiled = prepare_adam_segment(cfg, k, data, steps)
     seq_times = {impl: [] for impl in LOWERINGS}
     pop_times = []

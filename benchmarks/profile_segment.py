@@ -19,7 +19,7 @@ import re
 import tempfile
 
 import jax
-from _common import benchmark_data, prepare_adam_segment, write_results
+from _common import benchmark_data, engine_config, prepare_adam_segment, write_results
 from absl import app, flags
 
 from lrlab import models
@@ -49,7 +49,7 @@ def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
 def main(argv):
     del argv
     data = benchmark_data()
-    cfg = pop_lib.EngineConfig(model=models.make_model(FLAGS.model), optimizer="adam", eval_chunk=250)
+    cfg = engine_config(models.make_model(FLAGS.model))
     _, run_segment, compiled = prepare_adam_segment(cfg, FLAGS.members, data, FLAGS.steps)
     instructions = hlo_instructions(compiled.as_text())
     with tempfile.TemporaryDirectory() as tmp:

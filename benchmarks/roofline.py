@@ -16,7 +16,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from _common import benchmark_data, step_flops, time_adam_segment, write_results
+from _common import benchmark_data, engine_config, step_flops, time_adam_segment, write_results
 from absl import app, flags
 
 from lrlab import models
@@ -56,7 +56,7 @@ def main(argv):
     for name in FLAGS.models:
         model = models.make_model(name)
         flops = step_flops(model, data)
-        cfg = pop_lib.EngineConfig(model=model, optimizer="adam", eval_chunk=250)
+        cfg = engine_config(model)
         seconds_per_member_step = None
         for k in (int(v) for v in FLAGS.members):
             row = {"model": name, "members": k, "flops_per_model_step": flops}

@@ -14,7 +14,7 @@ import dataclasses
 import statistics
 
 import jax
-from _common import benchmark_data, memory_bytes, prepare_adam_segment, write_results
+from _common import benchmark_data, engine_config, memory_bytes, prepare_adam_segment, write_results
 from absl import app, flags
 
 from lrlab import data as data_lib
@@ -36,9 +36,9 @@ def variant_config(name: str, base: pop_lib.EngineConfig) -> pop_lib.EngineConfi
     if name in pop_lib.COMPUTE_DTYPES:
         return dataclasses.replace(base, dtype=name)
     if name == "batch_norm":
-        return dataclasses.replace(base, model=models.make_model(FLAGS.model, batch_norm=True))
+        return engine_config(models.make_model(FLAGS.model, batch_norm=True))
     if name == "augment":
-        return dataclasses.replace(base, augment=(2.0, 10.0))
+        return dataclasses.replace(base, augment=True)
     if name == "early_stopping":
         return dataclasses.replace(base, patience=5)
     raise ValueError(f"unknown variant {name!r}")
@@ -48,13 +48,13 @@ def main(argv):
     del argv
     data = benchmark_data(250)
     ds = data_lib.load_mnist()
-    val = pop_lib.pad_to_chunks(ds.train_images[-2000:], ds.train_labels[-2000:], 250)
-    base = pop_lib.EngineConfig(model=models.make_model(FLAGS.model), optimizer="adam", eval_chunk=250)
+    val, val_weight = pop_lib.pad_to_chunks({"image": ds.train_images[-2000:], "label": ds.train_labels[-2000:]}, 250)
+    base = engine_config(models.make_model(FLAGS.model))
     k, steps = FLAGS.members, FLAGS.steps
     timers, rows = {}, []
     for name in FLAGS.variants:
         cfg = variant_config(name, base)
-        variant_data = data._replace(val_images=val[0], val_labels=val[1], val_weight=val[2]) if cfg.patience else data
+        variant_data = data._replace(val=val, val_weight=val_weight) if cfg.patience else data
         compile_s, run_once, compiled = prepare_adam_segment(cfg, k, variant_data, steps)
         timers[name] = run_once
         rows.append({"variant": name, "compile_seconds": compile_s, "memory_bytes": memory_bytes(compiled)})

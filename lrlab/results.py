@@ -28,6 +28,7 @@ ORBAX_FIELDS = ("learning_rate", "status", "steps_to_target", "examples_to_targe
                 "steps_trained")
 INTEGER_FIELDS = ("steps_to_target", "examples_to_target", "steps_trained")
 BEST_RULE = "fewest steps to target; ties: the lower learning rate"
+RESULTS_FILE = "results.json"  # a run's results in its workdir (the run handle, workdir.py, writes it)
 
 
 def cell(value: Any, width: int, spec: str) -> str:
@@ -269,7 +270,7 @@ def read_valley(path: str | os.PathLike) -> tuple[pathlib.Path, list[dict[str, A
     path = pathlib.Path(path)
     folder = path.is_dir()
     if folder:
-        path = path / "results.json"
+        path = path / RESULTS_FILE
     try:
         summary = read_json(path)
     except FileNotFoundError:

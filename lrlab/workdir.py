@@ -22,7 +22,7 @@ import jax
 from lrlab import results
 from lrlab.checkpoints import RunCheckpoints
 
-RESULTS = "results.json"
+RESULTS = results.RESULTS_FILE
 ORBAX = "results_orbax"
 CHECKPOINTS = "checkpoints"
 FLAGS_FILE = "flags.json"

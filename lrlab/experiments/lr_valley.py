@@ -36,7 +36,8 @@ def main(argv: list[str]) -> None:
         return
     print(f"lrlab {__version__}: {cli.describe_task(task)}; {', '.join(p.name for p in populations)} x "
           f"{len(lrs)} learning rates {lrs.min():.3g}..{lrs.max():.3g}"
-          + "".join(f" x {len(set(p.hparams[h].tolist()))} {h}" for h in populations[0].varying() if h != "learning_rate")
+          + "".join(f" x {len(set(populations[0].hparams[h].tolist()))} {h}" for h in populations[0].varying()
+                    if h != "learning_rate")
           + f", {'sequential' if FLAGS.sequential else 'vectorized'} on {jax.default_backend()}; "
           + cli.describe_budget(task), flush=True)
     with cli.resumable("lr_valley", run) as stop:
