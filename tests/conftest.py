@@ -2,14 +2,21 @@
 JAX), and run_together for command-line tests."""
 
 import functools
+import os
 import subprocess
+import tempfile
 
-import numpy as np
-import pytest
+# One persistent XLA compilation cache for this test session, inherited by the xdist workers and by
+# every command the tests start: the many runs of the same small programs compile once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lrlab-tests-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
-from lrlab import data as data_lib
-from lrlab import models, optimizers, runner, tasks
-from lrlab import population as pop_lib
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from lrlab import data as data_lib  # noqa: E402
+from lrlab import models, optimizers, runner, tasks  # noqa: E402
+from lrlab import population as pop_lib  # noqa: E402
 
 N_TRAIN, N_EVAL = 1000, 200  # the slice: 1,000 training images, the first 200 of them the evaluation set
 
