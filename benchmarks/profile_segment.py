@@ -23,7 +23,6 @@ from _common import benchmark_data, engine_config, prepare_adam_segment, write_r
 from absl import app, flags
 
 from lrlab import models
-from lrlab import population as pop_lib
 
 flags.DEFINE_string("model", "small_cnn", "Model name.")
 flags.DEFINE_integer("members", 48, "Population size K.")

@@ -20,7 +20,6 @@ from _common import benchmark_data, engine_config, step_flops, time_adam_segment
 from absl import app, flags
 
 from lrlab import models
-from lrlab import population as pop_lib
 
 flags.DEFINE_list("models", ["small_cnn", "tutorial_cnn"], "Models to measure.")
 flags.DEFINE_list("members", ["1", "8", "48", "288"], "Population sizes K.")

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from lrlab import packing
+from lrlab import errors, packing
 from lrlab import population as pop_lib
 
 
@@ -69,7 +69,7 @@ class RunCheckpoints:
             saved = state.get("identity")
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint gets the same clear message
             raise CheckpointMismatch(f"the checkpoint {self.directory / str(step)} is unreadable "
-                                     f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+                                     f"({errors.one_line(e)})") from None
         if saved != self.identity:
             diffs = [f"{key}: {saved.get(key)!r} there, {value!r} here" for key, value in self.identity.items()
                      if (saved or {}).get(key) != value]

@@ -143,7 +143,8 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.DEFINE_bool("repack", True, "Re-pack still-running members into a smaller population so finished "
                       "members stop costing compute.")
     flags.DEFINE_enum("conv_impl", "auto", models.CONV_IMPLS, "Convolution lowering: auto picks per backend.")
-    flags.DEFINE_integer("member_chunk", 0, "Members vmapped together inside the member loop (0: per backend and model size).")
+    flags.DEFINE_integer("member_chunk", 0, "Members vmapped together inside the member loop (0: per backend and "
+                         "model size).")
     flags.DEFINE_string("workdir", None, "Output folder (default: runs/<experiment>-<time>). Rerunning a "
                         "command with the same --workdir resumes it from its latest checkpoint.")
     flags.DEFINE_bool("overwrite", False, "Discard what --workdir holds (results, checkpoints) and start again.")
@@ -165,7 +166,8 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.DEFINE_bool("early_stopping", False, "Stop a member when its validation score has not improved for "
                       "--patience evaluations, and keep its best variables.")
     flags.DEFINE_integer("patience", 5, "--early_stopping: evaluations (of --eval_every steps) without improvement.")
-    flags.DEFINE_integer("validation_examples", 5000, "--early_stopping: training examples held out as the validation set.")
+    flags.DEFINE_integer("validation_examples", 5000, "--early_stopping: training examples held out as the "
+                         "validation set.")
     flags.DEFINE_enum("prune", "none", ["none", "sha"], "sha: successive halving, stop the weakest running members "
                       "at rungs of --prune_min_steps x --prune_eta^i steps, keeping the top 1/eta.")
     flags.DEFINE_integer("prune_min_steps", 200, "--prune=sha: the first rung, in steps.")
@@ -314,8 +316,9 @@ def task(width: float | None = None, batch_norm: bool | None = None, dataset: da
     model = models.make_model(FLAGS.model, FLAGS.width if width is None else width, ds.num_classes, FLAGS.conv_impl,
                               batch_norm=FLAGS.batch_norm if batch_norm is None else batch_norm)
     goal = FLAGS.target_accuracy if FLAGS.target_goal is None else FLAGS.target_goal
-    return tasks.image_classification(model, ds, target_accuracy=goal, augment=(FLAGS.augment_shift, FLAGS.augment_degrees),
-                                      info={"model_name": FLAGS.model, "width": FLAGS.width if width is None else width})
+    info = {"model_name": FLAGS.model, "width": FLAGS.width if width is None else width}
+    return tasks.image_classification(model, ds, target_accuracy=goal,
+                                      augment=(FLAGS.augment_shift, FLAGS.augment_degrees), info=info)
 
 
 def check_data(task: tasks.Task) -> None:
@@ -469,11 +472,10 @@ def print_saved(paths: dict[str, pathlib.Path], start: float) -> None:
 
 
 def describe_task(task: tasks.Task) -> str:
-    """The header's description of the task: model, weights, data, target."""
-    return (f"{task.info.get('model_name', task.model.name)}"
-            + (f" (width {task.info['width']:g}" if "width" in task.info else " (")
-            + f"{', ' if 'width' in task.info else ''}{task.count_parameters():,} weights) on {task.name} "
-            f"({task.num_train:,} training examples)")
+    """The header's description of the task: model, weights, data."""
+    width = f"width {task.info['width']:g}, " if "width" in task.info else ""
+    return (f"{task.info.get('model_name', task.model.name)} ({width}{task.count_parameters():,} weights) on "
+            f"{task.name} ({task.num_train:,} training examples)")
 
 
 def describe_budget(task: tasks.Task) -> str:

@@ -192,7 +192,8 @@ def format_summary(table: Sequence[Mapping[str, Any]], s_star: int, best_lr: flo
              f"{'median ratio':>12}"]
     for t in table:
         lines.append(f"{t['method']:<13}  {t['successes']:>4}/{t['seeds']:<5}  "
-                     f"{results.cell(t['median_model_steps'], 18, ',.0f')}  {results.cell(t['median_trainings'], 16, 'g')}  "
+                     f"{results.cell(t['median_model_steps'], 18, ',.0f')}  "
+                     f"{results.cell(t['median_trainings'], 16, 'g')}  "
                      f"{results.cell(t['median_ratio'], 12, '.2f')}")
     return "\n".join(lines)
 
@@ -271,8 +272,8 @@ def run_method(method: str, seed: int, setup: Setup, valley: Sequence[Mapping[st
                             explore=(population_based.Bound("learning_rate", LR_LOW, LR_HIGH, True),))
         result = population_based.run_pbt(task, members, cfg, settings, scope=scope, stop=stop, exploit_seed=seed)
         member = result.member_at_target
-        schedule = result.schedule_of("learning_rate", None if member is None else population_based.lineage(result.sources_EK,
-                                                                                                member))
+        slots = None if member is None else population_based.lineage(result.sources_EK, member)
+        schedule = result.schedule_of("learning_rate", slots)
         return score_pbt(method, seed, k=result.k, steps_to_target=result.steps_to_target,
                          steps_run=result.steps_run, found_lr=schedule["learning_rate"][-1], s_star=s_star,
                          lr_schedule=schedule, stopped_by=result.stopped_by)
@@ -336,7 +337,7 @@ class CompareRun:
         plots.search_compare(s["rows"], path, good_factor=s["good_factor"],
                              title=f"Finding a learning rate within {s['good_factor']:g} x S* (S* = {s['s_star']} "
                                    f"steps): {s['optimizer']}, {s['model']['name']}, {s['dataset']}, target "
-                                   f"{s['target']['goal']:g}")
+                                   f"{results.target_text(s)}")
 
 
 class NoReference(ValueError):

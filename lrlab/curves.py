@@ -99,7 +99,8 @@ def comparison_table(entries: dict[str, dict[str, Any]], target: Mapping[str, An
              f"{'seconds to ' + goal:>14}  {final:>14}  {'drops':>5}  {'largest drop':>12}"]
     for name, e in entries.items():
         lines.append(f"{name:<9}  {e['learning_rate']:>9.4g}  {e['lr_source']['from']:<6}  {e['status']:<9}  "
-                     f"{results.cell(e['steps_to_target'], 12, 'd')}  {results.cell(e['seconds_to_target'], 14, '.1f')}  "
+                     f"{results.cell(e['steps_to_target'], 12, 'd')}  "
+                     f"{results.cell(e['seconds_to_target'], 14, '.1f')}  "
                      f"{results.cell(e.get('final_test_' + target['metric']), max(14, len(final)), '.4f')}  "
                      f"{e['instability']['drops']:>5d}  {e['instability']['largest_drop']:>12.4f}")
     return "\n".join(lines)
@@ -147,7 +148,8 @@ class ComparisonRun:
         s = self.summary
         plots.optimizer_curves(s["optimizers"], path, target=s["target"],
                                title=f"Optimizers at their best learning rates: {s['model']['name']} on "
-                                     f"{s['dataset']}, test {s['target']['metric']} on {s['test_examples']} test examples")
+                                     f"{s['dataset']}, test {s['target']['metric']} on {s['test_examples']} test "
+                                     "examples")
 
 
 def optimizer_comparison(task: Task, rates: Mapping[str, float], settings: SweepSettings = SweepSettings(),
@@ -166,8 +168,8 @@ def optimizer_comparison(task: Task, rates: Mapping[str, float], settings: Sweep
         name, [lr], (overrides or {}).get(name)), optimizers.get(name).name) for name, lr in rates.items()]
     test_idx = data_lib.eval_subset_indices(tasks.num_examples(task.test), test_examples, settings.seed)
     test_subset = tasks.take(task.test, test_idx)
-    run = workdir_lib.resolve(workdir, EXPERIMENT, api_identity(task, populations, settings, test_examples=test_examples),
-                              overwrite)
+    identity = api_identity(task, populations, settings, test_examples=test_examples)
+    run = workdir_lib.resolve(workdir, EXPERIMENT, identity, overwrite)
     if run is not None and run.finished:
         return ComparisonRun(run.read_results(), {"results": run.results_path})
     curves: dict[str, TestCurves] = {}

@@ -35,6 +35,7 @@ import jax
 import numpy as np
 import optax
 
+from lrlab import errors
 from lrlab.lr_schedules import ScheduleSpec, factor_schedule
 
 LEARNING_RATE = "learning_rate"
@@ -216,11 +217,13 @@ def _sgd(learning_rate):
 REGISTRY: dict[str, Optimizer] = {
     "sgd": Optimizer("sgd", _sgd, {LEARNING_RATE: RATE}),
     "momentum": Optimizer("momentum", _momentum, {LEARNING_RATE: RATE, "momentum": HParam(
-        0.5, **UNIT, search=(0.0, 0.99, False), help="Momentum coefficient (TF1 MomentumOptimizer as the study used: 0.5).")}),
+        0.5, **UNIT, search=(0.0, 0.99, False),
+        help="Momentum coefficient (TF1 MomentumOptimizer as the study used: 0.5).")}),
     "adam": Optimizer("adam", _adam, {
         LEARNING_RATE: RATE,
         "b1": HParam(0.9, **UNIT, open_high=True, search=(0.0, 0.99, False), help="Adam beta1 (TF1 default 0.9)."),
-        "b2": HParam(0.999, **UNIT, open_high=True, search=(0.9, 0.9999, False), help="Adam beta2 (TF1 default 0.999)."),
+        "b2": HParam(0.999, **UNIT, open_high=True, search=(0.9, 0.9999, False),
+                     help="Adam beta2 (TF1 default 0.999)."),
         "eps": HParam(1e-8, **POSITIVE, search=(1e-10, 1e-4, True), help="Adam epsilon (TF1 default 1e-8).")}),
     "adagrad": Optimizer("adagrad", _adagrad, {LEARNING_RATE: RATE, "initial_accumulator": HParam(
         0.1, **POSITIVE, search=(1e-3, 1.0, True), help="Adagrad initial accumulator (TF1 default 0.1).")}),
@@ -248,7 +251,7 @@ def load_callable(spec: str, what: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - the user's module: any import error is theirs
-        raise ValueError(f"cannot import {module_name} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        raise ValueError(f"cannot import {module_name} ({errors.one_line(e)})") from None
     try:
         return functools.reduce(getattr, attr.split("."), module)
     except AttributeError:

@@ -352,7 +352,8 @@ def make_metrics_fn(cfg: EngineConfig) -> Callable:
         dtype = cfg.compute_dtype
 
         def outputs_fn(v, x):
-            outputs, _ = task.model.apply({**v, "params": cast_floats(v["params"], dtype)}, cast_floats(x, dtype), False)
+            variables = {**v, "params": cast_floats(v["params"], dtype)}
+            outputs, _ = task.model.apply(variables, cast_floats(x, dtype), False)
             return cast_floats(outputs, jnp.float32)
 
         apply_K = member_map(outputs_fn, (0, None), k, member_chunk)

@@ -371,7 +371,8 @@ class PBTHook(runner.Hook):
     def postfix(self, loop: runner.Loop) -> dict[str, Any]:
         last = self.record["values"][-1] if self.record["values"] else [np.nan]
         best = np.nanmax(self.target.score(np.asarray(last, np.float64)))
-        return {f"best {self.target.metric}": f"{self.target.score(best):.4f}", "events": len(self.record["event_steps"])}
+        return {f"best {self.target.metric}": f"{self.target.score(best):.4f}",
+                "events": len(self.record["event_steps"])}
 
 
 def run_pbt(task: Task, members: Members, cfg: PBTConfig, settings: SweepSettings, *, scope: Scope = NO_SCOPE,
@@ -447,9 +448,8 @@ def _result(name: str, engine: pop_lib.EngineConfig, explored: tuple[str, ...], 
 def format_summary(summary: dict[str, Any]) -> str:
     """The printed report of a PBT results.json: time to target and cost, the best lineage's
     hyperparameter schedule, and every final member."""
-    target, key = summary["target"], summary["target_key"]
-    goal = f"{key} {'>=' if target['mode'] == 'max' else '<='} {target['goal']:g}"
-    metric = target["metric"]
+    key, metric = summary["target_key"], summary["target"]["metric"]
+    goal = results.target_text(summary)
     k, best = summary["members"], summary["best"]
     names = list(best["schedules"])
     lines = [f"PBT {summary['optimizer']}: {k} members, {len(summary['events'])} ready events; stopped by "

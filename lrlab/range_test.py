@@ -183,7 +183,8 @@ class RampHook(runner.Hook):
     name = "ramp"
 
     def __init__(self, num_seeds: int, num_steps: int, stop_at_divergence: bool, lr_T: np.ndarray):
-        self.num_seeds, self.num_steps, self.stop_at_divergence, self.lr_T = num_seeds, num_steps, stop_at_divergence, lr_T
+        self.num_seeds, self.num_steps, self.lr_T = num_seeds, num_steps, lr_T
+        self.stop_at_divergence = stop_at_divergence
         self.losses: list[np.ndarray] = []
         self.smoothed_KS = np.zeros((num_seeds, 0))
 
@@ -377,7 +378,8 @@ class FinderRun:
         for name, test in self.summary["tests"].items():
             rate = self.summary["suggested"][name]
             timing = self.summary["timing"][name]
-            lines.append(f"{name}: suggested learning rate {'none (curve too short)' if rate is None else f'{rate:.4g}'} "
+            shown = "none (curve too short)" if rate is None else f"{rate:.4g}"
+            lines.append(f"{name}: suggested learning rate {shown} "
                          f"({self.summary['headline_rule']} rule); {timing['model_steps']} model-steps, compile "
                          f"{timing['compile_seconds']:.1f} s, training {timing['train_seconds']:.1f} s")
         return "\n".join(lines)

@@ -212,17 +212,18 @@ def format_table(records: list[dict[str, Any]], eval_every: int, target_key: str
     lines = []
     metric = target_key.split("_", 1)[1]
     test_key = f"final_test_{metric}"
-    width = max(9, len(target_key))
+    width, test_width = max(9, len(target_key)), max(8, len(metric) + 5)
+    with_test = any(r.get(test_key) is not None for r in records)  # a task without a test set: no column
     for opt in dict.fromkeys(group_of(r) for r in records):
         rows = sorted((r for r in records if group_of(r) == opt), key=lambda r: r["learning_rate"])
         lines.append(f"\n{opt}: {len(rows)} learning rates (steps to target resolved to {eval_every} steps)")
         lines.append(f"{'learning_rate':>13}  {'status':<9}  {'steps':>6}  {'examples':>9}  {'seconds':>8}  "
-                     f"{target_key:>{width}}  {'test_' + metric:>{max(8, len(metric) + 5)}}")
+                     f"{target_key:>{width}}" + (f"  {'test_' + metric:>{test_width}}" if with_test else ""))
         for r in rows:
             lines.append(f"{r['learning_rate']:>13.4g}  {r['status']:<9}  {cell(r['steps_to_target'], 6, 'd')}  "
                          f"{cell(r['examples_to_target'], 9, 'd')}  {cell(r['seconds_to_target'], 8, '.1f')}  "
-                         f"{cell(r.get('final_' + target_key), width, '.4f')}  "
-                         f"{cell(r.get(test_key), max(8, len(metric) + 5), '.4f')}")
+                         f"{cell(r.get('final_' + target_key), width, '.4f')}"
+                         + (f"  {cell(r.get(test_key), test_width, '.4f')}" if with_test else ""))
         best, band = best_and_band(rows)
         if best is None:
             lines.append(f"{opt}: no learning rate reached the target")
@@ -302,6 +303,14 @@ def run_header(experiment: str) -> dict[str, Any]:
     """The fields every experiment's results.json starts with: schema, experiment, version, devices."""
     return {"schema_version": SCHEMA_VERSION, "experiment": experiment, "lrlab_version": __version__,
             "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
+
+
+def target_text(summary: dict[str, Any]) -> str:
+    """A results.json's target in words: "train_accuracy >= 0.97" (version 1: "0.97")."""
+    target = summary.get("target")
+    if target is None:
+        return f"{summary.get('target_accuracy', '?'):g}"
+    return f"{summary['target_key']} {'>=' if target['mode'] == 'max' else '<='} {target['goal']:g}"
 
 
 def task_header(task: Any, settings: Any = None) -> dict[str, Any]:

@@ -174,12 +174,12 @@ class ScalingRun:
         return format_report(s["members"], s["fits"], s["best_rates"], s["transfer"], s["steps_to_target_resolution"])
 
     def plot(self, path: Any) -> None:
-        from lrlab import plots
+        from lrlab import plots, results
 
         s = self.summary
         plots.scaling(s["members"], s["fits"], s["best_rates"], path,
                       title=f"Model scaling: {s['model']['name']} on {s['dataset']}, {s['optimizer']}, target "
-                            f"{s['target']['goal']:g}")
+                            f"{results.target_text(s)}")
 
 
 def model_scaling(width_tasks: Mapping[float, Any], members: Any, settings: Any = None, workdir: Any = None, *,

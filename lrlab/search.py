@@ -64,7 +64,8 @@ def parse_ranges(entries: list[str], optimizer: Optimizer) -> Ranges:
             raise ValueError(f"{entry!r} is not NAME:LOW:HIGH[:log|linear] (for example learning_rate:1e-5:1)")
         name = parts[0]
         if name not in allowed:
-            raise ValueError(f"{entry!r}: {optimizer.name} has no hyperparameter {name!r}: choose from {', '.join(allowed)}")
+            raise ValueError(f"{entry!r}: {optimizer.name} has no hyperparameter {name!r}: choose from "
+                             f"{', '.join(allowed)}")
         if name in ranges:
             raise ValueError(f"{entry!r}: {name} given twice")
         try:
@@ -374,7 +375,7 @@ class SearchRun:
         plots.search_trials(s["trials"], s["trace"], s["rounds"], path, budget_steps=s["max_steps"],
                             eval_every=s["steps_to_target_resolution"],
                             title=f"{label}, {s['search']['optimizer']} on {s['model']['name']}, {s['dataset']}: "
-                                  f"{s['search']['candidates']}, target {s['target']['goal']:g}")
+                                  f"{s['search']['candidates']}, target {results.target_text(s)}")
 
 
 def random_search(task: Task, optimizer: str | Optimizer, ranges: Ranges | list[str], num_samples: int = 48,

@@ -119,8 +119,9 @@ def train_population(task: Task, members: Members, settings: SweepSettings, data
     else:
         pop = pop_lib.init_population(cfg, members.hparams, settings.seed)
         out = runner.train(pop, data, settings.budget, data_lib.data_key(settings.seed), runner.Programs(cfg),
-                           freeze_at_target=settings.stop_at_target, repack=settings.repack, progress=settings.progress, desc=desc, hooks=hooks,
-                           checkpoints=scope.checkpoints(ident), stop=stop)
+                           freeze_at_target=settings.stop_at_target, repack=settings.repack,
+                           progress=settings.progress, desc=desc, hooks=hooks, checkpoints=scope.checkpoints(ident),
+                           stop=stop)
     test_start = time.perf_counter()
     tests = test_metrics(cfg, out.final)
     test_seconds = time.perf_counter() - test_start
@@ -174,7 +175,8 @@ def train_sequential(cfg: EngineConfig, members: Members, data: TrainData, setti
         pop = pop_lib.init_population(cfg, one.hparams, settings.seed, member_ids=np.array([i]))
         hooks_i = [_Shifted(hook, i) if isinstance(hook, runner.SegmentCallback) else hook for hook in hooks]
         outputs.append(runner.train(pop, data, settings.budget, data_lib.data_key(settings.seed), programs,
-                                    freeze_at_target=settings.stop_at_target, repack=False, progress=settings.progress, desc=f"{desc} member {i + 1}/{members.size}",
+                                    freeze_at_target=settings.stop_at_target, repack=False,
+                                    progress=settings.progress, desc=f"{desc} member {i + 1}/{members.size}",
                                     checkpoints=scope.child(f"member-{i}").checkpoints({**ident, "member": i}),
                                     stop=stop, hooks=hooks_i))
     final = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *[o.final for o in outputs])

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from lrlab import data as data_lib
-from lrlab import modules
+from lrlab import errors, modules
 
 Arrays = Mapping[str, np.ndarray]
 PerExample = Callable[[Any, Any], jax.Array]  # (outputs, batch) -> float[B]
@@ -169,7 +169,8 @@ class Task:
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint of this task must match: the model and the data's shapes."""
-        shapes = lambda arrays: None if arrays is None else {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()}
+        def shapes(arrays):
+            return None if arrays is None else {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()}
         return {"task": self.name, "model": self.model.describe(), "train": shapes(self.train),
                 "eval": shapes(self.eval), "target": self.target.describe()}
 
@@ -238,7 +239,7 @@ def load_task(spec: str) -> Task:
     try:
         task = build() if callable(build) and not isinstance(build, Task) else build
     except Exception as e:  # noqa: BLE001 - the user's code: report it in one line
-        raise ValueError(f"{spec} failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        raise ValueError(f"{spec} failed ({errors.one_line(e)})") from None
     if not isinstance(task, Task):
         raise ValueError(f"{spec} returned {type(task).__name__}, not an lrlab Task")
     return task

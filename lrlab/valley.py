@@ -85,14 +85,14 @@ class ValleyResult:
         s = self.summary
         plots.valley(self.records, path, budget_steps=s["max_steps"], eval_every=s["steps_to_target_resolution"],
                      title=f"Learning-rate valley: {s['model']['name']} on {s['dataset']}, target "
-                           f"{s['target']['goal']:g}")
+                           f"{results.target_text(s)}")
 
     def plot_envelope(self, path: Any) -> None:
         """envelope.png: the fastest and slowest valley per learning rate."""
         s = self.summary
         plots.envelope(s["envelope"], path, eval_every=s["steps_to_target_resolution"],
                        title=f"Fastest and slowest of {len(self.groups)} optimizers: {s['model']['name']} on "
-                             f"{s['dataset']}, target {s['target']['goal']:g}")
+                             f"{s['dataset']}, target {results.target_text(s)}")
 
     def figures(self) -> dict[str, Any]:
         figures = {"valley.png": self.plot}

@@ -106,7 +106,8 @@ class VariantsRun:
         plots.valleys_overlaid(s["members"], path, field=self.field, budget_steps=s["max_steps"],
                                eval_every=s["steps_to_target_resolution"],
                                title=f"{s['experiment'].capitalize()}: {s['optimizer']}, {s['model']['name']} on "
-                                     f"{s['dataset']}, target {s['target']['goal']:g}{s.get('title_suffix', '')}")
+                                     f"{s['dataset']}, target {results.target_text(s)}"
+                                     f"{s.get('title_suffix', '')}")
 
 
 def _compare(experiment: str, field: str, task: Task, members: Members, settings: SweepSettings,

@@ -132,7 +132,8 @@ class Workdir:
             try:
                 saved = json.loads(saved_path.read_text())
             except (OSError, ValueError) as e:
-                raise WorkdirError(f"{self.path}: unreadable {FLAGS_FILE} ({e}); use --overwrite to start again") from None
+                raise WorkdirError(f"{self.path}: unreadable {FLAGS_FILE} ({e}); use --overwrite to start "
+                                   "again") from None
             diffs = [f"{label(k)}={saved.get(k)!r} there, {current.get(k)!r} here"
                      for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
             if diffs:

@@ -8,7 +8,6 @@ hyperparameter; the README's library example runs as written; tasks by name from
 import json
 import pathlib
 import re
-import subprocess
 import sys
 
 import flax.linen as nn

@@ -2,7 +2,8 @@
 
   python -m lrlab.experiments.lr_valley --optimizer=adam
   python -m lrlab.experiments.lr_valley --optimizer=all --model=tutorial_cnn --workdir=runs/valley
-  python -m lrlab.experiments.lr_valley --task=my_pkg.tasks:cifar --optimizer=my_pkg.opt:adamw --hparam=weight_decay=1e-4,1e-2
+  python -m lrlab.experiments.lr_valley --task=my_pkg.tasks:cifar --optimizer=my_pkg.opt:adamw \
+      --hparam=weight_decay=1e-4,1e-2
 
 Writes results.json, results_orbax/ and valley.png to --workdir, and checkpoints while training:
 rerunning the same command with the same --workdir resumes it (after a crash, a kill or SIGTERM).
