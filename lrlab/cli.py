@@ -14,7 +14,7 @@ import pathlib
 import signal
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -24,6 +24,7 @@ from lrlab import checkpoints, lr_schedules, models, optimizers, pruning, tasks
 from lrlab import data as data_lib
 from lrlab import population as pop_lib
 from lrlab import workdir as workdir_lib
+from lrlab import memory, sweep
 from lrlab.runner import Budget
 from lrlab.sweep import SweepSettings
 
@@ -43,7 +44,8 @@ BUILT_IN_TASK_FLAGS = ("model", "width", "dataset", "data_dir", "batch_norm", "c
                        "augment_degrees", "target_accuracy")
 # Flags that change how a run is carried out, not what it computes: a resumed run may change them.
 OPERATIONAL_FLAGS = frozenset({"workdir", "overwrite", "checkpoint_every", "cpu_devices", "distributed",
-                               "progress", "data_dir", "member_chunk"})
+                               "coordinator_address", "num_processes", "process_id", "progress", "data_dir",
+                               "member_chunk"})
 
 
 def _check(condition: bool, message: str) -> bool:
@@ -153,7 +155,12 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.DEFINE_integer("cpu_devices", 0, "On CPU, split the host into this many JAX devices and shard the "
                          "population over them (0: JAX's default, one).")
     flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (multi-host: TPU pods, SLURM). "
-                      "Default: when the environment names more than one TPU worker.")
+                      "Default: when the environment names more than one TPU worker, or with --coordinator_address.")
+    flags.DEFINE_string("coordinator_address", None, "--distributed without a cluster environment: HOST:PORT of "
+                        "process 0, which every process joins (with --num_processes and --process_id).")
+    flags.DEFINE_integer("num_processes", None, "With --coordinator_address: how many processes join.", lower_bound=1)
+    flags.DEFINE_integer("process_id", None, "With --coordinator_address: this process's index, 0 to "
+                         "--num_processes - 1.", lower_bound=0)
     flags.DEFINE_enum("schedule", "constant", lr_schedules.SCHEDULES, "Learning-rate schedule; each member's rate "
                       "is its peak: step and exponential decay, SGDR cosine restarts, one-cycle.")
     flags.DEFINE_enum("dtype", "float32", list(pop_lib.COMPUTE_DTYPES), "Compute dtype of the forward and "
@@ -206,6 +213,10 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     for name in ("batch_size", "eval_every", "eval_examples", "max_steps"):
         flags.register_validator(name, lambda v: _check(v >= 1, "must be at least 1"))
     flags.register_validator("seed", lambda v: _check(v >= 0, "must be 0 or positive"))
+    flags.register_multi_flags_validator(
+        ["eval_every", "max_steps"], lambda f: _check(f["eval_every"] <= f["max_steps"], (
+            f"--eval_every={f['eval_every']} is above --max_steps={f['max_steps']}: no member would be evaluated "
+            "before the budget ends")), message="evaluation period")
     flags.register_validator("max_seconds", lambda v: _check(v is None or v > 0, "must be positive"))
     flags.register_validator("target_accuracy", lambda v: _check(0 < v <= 1, "must be in (0, 1]"))
     flags.register_validator("target_goal", lambda v: _check(v is None or np.isfinite(v), "must be finite"))
@@ -280,12 +291,19 @@ def start(argv: list[str]) -> float:
     logging.set_verbosity(logging.WARNING)
     if FLAGS.cpu_devices:
         jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
+    explicit = {"coordinator_address": FLAGS.coordinator_address, "num_processes": FLAGS.num_processes,
+                "process_id": FLAGS.process_id}
+    given = [k for k, v in explicit.items() if v is not None]
+    if given and len(given) < len(explicit):
+        fail(f"--{', --'.join(sorted(set(explicit) - set(given)))}: needed with --{', --'.join(given)}")
+    if given and not explicit["process_id"] < explicit["num_processes"]:
+        fail(f"--process_id={FLAGS.process_id}: must be below --num_processes={FLAGS.num_processes}")
     distributed = FLAGS.distributed
     if distributed is None:  # a Cloud TPU VM pod names its workers in the environment
-        distributed = len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+        distributed = bool(given) or len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
     if distributed:
         try:
-            jax.distributed.initialize()
+            jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
         except Exception as e:  # noqa: BLE001 - any failure here is the cluster set-up's
             fail(f"--distributed: jax.distributed.initialize() failed: {str(e).splitlines()[0]}")
     return time.perf_counter()
@@ -321,11 +339,15 @@ def task(width: float | None = None, batch_norm: bool | None = None, dataset: da
                                       augment=(FLAGS.augment_shift, FLAGS.augment_degrees), info=info)
 
 
-def check_data(task: tasks.Task) -> None:
-    """The flags that must fit the task's data, checked before any work (one line otherwise)."""
-    n = task.num_train
-    if FLAGS.early_stopping and FLAGS.validation_examples >= n:
-        fail(f"--validation_examples={FLAGS.validation_examples}: {task.name} has only {n} training examples")
+def check_data(task: tasks.Task, populations: Sequence[optimizers.Members] = (), **replace: Any) -> None:
+    """The flags that must fit the task's data, and the populations the devices' memory
+    (`sweep.check_fits`), checked before any work: one line naming the flag otherwise."""
+    try:
+        sweep.check_fits(task, settings(**replace), populations)
+    except memory.TooLarge as e:
+        fail(f"--num_lrs / --lrs / --width: {e}")
+    except ValueError as e:
+        fail(f"--{e}")
 
 
 def optimizer_names() -> list[str]:
@@ -449,7 +471,7 @@ def resumable(experiment: str, run: workdir_lib.Workdir) -> Iterator[checkpoints
         print(f"{experiment}: stopped by {e.signal_name} at step {e.step}; checkpoint saved in {e.directory}. "
               f"Rerun the same command with --workdir={run.path} to resume.", file=sys.stderr)
         sys.exit(128 + signal.Signals[e.signal_name].value)
-    except checkpoints.CheckpointMismatch as e:
+    except (checkpoints.CheckpointMismatch, checkpoints.CheckpointDamaged) as e:
         fail(f"--workdir={run.path}: {e}; use another --workdir or --overwrite")
     except (workdir_lib.WorkdirError, data_lib.DatasetError) as e:
         fail(str(e))
@@ -460,6 +482,8 @@ def writing(what: str):
     """Turns a failed write (disk full, permissions) into one clear line; files are atomic."""
     try:
         yield
+    except checkpoints.CheckpointWriteError as e:  # says itself what was not written
+        fail(str(e))
     except OSError as e:
         fail(f"cannot write {what}: {e.strerror or e} (nothing half-written is left behind)")
 
@@ -467,6 +491,9 @@ def writing(what: str):
 def print_saved(paths: dict[str, pathlib.Path], start: float) -> None:
     """The closing lines of every experiment: total wall time since `start`, and what was saved where."""
     print(f"total wall time {time.perf_counter() - start:.1f} s")
+    if not workdir_lib.is_writer():
+        print(f"process {jax.process_index()}: process 0 wrote the results")
+        return
     for what, path in paths.items():
         print(f"saved {what}: {path}")
 

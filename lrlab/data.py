@@ -14,6 +14,7 @@ import importlib.resources
 import os
 import pathlib
 import struct
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -92,7 +93,7 @@ def _read_verified(directory: pathlib.Path, stem: str, checksums: dict[str, str]
             raw = f.read()
     except FileNotFoundError:
         raise DatasetError(f"missing dataset file {path}") from None
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DatasetError(f"corrupt dataset file {path}: {e}") from None
     want = checksums.get(stem)
     if want is None:

@@ -76,7 +76,7 @@ class HParam:
 
 
 RATE = HParam(None, 0.0, math.inf, open_low=True, search=(1e-6, 100.0, True), help="Learning rate.")
-UNIT = dict(low=0.0, high=1.0)  # averaging coefficients
+UNIT = dict(low=0.0, high=1.0, open_high=True)  # averaging coefficients: 1 would stop them averaging
 POSITIVE = dict(low=0.0, high=math.inf)
 
 
@@ -221,8 +221,8 @@ REGISTRY: dict[str, Optimizer] = {
         help="Momentum coefficient (TF1 MomentumOptimizer as the study used: 0.5).")}),
     "adam": Optimizer("adam", _adam, {
         LEARNING_RATE: RATE,
-        "b1": HParam(0.9, **UNIT, open_high=True, search=(0.0, 0.99, False), help="Adam beta1 (TF1 default 0.9)."),
-        "b2": HParam(0.999, **UNIT, open_high=True, search=(0.9, 0.9999, False),
+        "b1": HParam(0.9, **UNIT, search=(0.0, 0.99, False), help="Adam beta1 (TF1 default 0.9)."),
+        "b2": HParam(0.999, **UNIT, search=(0.9, 0.9999, False),
                      help="Adam beta2 (TF1 default 0.999)."),
         "eps": HParam(1e-8, **POSITIVE, search=(1e-10, 1e-4, True), help="Adam epsilon (TF1 default 1e-8).")}),
     "adagrad": Optimizer("adagrad", _adagrad, {LEARNING_RATE: RATE, "initial_accumulator": HParam(

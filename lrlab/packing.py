@@ -66,7 +66,7 @@ def make_segment_fn(cfg: EngineConfig, num_steps: int, mesh: Mesh | None = None)
     mesh = mesh if mesh is not None else make_mesh()
     members, whole = PartitionSpec(MEMBERS), PartitionSpec()
     sharded = jax.shard_map(pop_lib.make_segment(cfg, num_steps), mesh=mesh,
-                            in_specs=(members, whole, whole, whole, whole, whole),
+                            in_specs=(members, whole, whole, whole, whole, whole, whole),
                             out_specs=(members, members), check_vma=False)
     return jax.jit(sharded, donate_argnums=0)
 

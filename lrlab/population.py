@@ -372,18 +372,21 @@ def make_metrics_fn(cfg: EngineConfig) -> Callable:
 
 
 def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
-    """Builds segment(pop, data, step0, data_key, goal, max_steps) -> (pop, SegmentMetrics), unjitted.
+    """Builds segment(pop, data, step0, data_key, goal, max_steps, evaluate) -> (pop, SegmentMetrics),
+    unjitted.
 
     `num_steps` optimizer steps for every running member (one `lax.scan` of a member-mapped step),
-    then the task's metrics for all members, then reached / exhausted marking. Hyperparameters,
-    goal and budget are data: changing them never recompiles (a goal of the target's
-    `unreachable` value freezes no member).
+    then, when `evaluate` (a boolean array: data, so one program serves both), the task's metrics
+    for all members and reached / stopped / exhausted marking; otherwise the segment only trains
+    (a chunk between two evaluations: the loop checks for a stop signal between chunks, and the
+    metrics come back NaN). Hyperparameters, goal and budget are data too: changing them never
+    recompiles (a goal of the target's `unreachable` value freezes no member).
     """
     member_step = make_member_step(cfg)
     metrics_fn = make_metrics_fn(cfg)
     target = cfg.task.target
 
-    def segment(pop: Population, data: TrainData, step0, data_key, goal, max_steps):
+    def segment(pop: Population, data: TrainData, step0, data_key, goal, max_steps, evaluate):
         n = data.num_train
         if cfg.distinct_seeds:  # each member its own batch order: idx[K, S, B]
             member_keys = jax.vmap(lambda r: jax.random.fold_in(r, BATCH_ORDER_SALT))(pop.rng)
@@ -415,28 +418,35 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
         (state, status, steps_trained, loss_sum), loss_SK = jax.lax.scan(
             body, carry, (jnp.arange(num_steps), idx_steps)
         )
-        was_running = pop.status == RUNNING
         n_stepped = steps_trained - pop.steps_trained
-        loss = jnp.where(n_stepped > 0, loss_sum / jnp.maximum(n_stepped, 1), pop.loss)
-        variables = {"params": state.params, **state.model_state}
-        metrics_K = metrics_fn(variables, data.eval, data.eval_weight)
-        value_K = metrics_K[target.metric]
-        running = status == RUNNING
-        reached = running & target.reached(value_K, goal)
-        status = jnp.where(reached, REACHED, status)
-        new_pop = pop.replace(
-            params=state.params, opt_state=state.opt_state, model_state=state.model_state,
-            loss_scale=state.loss_scale, scale_steps=state.scale_steps, status=status,
-            steps_trained=steps_trained, steps_to_target=jnp.where(reached, steps_trained, pop.steps_to_target),
-            target_value=jnp.where(was_running, value_K, pop.target_value), loss=loss,
-        )
-        val_K = {}
-        if cfg.patience:
-            val_K = metrics_fn(variables, data.val, data.val_weight)
-            new_pop = early_stopping_update(new_pop, variables, target.score(val_K[target.metric]), running,
-                                            cfg.patience)
-        exhausted = (new_pop.status == RUNNING) & (steps_trained >= max_steps)
-        new_pop = new_pop.replace(status=jnp.where(exhausted, EXHAUSTED, new_pop.status))
+        trained = pop.replace(params=state.params, opt_state=state.opt_state, model_state=state.model_state,
+                              loss_scale=state.loss_scale, scale_steps=state.scale_steps, status=status,
+                              steps_trained=steps_trained,
+                              loss=jnp.where(n_stepped > 0, loss_sum / jnp.maximum(n_stepped, 1), pop.loss))
+        names = tuple(cfg.task.metrics)
+        nan_K = jnp.full((k,), jnp.nan, jnp.float32)
+
+        def evaluated(trained: Population):
+            variables = trained.variables
+            metrics_K = metrics_fn(variables, data.eval, data.eval_weight)
+            value_K = metrics_K[target.metric]
+            running = trained.status == RUNNING
+            reached = running & target.reached(value_K, goal)
+            new_pop = trained.replace(status=jnp.where(reached, REACHED, trained.status),
+                                      steps_to_target=jnp.where(reached, trained.steps_trained, pop.steps_to_target),
+                                      target_value=jnp.where(pop.status == RUNNING, value_K, pop.target_value))
+            val_K = {}
+            if cfg.patience:
+                val_K = metrics_fn(variables, data.val, data.val_weight)
+                new_pop = early_stopping_update(new_pop, variables, target.score(val_K[target.metric]), running,
+                                                cfg.patience)
+            exhausted = (new_pop.status == RUNNING) & (new_pop.steps_trained >= max_steps)
+            return new_pop.replace(status=jnp.where(exhausted, EXHAUSTED, new_pop.status)), metrics_K, val_K
+
+        def skipped(trained: Population):
+            return trained, {name: nan_K for name in names}, ({name: nan_K for name in names} if cfg.patience else {})
+
+        new_pop, metrics_K, val_K = jax.lax.cond(evaluate, evaluated, skipped, trained)
         return new_pop, SegmentMetrics(metrics_K, loss_SK.T, val_K)
 
     return segment

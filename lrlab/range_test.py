@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lrlab import data as data_lib
-from lrlab import lr_schedules, optimizers, packing, plots, results, runner
+from lrlab import lr_schedules, optimizers, plots, results, runner
 from lrlab import population as pop_lib
 from lrlab import workdir as workdir_lib
 from lrlab.checkpoints import StopSignal
@@ -193,7 +193,7 @@ class RampHook(runner.Hook):
         return np.concatenate(self.losses, axis=1) if self.losses else np.zeros((self.num_seeds, 0), np.float32)
 
     def after_segment(self, loop: runner.Loop, metrics: pop_lib.SegmentMetrics) -> None:
-        self.losses.append(packing.to_host(metrics.step_loss)[:self.num_seeds])
+        self.losses.append(loop.host["step_loss"][:self.num_seeds].astype(np.float32))
         self.smoothed_KS = smooth(self.loss_KS)
         if self.stop_at_divergence and loop.step < self.num_steps and all_diverged(self.smoothed_KS):
             loop.finish("diverged")
@@ -237,9 +237,9 @@ def lr_range_test(
                          f"{num_steps}, {num_seeds}")
     opt = optimizers.get(optimizer)
     ramp = lr_schedules.ScheduleSpec(lr_schedules.RANGE_TEST, decay_factor=lr_min / lr_max, total_steps=num_steps)
-    budget = runner.Budget(max_steps=num_steps, eval_every=segment_steps)
+    budget = runner.Budget(max_steps=num_steps, eval_every=min(segment_steps, num_steps))
     settings = dataclasses.replace(settings, distinct_seeds=True, schedule=ramp, patience=0, prune=None,
-                                   sequential=False, eval_examples=EVAL_EXAMPLES, budget=budget)
+                                   sequential=False, eval_examples=min(EVAL_EXAMPLES, task.num_train), budget=budget)
     task = dataclasses.replace(task, eval=None) if task.eval is not None else task  # it needs no evaluation
     data, eval_chunk = sweep_data(task, settings)
     programs = runner.Programs(engine_config(task, opt, settings, eval_chunk))

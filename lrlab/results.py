@@ -57,7 +57,7 @@ def member_records(
 ) -> list[dict[str, Any]]:
     """One JSON-ready record per member of a finished population (host arrays): its population
     (`optimizer`: the population's name) and valley (`group`), hyperparameters, outcome, the last
-    evaluation of each metric (`final_<set>_<metric>`, the target's from the population), each
+    evaluation of each metric (`final_<set>_<metric>`, from its curve), each
     metric on the test set (`final_test_<metric>`, None without one), and its curve."""
     records = []
     groups = group_labels(name, hparams_K)
@@ -65,7 +65,8 @@ def member_records(
         steps = int(final.steps_to_target[i])
         reached = steps != pop_lib.NO_STEP
         finals = {f"final_{key}": (curves[i][key][-1] if curves[i].get(key) else None) for key in metric_keys}
-        finals[f"final_{target_key}"] = float(final.target_value[i])
+        if finals.get(f"final_{target_key}") is None:  # no curve kept: the population's latest evaluation
+            finals[f"final_{target_key}"] = float(final.target_value[i])
         tests = {f"final_test_{m}": (None if test_metrics is None else float(v[i]))
                  for m, v in (test_metrics or {}).items()}
         records.append({

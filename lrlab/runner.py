@@ -26,6 +26,11 @@ from lrlab import population as pop_lib
 from lrlab.checkpoints import Interrupted, RunCheckpoints, StopSignal
 from lrlab.population import EngineConfig, Population, SegmentMetrics, TrainData
 
+STOP_CHECK_SECONDS = 10.0  # the longest the loop trains between two checks of the stop signal
+PROBE_STEPS = 10  # at most this many steps per chunk until the time per step is measured,
+PROBE_MEMBER_STEPS = 2000  # and at most this many member-steps (a huge population probes with 1 step)
+FEWER_DISPATCHES = 8  # a chunk grows (a new program) only when an interval takes this many of them
+
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
@@ -41,6 +46,9 @@ class Budget:
             raise ValueError(f"max_steps and eval_every must be at least 1, got {self.max_steps}, {self.eval_every}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
+        if self.eval_every > self.max_steps:
+            raise ValueError(f"eval_every={self.eval_every}: above max_steps={self.max_steps}, no member would be "
+                             "evaluated before the budget ends")
 
 
 class Programs:
@@ -59,6 +67,8 @@ class Programs:
         self.compile_seconds = 0.0
 
     def get(self, num_steps: int, args: tuple) -> Callable:
+        """The program of `num_steps` steps for the population args[0] (one for the chunks that
+        evaluate and those that do not: `evaluate` is an argument)."""
         pop = args[0]
         key = (pop.size, num_steps)
         if key not in self._compiled:
@@ -81,7 +91,7 @@ class Programs:
 
 
 class Hook:
-    """What a method adds to the loop. After each segment (the members' statuses, curves and the
+    """What a method adds to the loop. After each evaluation (the members' statuses, curves and the
     time budget already updated) `after_segment` may read and change the loop: prune members,
     replace the population (PBT), record, or end the run (`loop.finish`). Its `state` is
     checkpointed with the loop's and given back to `restore` on resume; `postfix` joins the
@@ -131,6 +141,11 @@ class Loop:
     `full` holds every member once `sub` (the population on the devices: the running members,
     packed and padded) no longer is the whole population; `pos[i]` is the position in the original
     population of `sub`'s entry i, the first `n_real` of them real members.
+
+    Between two evaluations (every `eval_every` steps) the loop may train in several chunks, so
+    that it checks the stop signal at least every STOP_CHECK_SECONDS whatever eval_every and K are;
+    the steps are the same either way (batches depend only on the step), and so are the results:
+    the interval's training loss is the mean of its step losses, kept per member on the host.
     """
 
     def __init__(self, pop: Population, programs: Programs, budget: Budget, *, repack: bool, curves: bool):
@@ -147,16 +162,23 @@ class Loop:
         self.sub: Population | None = None
         self.pos = np.arange(k)
         self.n_real = k
-        self.host: dict[str, Any] = {}  # this segment's metrics of sub's real entries (numpy)
+        self.host: dict[str, Any] = {}  # this evaluation's metrics of sub's real entries (numpy)
         self.recorded: list[int] = []  # entries of `sub` whose member got a curve entry this segment
         self.finished: str | None = None
+        self.interval_start = 0  # the step of the latest evaluation (or 0)
+        self.pending_loss: list[np.ndarray] = []  # float[K, s] per chunk since it: step losses (NaN: none)
+        self.last_loss = np.full(k, np.nan)  # each member's mean training loss over its latest interval
+        self.step_seconds: float | None = None  # seconds per step of the current `sub` (None: not measured)
+        self.chunk: int | None = None  # the steps of a chunk that does not evaluate, for this `sub`
 
     # The host state saved with every checkpoint.
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "segments": self.segments, "sizes": self.sizes,
                 "train_seconds": self.train_seconds, "status": self.status.tolist(), "curves": self.curves,
                 "seconds_to_target": self.seconds_to_target.tolist(),
-                "seconds_trained": self.seconds_trained.tolist(), "finished": self.finished}
+                "seconds_trained": self.seconds_trained.tolist(), "finished": self.finished,
+                "interval_start": self.interval_start, "last_loss": self.last_loss.tolist(),
+                "pending_loss": np.concatenate(self.pending_loss, axis=1).tolist() if self.pending_loss else []}
 
     def load(self, state: dict[str, Any]) -> None:
         self.step, self.segments, self.sizes = state["step"], state["segments"], state["sizes"]
@@ -166,6 +188,10 @@ class Loop:
         self.seconds_to_target = np.asarray(state["seconds_to_target"], np.float64)
         self.seconds_trained = np.asarray(state["seconds_trained"], np.float64)
         self.finished = state.get("finished")
+        self.interval_start = state["interval_start"]
+        self.last_loss = np.asarray(state["last_loss"], np.float64)
+        pending = np.asarray(state["pending_loss"], np.float64)
+        self.pending_loss = [pending.reshape(self.k, -1)] if pending.size else []
 
     @property
     def running(self) -> np.ndarray:
@@ -193,6 +219,7 @@ class Loop:
         self.full = self.merged()
         sub, self.pos = packing.pack(self.full, members, size)
         self.sub, self.n_real = self.programs.shard(sub), members.size
+        self.step_seconds = self.chunk = None  # another population size: measure again
 
     def set_status(self, members: np.ndarray, code: int) -> None:
         """Members (positions) take status `code`, on the host and in `sub`."""
@@ -215,25 +242,62 @@ class Loop:
         """int[K]: the step of each reached member's last evaluation (its steps to target), else -1."""
         return np.array([c["step"][-1] if self.status[m] == pop_lib.REACHED else -1 for m, c in enumerate(self.curves)])
 
-    def segment(self, data: TrainData, data_key: jax.Array, goal: jax.Array, max_steps: jax.Array) -> SegmentMetrics:
-        """Runs one segment of `sub`, then updates statuses, the clock and the curves."""
-        num_steps = min(self.budget.eval_every, self.budget.max_steps - self.step)
-        args = (self.sub, data, jnp.int32(self.step), data_key, goal, max_steps)
+    def next_chunk(self) -> int:
+        """The steps of the next chunk: a divisor of the steps left to the next evaluation (which
+        ends the last chunk), at most PROBE_STEPS (and PROBE_MEMBER_STEPS) until the time per step
+        is known, then at most what fits in STOP_CHECK_SECONDS. A chunk length is kept while it fits, so the interval
+        reuses one compiled program; it grows only once an interval takes FEWER_DISPATCHES chunks."""
+        end = min(self.interval_start + self.budget.eval_every, self.budget.max_steps)
+        remaining = end - self.step
+        if self.step_seconds is None:
+            limit = self.chunk or max(1, min(PROBE_STEPS, PROBE_MEMBER_STEPS // self.k))
+        else:
+            affordable = max(1, int(STOP_CHECK_SECONDS / self.step_seconds))
+            few = self.chunk and end - self.interval_start < FEWER_DISPATCHES * self.chunk  # chunks per interval
+            limit = self.chunk if self.chunk and self.chunk <= affordable and few else affordable
+        self.chunk = max(d for d in range(1, min(limit, remaining) + 1) if remaining % d == 0)
+        return self.chunk
+
+    def segment(self, data: TrainData, data_key: jax.Array, goal: jax.Array, max_steps: jax.Array
+                ) -> SegmentMetrics | None:
+        """Runs the next chunk of `sub`; after one that evaluates, updates the statuses, the clock
+        and the curves and returns its metrics (None after a chunk that only trains)."""
+        num_steps = self.next_chunk()
+        evaluate = self.step + num_steps == min(self.interval_start + self.budget.eval_every, self.budget.max_steps)
+        args = (self.sub, data, jnp.int32(self.step), data_key, goal, max_steps, jnp.bool_(evaluate))
         program = self.programs.get(num_steps, args)
         start = time.perf_counter()
         self.sub, metrics = program(*args)
         sub_status = packing.to_host(self.sub.status)  # the one host synchronisation per segment
-        self.train_seconds += time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.train_seconds += seconds
+        per_step = seconds / num_steps
+        if self.step_seconds is None and per_step > STOP_CHECK_SECONDS:
+            print(f"lrlab: one training step of {self.n_real} members takes {per_step:.0f} s: a stop signal waits "
+                  "for the step in progress", flush=True)
+        self.step_seconds = per_step if self.step_seconds is None else 0.5 * (self.step_seconds + per_step)
         self.step += num_steps
+        step_loss = np.full((self.k, num_steps), np.nan)
+        step_loss[self.pos[:self.n_real]] = packing.to_host(metrics.step_loss)[:self.n_real]
+        self.pending_loss.append(step_loss)
+        if not evaluate:
+            return None
         self.segments += 1
         if self.budget.max_seconds is not None and self.train_seconds >= self.budget.max_seconds:
             self.sub = self.sub.replace(status=jnp.where(self.sub.status == pop_lib.RUNNING, pop_lib.EXHAUSTED,
                                                          self.sub.status))
             sub_status = packing.to_host(self.sub.status)
-        values, val, loss, trained = packing.to_host((metrics.metrics, metrics.val, self.sub.loss,
-                                                      self.sub.steps_trained))
+        interval_loss = np.concatenate(self.pending_loss, axis=1)
+        stepped = np.isfinite(interval_loss).any(axis=1)
+        mean = np.nanmean(np.where(stepped[:, None], interval_loss, 0.0), axis=1)
+        self.last_loss = np.where(stepped, mean, self.last_loss)
+        self.pending_loss, self.interval_start = [], self.step
+        values, val, trained = packing.to_host((metrics.metrics, metrics.val, self.sub.steps_trained))
+        real = self.pos[:self.n_real]
+        loss = self.last_loss[real]
         eval_name = self.programs.cfg.task.eval_name
-        self.host = {"metrics": values, "val": val, "loss": loss, "steps_trained": trained, "status": sub_status}
+        self.host = {"metrics": values, "val": val, "loss": loss, "steps_trained": trained, "status": sub_status,
+                     "step_loss": interval_loss[real]}
         self.recorded = []
         for i in range(self.n_real):
             m = self.pos[i]
@@ -324,27 +388,33 @@ def train(
     goal = jnp.float32(target.goal if freeze_at_target else target.unreachable)
     max_steps = jnp.int32(budget.max_steps)
 
-    def save() -> None:
-        state = {**loop.state(), "hooks": {hook.name: hook.state() for hook in hooks}}
-        checkpoints.save(loop.segments, loop.merged(), state)
+    saved_at = [None]
+
+    def save() -> None:  # numbered by the step: a stop between evaluations saves as well
+        if saved_at[0] != loop.step:
+            state = {**loop.state(), "hooks": {hook.name: hook.state() for hook in hooks}}
+            checkpoints.save(loop.step, loop.merged(), state)
+            saved_at[0] = loop.step
 
     bar = tqdm.tqdm(total=budget.max_steps, initial=loop.step, desc=desc, unit="step", disable=not progress,
                     leave=True, dynamic_ncols=True)
     with bar:
         while loop.active:
             metrics = loop.segment(data, data_key, goal, max_steps)
-            for hook in hooks:
-                hook.after_segment(loop, metrics)
+            if metrics is not None:
+                for hook in hooks:
+                    hook.after_segment(loop, metrics)
+                postfix = status_counts(loop.status)
+                for hook in hooks:
+                    postfix.update(hook.postfix(loop))
+                bar.set_postfix(postfix, refresh=False)
+                loop.repack_running()
             bar.update(loop.step - bar.n)
-            postfix = status_counts(loop.status)
-            for hook in hooks:
-                postfix.update(hook.postfix(loop))
-            bar.set_postfix(postfix, refresh=False)
-            loop.repack_running()
-            if checkpoints is not None and (stop is not None and stop.requested or checkpoints.due(loop.segments)
-                                            or not loop.active):
+            requested = stop is not None and stop.requested
+            if checkpoints is not None and (requested or metrics is not None and (
+                    checkpoints.due(loop.segments) or not loop.active)):
                 save()
-            if checkpoints is not None and stop is not None and stop.requested and loop.active:
+            if checkpoints is not None and requested and loop.active:
                 raise Interrupted(stop.requested, loop.step, checkpoints.directory)
     full = loop.merged()
     return RunOutput(

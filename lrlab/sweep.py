@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from lrlab import data as data_lib
-from lrlab import packing, results, runner, tasks
+from lrlab import memory, packing, results, runner, tasks
 from lrlab import population as pop_lib
 from lrlab.checkpoints import StopSignal
 from lrlab.optimizers import Members, Optimizer
@@ -75,9 +75,29 @@ def engine_config(task: Task, optimizer: Optimizer, settings: SweepSettings, eva
                         patience=settings.patience)
 
 
+def check_fits(task: Task, settings: SweepSettings, populations: Sequence[Members] = ()) -> None:
+    """The settings that must fit the task's data, and each population the devices' memory
+    (`memory.check`), checked before any work: ValueError naming the setting (as the command
+    line's flag) and the data's size otherwise, memory.TooLarge for a population too large."""
+    n = task.num_train
+    if settings.patience and not 0 < settings.validation_examples < n:
+        raise ValueError(f"validation_examples={settings.validation_examples}: {task.name} has only {n:,} training "
+                         "examples (early stopping holds them out of training)")
+    n_train = n - (settings.validation_examples if settings.patience else 0)
+    if settings.batch_size > n_train:
+        raise ValueError(f"batch_size={settings.batch_size}: more than the {n_train:,} examples {task.name} trains on")
+    if task.eval is None and settings.eval_examples > n_train:
+        raise ValueError(f"eval_examples={settings.eval_examples}: the target is measured on a subset of the "
+                         f"{n_train:,} training examples of {task.name}: give at most that many")
+    data_bytes = memory.tree_bytes(task.train) + (memory.tree_bytes(task.eval) if task.eval is not None else 0)
+    for members in populations:
+        memory.check(engine_config(task, members.optimizer, settings, EVAL_CHUNK), members.size, data_bytes)
+
+
 def sweep_data(task: Task, settings: SweepSettings) -> tuple[TrainData, int]:
     """The device-resident data of a sweep and its evaluation chunk (`tasks.split`: with early
     stopping, `validation_examples` training examples are held out)."""
+    check_fits(task, settings)
     splits = tasks.split(task, settings.eval_examples, settings.seed,
                          settings.validation_examples if settings.patience else 0)
     eval_chunk = min(EVAL_CHUNK, tasks.num_examples(splits.eval))
@@ -109,6 +129,7 @@ def train_population(task: Task, members: Members, settings: SweepSettings, data
     """One population trained (vectorized, or one member after another with `settings.sequential`),
     checkpointed in `scope`; returns its member records and its timing."""
     cfg = engine_config(task, members.optimizer, settings, eval_chunk)
+    memory.check(cfg, members.size, memory.tree_bytes(data))
     start = time.perf_counter()
     ident = identity(task, members, settings)
     hooks = list(hooks)

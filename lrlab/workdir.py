@@ -13,13 +13,14 @@ import datetime
 import json
 import os
 import pathlib
+import re
 import shutil
 import time
 from typing import Any, Callable, Mapping
 
 import jax
 
-from lrlab import results
+from lrlab import errors, results
 from lrlab.checkpoints import RunCheckpoints
 
 RESULTS = results.RESULTS_FILE
@@ -48,6 +49,28 @@ def default_path(experiment: str) -> pathlib.Path:
 def _normalised(obj: Any) -> Any:
     """The JSON form of `obj` (tuples become lists, numpy numbers plain ones), as saved."""
     return json.loads(json.dumps(results.finite_or_none(obj), default=results.json_default))
+
+
+_NUMBER_TOKEN = re.compile(r"[^,:=\s]+")
+
+
+def _canonical(value: Any) -> Any:
+    """`value` with every number written in text compared by value: `--lrs=1e-3` is `--lrs=0.001`."""
+    if isinstance(value, str):
+        def number(match: re.Match) -> str:
+            token = match.group()
+            try:
+                return repr(float(token)) if token[0] in "0123456789.+-" else token
+            except ValueError:
+                return token
+        return _NUMBER_TOKEN.sub(number, value)
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +112,7 @@ class Workdir:
         self.overwrite = overwrite
         self.claimed = False
         self.finished = False  # after claim: the folder already holds this run's results
+        self._pending: dict[str, Any] | None = None  # settings to save with the run's first output
         self._managers: list[RunCheckpoints] = []
 
     @property
@@ -115,7 +139,9 @@ class Workdir:
         """Checks the folder against this run's `settings` (JSON); True when its results exist.
 
         With `overwrite`, lrlab's outputs are removed first. Settings saved by another run are
-        refused with the differences named (`label(key)` names a setting: "--max_steps").
+        refused with the differences named (`label(key)` names a setting: "--max_steps"). This run's
+        settings are saved (flags.json) with its first checkpoint or its results, not before: a run
+        that never started leaves nothing that would refuse the corrected command.
         """
         self.prepare()
         if self.overwrite and is_writer():
@@ -135,21 +161,35 @@ class Workdir:
                 raise WorkdirError(f"{self.path}: unreadable {FLAGS_FILE} ({e}); use --overwrite to start "
                                    "again") from None
             diffs = [f"{label(k)}={saved.get(k)!r} there, {current.get(k)!r} here"
-                     for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+                     for k in sorted(set(saved) | set(current))
+                     if _canonical(saved.get(k)) != _canonical(current.get(k))]
             if diffs:
                 raise WorkdirError(f"{self.path} holds a run with other {noun} ({'; '.join(diffs)}): use another "
                                    f"workdir, the same {noun} to resume it, or overwrite to discard it")
             self.finished = self.results_path.exists()
+            if self.finished:
+                try:
+                    self.read_results()
+                except (OSError, ValueError) as e:  # JSON and Unicode decoding errors are ValueErrors
+                    print(f"lrlab: {self.results_path} is unreadable ({errors.one_line(e)}); recomputing it "
+                          "from the checkpoints", flush=True)
+                    self.finished = False
             return self.finished
-        if is_writer():
-            results.write_json(saved_path, current)
+        self._pending = current
         return False
+
+    def commit_settings(self) -> None:
+        """Saves the claimed settings (flags.json) once the run has written something of its own."""
+        if self._pending is not None and is_writer():
+            results.write_json(self.path / FLAGS_FILE, self._pending)
+        self._pending = None
 
     def read_results(self) -> dict[str, Any]:
         return results.read_json(self.results_path)
 
     def open_checkpoints(self, directory: pathlib.Path, identity: Mapping[str, Any]) -> RunCheckpoints:
-        manager = RunCheckpoints(directory, _normalised(dict(identity)), self.checkpoint_every)
+        manager = RunCheckpoints(directory, _normalised(dict(identity)), self.checkpoint_every,
+                                 on_save=self.commit_settings)
         self._managers.append(manager)
         return manager
 
@@ -198,6 +238,7 @@ class Workdir:
         if started is not None:
             summary["wall_seconds"] = time.perf_counter() - started
         self.save_results(summary)
+        self.commit_settings()
         return paths
 
 

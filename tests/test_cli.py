@@ -41,6 +41,28 @@ def test_tiny_valley_end_to_end(tmp_path):
     assert "rates that trained with at least one optimizer:" in proc.stdout
 
 
+def test_rerun_compares_rates_by_value_not_text(tmp_path):
+    workdir = tmp_path / "run"
+    first = run_valley("--optimizer=sgd", "--lrs=0.001,0.1", f"--workdir={workdir}", *TINY)
+    assert first.returncode == 0, first.stderr
+    again = run_valley("--optimizer=sgd", "--lrs=1e-3,1e-1", f"--workdir={workdir}", *TINY)
+    assert again.returncode == 0, again.stderr
+    assert "already holds this run's results" in again.stdout
+    other = run_valley("--optimizer=sgd", "--lrs=1e-3,1e-2", f"--workdir={workdir}", *TINY)
+    assert other.returncode == 1 and "holds a run with other flags (--lrs=" in other.stderr
+
+
+def test_refused_rerun_does_not_claim_the_workdir(tmp_path):
+    """A refused command never writes flags.json: after a late refusal the corrected one still runs."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    bad = run_valley("--optimizer=sgd", "--model=tutorial_cnn", "--num_lrs=2000", f"--workdir={workdir}", *TINY[1:])
+    assert bad.returncode == 1 and "members fit" in bad.stderr
+    assert not (workdir / "flags.json").exists() and not (workdir / "checkpoints").exists()
+    good = run_valley("--optimizer=sgd", "--lrs=0.1", f"--workdir={workdir}", *TINY)
+    assert good.returncode == 0, good.stderr
+
+
 @pytest.mark.parametrize("flag,needle", [
     ("--optimizer=adamw", "--optimizer=adamw: unknown optimizer adamw"),
     ("--model=resnet", "--model"),
@@ -64,7 +86,21 @@ def test_tiny_valley_end_to_end(tmp_path):
     ("--dtype=float8", "--dtype"),
     ("--model=mlp --batch_norm", "--batch_norm needs a CNN: the mlp has no conv blocks"),
     ("--prune=sha --sequential", "--prune ranks members against each other: not with --sequential"),
-    ("--early_stopping --validation_examples=60000", "--validation_examples=60000: mnist has only 60000 training examples"),
+    ("--early_stopping --validation_examples=60000",
+     "--validation_examples=60000: mnist has only 60,000 training examples"),
+    # Values that used to fail only after compiling, or to train nonsense (reliability issue 16).
+    ("--batch_size=70000", "--batch_size=70000: more than the 60,000 examples mnist trains on"),
+    ("--eval_examples=70000", "--eval_examples=70000: the target is measured on a subset of the 60,000"),
+    ("--seed=-1", "--seed=-1: must be 0 or positive"),
+    ("--eval_every=50", "--eval_every=50 is above --max_steps=20"),
+    ("--adam_b1=1.5", "--adam_b1=1.5: b1 must be finite and in [0, 1)"),
+    ("--optimizer=adam --adam_b2=1.5", "--adam_b2=1.5: b2 must be finite and in [0, 1)"),
+    ("--optimizer=rmsprop --rmsprop_decay=2", "--rmsprop_decay=2.0: decay must be finite and in [0, 1)"),
+    ("--lrs=", "--lrs=[]: is empty"),
+    ("--lrs=1e-3,0.001", "learning rate 0.001 listed twice"),
+    ("--width=1000", "3 members need at least"),
+    ("--model=tutorial_cnn --num_lrs=2000", "members fit"),
+    ("--coordinator_address=localhost:1", "--num_processes, --process_id: needed with --coordinator_address"),
 ])
 def test_bad_flags_fail_with_one_clear_line(tmp_path, flag, needle):
     workdir = tmp_path / "run"

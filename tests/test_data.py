@@ -43,6 +43,17 @@ def test_truncated_file_is_refused(mnist_copy):
         data_lib.load_mnist(mnist_copy)
 
 
+def test_corrupt_compressed_data_is_refused(mnist_copy):
+    """Bytes flipped inside the deflate stream: zlib's error becomes the one-line DatasetError."""
+    path = mnist_copy / "train-labels-idx1-ubyte.gz"
+    raw = bytearray(path.read_bytes())
+    for i in range(200, 264):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(data_lib.DatasetError, match="corrupt dataset file .*train-labels"):
+        data_lib.load_mnist(mnist_copy)
+
+
 def test_missing_file_is_refused(mnist_copy):
     (mnist_copy / "train-images-idx3-ubyte.gz").unlink()
     with pytest.raises(data_lib.DatasetError, match="missing dataset file .*train-images"):

@@ -6,6 +6,8 @@ gives the single-device results.
 """
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,17 +38,25 @@ def members(workdir):
     return out
 
 
-def checkpoint_steps(workdir, optimizer):
+def checkpoint_steps(workdir, optimizer, recorded=False):
+    """The checkpoint folders of `optimizer` (`recorded`: only those whose digest is written)."""
     folder = workdir / "checkpoints" / optimizer
-    return [p for p in folder.iterdir() if p.name.isdigit()] if folder.exists() else []
+    steps = [p for p in folder.iterdir() if p.name.isdigit()] if folder.exists() else []
+    if recorded:
+        try:
+            digests = json.loads((folder / "digests.json").read_text())
+        except (OSError, ValueError):
+            return []
+        steps = [p for p in steps if p.name in digests]
+    return steps
 
 
-def start_and_signal(workdir, optimizer, sig):
-    """Starts a run checkpointing every segment; sends `sig` once `optimizer` has a checkpoint."""
+def start_and_signal(workdir, optimizer, sig, checkpoints=1, recorded=False):
+    """Starts a run checkpointing every segment; sends `sig` once `optimizer` has `checkpoints`."""
     proc = subprocess.Popen(command(workdir, "--checkpoint_every=1"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not checkpoint_steps(workdir, optimizer):
+    while len(checkpoint_steps(workdir, optimizer, recorded)) < checkpoints:
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline
         time.sleep(0.02)
@@ -137,7 +147,40 @@ def test_sharded_over_4_devices_equals_one_device(reference, tmp_path):
         assert a["final_test_accuracy"] == pytest.approx(b["final_test_accuracy"], abs=2e-3)
 
 
-def test_damaged_checkpoint_is_refused_with_one_line(tmp_path):
+def largest_file(folder):
+    return max((f for f in folder.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+
+
+def flip_bytes(path, count=64):
+    """XORs `count` bytes in the middle of `path` (same size, other content)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for i in range(middle, min(middle + count, len(data))):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path):
+    """Issue 16 #1: bytes flipped in the latest checkpoint's arrays: resumed from the one before, said
+    in one line, and the results are the uninterrupted run's (they were silently wrong before)."""
+    workdir = tmp_path / "run"
+    code, _, _ = start_and_signal(workdir, "adam", signal.SIGKILL, checkpoints=2, recorded=True)
+    assert code == -signal.SIGKILL
+    steps = sorted(checkpoint_steps(workdir, "adam", recorded=True), key=lambda p: int(p.name))
+    latest, previous = steps[-1], steps[-2]
+    flip_bytes(largest_file(latest / "population"))
+    proc = run(workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert f"checkpoint {latest} has" in proc.stdout and "changed since it was saved" in proc.stdout
+    assert f"resuming from checkpoint {previous.name} instead" in proc.stdout
+    assert f"lrlab: resuming from step {previous.name} (checkpoint {previous})" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert members(workdir) == members(reference)
+
+
+def test_no_intact_checkpoint_is_refused_with_one_line_naming_the_cause(tmp_path):
+    """Every checkpoint garbled (runner state overwritten): the cause is named, not "another run"."""
     workdir = tmp_path / "run"
     code, _, _ = start_and_signal(workdir, "adam", signal.SIGKILL)
     assert code == -signal.SIGKILL
@@ -147,5 +190,31 @@ def test_damaged_checkpoint_is_refused_with_one_line(tmp_path):
                 f.write_text("{ truncated")
     proc = run(workdir)
     assert proc.returncode == 1
-    assert "is unreadable" in proc.stderr and "use another --workdir or --overwrite" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert "no intact checkpoint to resume from" in line and "use another --workdir or --overwrite" in line
+    assert "truncated or grown" in line or "changed since it was saved" in line
+    assert "another run" not in line
+
+
+def test_truncated_results_of_a_finished_run_are_recomputed(reference, tmp_path):
+    """A results.json cut short in a finished workdir: one line, recomputed from the final checkpoint."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    text = (workdir / "results.json").read_text()
+    (workdir / "results.json").write_text(text[: len(text) // 2])
+    proc = run(workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert "results.json is unreadable (JSONDecodeError" in proc.stdout and "recomputing it" in proc.stdout
+    assert members(workdir) == members(reference)
+
+
+def test_outputs_take_the_umask_mode(reference):
+    for name in ("results.json", "flags.json", "valley.png"):
+        assert (reference / name).stat().st_mode & 0o777 == 0o666 & ~current_umask(), name
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -37,7 +37,8 @@ def test_float16_overflow_skips_the_step_and_halves_the_scale(small_data):
     pop = pop.replace(loss_scale=jnp.array([pop_lib.FLOAT16_INITIAL_SCALE, 2.0**100], jnp.float32))
     before = jax.tree_util.tree_map(np.asarray, pop)  # the segment donates `pop`
     step = packing.make_segment_fn(cfg, 1)
-    new, _ = step(pop, small_data, jnp.int32(0), jax.random.PRNGKey(1), jnp.float32(2.0), jnp.int32(10))
+    new, _ = step(pop, small_data, jnp.int32(0), jax.random.PRNGKey(1), jnp.float32(2.0), jnp.int32(10),
+                  jnp.bool_(True))
     assert list(np.asarray(new.status)) == [pop_lib.RUNNING, pop_lib.RUNNING]  # not diverged
     assert float(new.loss_scale[1]) == 2.0**99  # overflowed: halved ...
     same = lambda tree: jax.tree_util.tree_map(lambda x: x[1], tree)

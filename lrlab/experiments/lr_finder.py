@@ -53,6 +53,7 @@ def main(argv: list[str]) -> None:
         except ValueError as e:
             cli.fail(f"--valley={FLAGS.valley}: {e}")
     task = cli.task()
+    cli.check_data(task)
     run = cli.workdir("lr_finder")
     if run.finished:
         print(lr_finder.FinderRun(run.read_results()).report())

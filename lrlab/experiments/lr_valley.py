@@ -28,9 +28,9 @@ def main(argv: list[str]) -> None:
     start = cli.start(argv)
     task = cli.task()
     load_seconds = time.perf_counter() - start
-    cli.check_data(task)
     lrs = cli.learning_rates()
     populations = cli.populations(lrs)
+    cli.check_data(task, populations)
     run = cli.workdir("lr_valley")
     if run.finished:
         print(ValleyResult(run.read_results()).report())

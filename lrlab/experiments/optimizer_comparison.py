@@ -103,6 +103,7 @@ def main(argv: list[str]) -> None:
     for name, why in skipped.items():
         print(f"optimizer_comparison: skipping {name}: {why}")
     task = cli.task()
+    cli.check_data(task)
     run = cli.workdir("optimizer_comparison")
     if run.finished:
         print(comparison.ComparisonRun(run.read_results()).report())

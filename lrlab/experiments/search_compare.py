@@ -32,6 +32,7 @@ cli.refuse_flags({"hparam": "search_compare searches the learning rate: set othe
 def main(argv: list[str]) -> None:
     start = cli.start(argv)
     task = cli.task()
+    cli.check_data(task)
     run = cli.workdir("search_compare")
     if run.finished:
         print(comparison.CompareRun(run.read_results()).report())

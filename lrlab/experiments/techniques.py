@@ -46,9 +46,7 @@ def main(argv: list[str]) -> None:
     dataset = None if FLAGS.task else cli.load_dataset()
     task = cli.task(dataset=dataset)
     names = parse_techniques(FLAGS.techniques)
-    if "early_stopping" in names and FLAGS.validation_examples >= task.num_train:
-        cli.fail(f"--validation_examples={FLAGS.validation_examples}: {task.name} has only {task.num_train} "
-                 "training examples")
+    cli.check_data(task, patience=FLAGS.patience if "early_stopping" in names else 0)
     lrs = cli.learning_rates()
     (members,) = cli.populations(lrs)
     run = cli.workdir("techniques")
