@@ -59,7 +59,7 @@ class Population(flax.struct.PyTreeNode):
     steps_trained: jax.Array  # int32[K]
     steps_to_target: jax.Array  # int32[K], NO_STEP until reached
     target_value: jax.Array  # float32[K]: the target metric at the latest evaluation
-    loss: jax.Array  # float32[K], mean training loss over the latest segment
+    loss: jax.Array  # float32[K], mean training loss over the latest chunk (the loop keeps the interval's)
     model_state: Any = flax.struct.field(default_factory=dict)  # non-trained collections (batch_stats)
     loss_scale: jax.Array | None = None  # float32[K]: 1, or float16's dynamic loss scale
     scale_steps: jax.Array | None = None  # int32[K]: steps since the loss scale last changed

@@ -268,7 +268,8 @@ class Loop:
         program = self.programs.get(num_steps, args)
         start = time.perf_counter()
         self.sub, metrics = program(*args)
-        sub_status = packing.to_host(self.sub.status)  # the one host synchronisation per segment
+        # the one host synchronisation per chunk: the statuses and the chunk's step losses together
+        sub_status, chunk_loss = packing.to_host((self.sub.status, metrics.step_loss))
         seconds = time.perf_counter() - start
         self.train_seconds += seconds
         per_step = seconds / num_steps
@@ -278,7 +279,7 @@ class Loop:
         self.step_seconds = per_step if self.step_seconds is None else 0.5 * (self.step_seconds + per_step)
         self.step += num_steps
         step_loss = np.full((self.k, num_steps), np.nan)
-        step_loss[self.pos[:self.n_real]] = packing.to_host(metrics.step_loss)[:self.n_real]
+        step_loss[self.pos[:self.n_real]] = chunk_loss[:self.n_real]
         self.pending_loss.append(step_loss)
         if not evaluate:
             return None
