@@ -182,7 +182,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp
 def test_no_intact_checkpoint_is_refused_with_one_line_naming_the_cause(tmp_path):
     """Every checkpoint garbled (runner state overwritten): the cause is named, not "another run"."""
     workdir = tmp_path / "run"
-    code, _, _ = start_and_signal(workdir, "adam", signal.SIGKILL)
+    code, _, _ = start_and_signal(workdir, "adam", signal.SIGKILL, recorded=True)  # its digest written too
     assert code == -signal.SIGKILL
     for step in checkpoint_steps(workdir, "adam"):
         for f in (step / "runner").rglob("*"):
