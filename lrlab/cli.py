@@ -24,7 +24,7 @@ from lrlab import checkpoints, lr_schedules, models, optimizers, pruning, tasks
 from lrlab import data as data_lib
 from lrlab import population as pop_lib
 from lrlab import workdir as workdir_lib
-from lrlab import memory, sweep
+from lrlab import memory, sweep, views
 from lrlab.runner import Budget
 from lrlab.sweep import SweepSettings
 
@@ -46,6 +46,7 @@ BUILT_IN_TASK_FLAGS = ("model", "width", "dataset", "data_dir", "batch_norm", "c
 OPERATIONAL_FLAGS = frozenset({"workdir", "overwrite", "checkpoint_every", "cpu_devices", "distributed",
                                "coordinator_address", "num_processes", "process_id", "progress", "data_dir",
                                "member_chunk"})
+OPERATIONAL_FLAGS |= {"optuna_storage", "tensorboard"}  # where the results are also written (views.py)
 
 
 def _check(condition: bool, message: str) -> bool:
@@ -185,6 +186,13 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.DEFINE_float("sgdr_mult", 2.0, "cosine_restarts: each period this times the previous (SGDR T_mult), >= 1.")
     flags.DEFINE_integer("warmup_steps", 0, "Linear warmup from 0 to the peak rate before any schedule.")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
+    flags.DEFINE_string("optuna_storage", views.STORAGE_IN_WORKDIR, "Where the run is also written as an Optuna "
+                        "study (one trial per member): 'workdir' (sqlite:///<workdir>/optuna.db), 'none', or an RDB "
+                        "URL (sqlite:///all.db, postgresql://...).")
+    flags.DEFINE_bool("tensorboard", False, "Also write each member's curves as TensorBoard scalars under "
+                      "<workdir>/tb/, one run per member (needs tensorboardX: pip install 'lrlab[tensorboard]').")
+    flags.register_validator("optuna_storage", _parsed(views.check_storage))
+    flags.register_validator("tensorboard", _parsed(lambda v: v and views.check_tensorboard()))
     for name, (opt, hp) in HPARAM_FLAGS.items():
         spec = optimizers.REGISTRY[opt].hparams[hp]
         flags.DEFINE_float(name, spec.default, f"{spec.help} Valid: {spec.describe_range()}.")
@@ -418,7 +426,8 @@ def settings(**replace: Any) -> SweepSettings:
         member_chunk=FLAGS.member_chunk, progress=FLAGS.progress, schedule=schedule_spec(), dtype=FLAGS.dtype,
         augment=FLAGS.augment, patience=FLAGS.patience if FLAGS.early_stopping else 0,
         validation_examples=FLAGS.validation_examples,
-        prune=pruning.PruneSpec(FLAGS.prune_min_steps, FLAGS.prune_eta) if FLAGS.prune == "sha" else None)
+        prune=pruning.PruneSpec(FLAGS.prune_min_steps, FLAGS.prune_eta) if FLAGS.prune == "sha" else None,
+        views=views.Views(FLAGS.optuna_storage, FLAGS.tensorboard))
     values.update(replace)
     try:
         return SweepSettings(**values)

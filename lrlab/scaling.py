@@ -226,5 +226,6 @@ def model_scaling(width_tasks: Mapping[float, Any], members: Any, settings: Any 
                "fits": rate_fits(records), "best_rates": best, "transfer": transfer(best)}
     out = ScalingRun(summary)
     if run is not None:
-        out.paths = run.save(summary, {"scaling.png": out.plot}, started=started)
+        out.paths = run.save(summary, {"scaling.png": out.plot}, started=started, members=records,
+                             views=settings.views)
     return out

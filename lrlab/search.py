@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from lrlab import optimizers, plots, results
+from lrlab import optimizers, plots, results, views
 from lrlab import workdir as workdir_lib
 from lrlab.checkpoints import StopSignal
 from lrlab.optimizers import Optimizer
@@ -195,6 +195,8 @@ class SearchResult:
     trials: list[Trial]
     rounds: list[dict[str, Any]]  # per round: members, model_steps, cumulative_model_steps, incumbent
     timing: list[dict[str, Any]]  # per round: run_sweep's statistics
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # the members, curves included
+    study: Any = None  # bayes: the Optuna study its TPE sampler asked and was told (the run's exported study)
 
     @property
     def best(self) -> Trial | None:
@@ -243,7 +245,7 @@ def train_random(task: Task, optimizer: str | Optimizer, ranges: Ranges, n: int,
     rounds = [_round_entry(0, trials, trials)]
     if on_round is not None:
         on_round(rounds[-1])
-    return SearchResult("random", trials, rounds, [timing])
+    return SearchResult("random", trials, rounds, [timing], records)
 
 
 def tpe_gamma(n: int) -> int:
@@ -308,19 +310,21 @@ def train_bayes(task: Task, optimizer: str | Optimizer, ranges: Ranges, rounds: 
     opt = optimizers.get(optimizer)
     study = make_study(seed, batch if n_startup is None else n_startup)
     trials: list[Trial] = []
-    entries, timing = [], []
+    entries, timing, all_records = [], [], []
     for r in range(rounds):
         asked, sampled = propose(study, ranges, batch)
         records, stats = _train_round(task, candidate_hparams(opt, sampled, overrides), settings, r, scope, stop)
         new = _trials(task, settings, records, r, len(trials), [t.number for t in asked])
-        for trial, t in zip(new, asked):
+        for trial, t, record, name in zip(new, asked, records, views.member_names(records)):
+            views.annotate(t, record, name, task.target_key)
             study.tell(t, trial["objective"])
+        all_records += records
         trials += new
         timing.append(stats)
         entries.append(_round_entry(r, trials, new))
         if on_round is not None:
             on_round(entries[-1])
-    return SearchResult("bayes", trials, entries, timing)
+    return SearchResult("bayes", trials, entries, timing, all_records, study)
 
 
 def format_trials(trials: list[Trial], searched: list[str], eval_every: int, metric: str = "accuracy") -> str:
@@ -440,5 +444,6 @@ def _search(task: Task, optimizer: str | Optimizer, ranges: Ranges | list[str], 
                "objective": OBJECTIVE, **result.to_json()}
     out = SearchRun(summary)
     if run is not None:
-        out.paths = run.save(summary, {"search.png": out.plot}, started=started)
+        out.paths = run.save(summary, {"search.png": out.plot}, started=started, members=result.records,
+                             views=settings.views, study=result.study, ranges=ranges)
     return out

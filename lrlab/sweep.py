@@ -25,6 +25,7 @@ from lrlab.pruning import PruneSpec, SuccessiveHalving
 from lrlab.runner import Budget
 from lrlab.lr_schedules import ScheduleSpec
 from lrlab.tasks import Task
+from lrlab.views import Views
 from lrlab.workdir import NO_SCOPE, Scope
 
 EVAL_CHUNK = 250  # evaluation examples per chunk (the evaluation is a lax.map over chunks)
@@ -50,6 +51,7 @@ class SweepSettings:
     validation_examples: int = 5000  # held out of the training set for early stopping (patience > 0)
     prune: PruneSpec | None = None  # successive halving (vectorized runs only)
     stop_at_target: bool = True  # False: members train on past the target (optimizer_comparison's curves)
+    views: Views = Views()  # the Optuna study, TensorBoard runs and members.csv written at the end (views.py)
 
     def __post_init__(self):
         if self.sequential and self.prune is not None:
@@ -62,6 +64,7 @@ class SweepSettings:
         out = dataclasses.asdict(self)
         for operational in ("progress", "member_chunk"):
             out.pop(operational)
+        out.pop("views")  # where results are also written, not what they are
         if not self.patience:
             out.pop("validation_examples")
         return out

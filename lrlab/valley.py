@@ -134,5 +134,6 @@ def lr_valley(task: Task, populations: Members | Sequence[Members], settings: Sw
         summary["envelope"], summary["trained_band"] = envelope, results.trained_band(envelope)
     result = ValleyResult(summary)
     if run is not None:
-        result.paths = run.save(summary, result.figures(), results.orbax_tree(records), started)
+        result.paths = run.save(summary, result.figures(), results.orbax_tree(records), started, members=records,
+                                views=settings.views)
     return result

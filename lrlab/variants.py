@@ -134,7 +134,8 @@ def _compare(experiment: str, field: str, task: Task, members: Members, settings
                "timing": timing, "stage_seconds": {"sweep": time.perf_counter() - started}, "members": records}
     out = VariantsRun(summary)
     if run is not None:
-        out.paths = run.save(summary, {f"{experiment}.png": out.plot}, started=started)
+        out.paths = run.save(summary, {f"{experiment}.png": out.plot}, started=started, members=records,
+                             views=settings.views)
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
-from lrlab import errors, results
+from lrlab import errors, results, views as views_lib
 from lrlab.checkpoints import RunCheckpoints
 
 RESULTS = results.RESULTS_FILE
@@ -30,7 +30,12 @@ FLAGS_FILE = "flags.json"
 # Each experiment's figures (what --overwrite removes, with the files above; nothing else is touched).
 FIGURES = ("valley.png", "envelope.png", "curves.png", "scaling.png", "schedules.png", "techniques.png",
            "search.png", "pbt.png", "lr_finder.png", "search_compare.png")
-OUTPUTS = (RESULTS, ORBAX, CHECKPOINTS, FLAGS_FILE) + FIGURES
+# The views of a run's members for other tools (views.py writes them, Workdir.save_views names them).
+OPTUNA_DB = "optuna.db"
+TENSORBOARD = "tb"
+MEMBERS_CSV = "members.csv"
+VIEWS = (OPTUNA_DB, TENSORBOARD, MEMBERS_CSV)
+OUTPUTS = (RESULTS, ORBAX, CHECKPOINTS, FLAGS_FILE) + FIGURES + VIEWS
 
 
 class WorkdirError(Exception):
@@ -224,21 +229,66 @@ class Workdir:
         return path
 
     def save(self, summary: dict[str, Any], figures: Mapping[str, Callable[[pathlib.Path], None]],
-             orbax_tree: Any = None, started: float | None = None) -> dict[str, pathlib.Path]:
-        """A finished run's outputs: the Orbax results (if any), the figures, then results.json with
-        the seconds spent saving (`stage_seconds.save`) and since `started` (`wall_seconds`).
-        Returns what was saved where."""
+             orbax_tree: Any = None, started: float | None = None, *, members: list[dict[str, Any]] | None = None,
+             views: views_lib.Views | None = None, study: Any = None,
+             ranges: Mapping[str, tuple[float, float, bool]] | None = None) -> dict[str, pathlib.Path]:
+        """A finished run's outputs: the Orbax results (if any), the figures, the views of its
+        `members` (`save_views`), then results.json with the seconds spent saving
+        (`stage_seconds.save`) and since `started` (`wall_seconds`). Returns what was saved where."""
         start = time.perf_counter()
         paths = {"results": self.results_path}
         if orbax_tree is not None:
             paths["orbax"] = self.save_orbax(orbax_tree)
         for i, (name, draw) in enumerate(figures.items()):  # "saved figure: ...", then any other by name
             paths["figure" if i == 0 else name.removesuffix(".png")] = self.save_figure(name, draw)
+        if members is not None:
+            paths.update(self.save_views(summary, members, views or views_lib.Views(), study=study, ranges=ranges))
         summary.setdefault("stage_seconds", {})["save"] = time.perf_counter() - start
         if started is not None:
             summary["wall_seconds"] = time.perf_counter() - started
         self.save_results(summary)
         self.commit_settings()
+        return paths
+
+
+    def study_name(self) -> str:
+        """The run's Optuna study: its experiment and folder (one name per run, in any storage)."""
+        return f"{self.experiment}:{self.path.resolve()}"
+
+    def save_views(self, summary: dict[str, Any], members: list[dict[str, Any]], views: views_lib.Views, *,
+                   study: Any = None, ranges: Mapping[str, tuple[float, float, bool]] | None = None
+                   ) -> dict[str, pathlib.Path]:
+        """members.csv, the Optuna study (`views.optuna_storage`; `study`: the run's own, bayes_search's,
+        else one trial per member, a search's `ranges` {name: (low, high, log)} as distributions) and, with
+        `views.tensorboard`, tb/: each replaced whole, so a rerun never duplicates a trial. Their
+        seconds join `stage_seconds` and where they are `summary["views"]`."""
+        if not is_writer():
+            return {}
+        seconds = summary.setdefault("stage_seconds", {})
+        start = time.perf_counter()
+        paths = {"table": views_lib.write_table(self.path / MEMBERS_CSV, members)}
+        seconds["members_csv"] = time.perf_counter() - start
+        where: dict[str, Any] = {"members_csv": MEMBERS_CSV}
+        storage = views.optuna_storage
+        if storage != views_lib.NO_STORAGE and not views_lib.optuna_available():
+            print("lrlab: optuna is not installed: no Optuna study written (pip install optuna)", flush=True)
+        elif storage != views_lib.NO_STORAGE:
+            start = time.perf_counter()
+            trials = (study.get_trials(deepcopy=False) if study is not None
+                      else views_lib.make_trials(summary, members, ranges))
+            if storage == views_lib.STORAGE_IN_WORKDIR:
+                url = views_lib.write_study_file(self.path / OPTUNA_DB, self.study_name(), summary, trials)
+                paths["optuna"] = self.path / OPTUNA_DB
+            else:
+                url = views_lib.write_study(storage, self.study_name(), summary, trials)
+            seconds["optuna"] = time.perf_counter() - start
+            where["optuna"] = {"storage": views_lib.displayed_url(url), "study_name": self.study_name()}
+        if views.tensorboard:
+            start = time.perf_counter()
+            paths["tensorboard"] = views_lib.write_tensorboard(self.path / TENSORBOARD, summary, members)
+            seconds["tensorboard"] = time.perf_counter() - start
+            where["tensorboard"] = TENSORBOARD
+        summary["views"] = where
         return paths
 
 
