@@ -174,15 +174,15 @@ def member_names(records: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _log_spaced(values: Sequence[float]) -> bool:
-    """A grid is log-spaced when it is positive and its sorted distinct values have a constant ratio
-    (two values: a ratio of 10 or more)."""
+    """A grid is log-spaced when its values are positive and more evenly spaced in log than in linear
+    terms (two values: a ratio of 10 or more)."""
     v = np.unique(np.asarray(values, np.float64))
     if len(v) < 2 or v[0] <= 0:
         return False
     if len(v) == 2:
-        return v[1] / v[0] >= 10
-    ratios = v[1:] / v[:-1]
-    return bool(np.allclose(ratios, ratios[0], rtol=1e-3))
+        return bool(v[1] / v[0] >= 10)
+    unevenness = lambda x: np.std(np.diff(x)) / np.mean(np.diff(x))
+    return bool(unevenness(np.log(v)) <= unevenness(v))
 
 
 # The Optuna study.
@@ -357,7 +357,7 @@ def write_tensorboard(directory: pathlib.Path, summary: Mapping[str, Any], recor
                 if key in ("step", "seconds") or not isinstance(values, list):
                     continue
                 for step, value in zip(steps, values):
-                    if value is not None:
+                    if value is not None and math.isfinite(value):  # as results.json: no NaN
                         writer.add_scalar(key, value, step)
             for step in steps:
                 writer.add_scalar("learning_rate", lr * (1.0 if factor is None else float(factor(step))), step)
