@@ -28,8 +28,10 @@ from lrlab.sweep import SweepSettings  # noqa: E402
 from lrlab.tasks import Target, Task, classification, image_classification  # noqa: E402
 from lrlab.valley import lr_valley  # noqa: E402
 from lrlab.variants import schedules, techniques  # noqa: E402
+from lrlab.views import Views  # noqa: E402
 
 __all__ = ["Budget", "HParam", "LinenModel", "Members", "NNXModel", "Optimizer", "PBTConfig", "PruneSpec",
            "ScheduleSpec", "SweepSettings", "Target", "Task", "classification", "grid", "image_classification",
            "lr_finder", "lr_range_test", "lr_valley", "model_scaling", "optimizer", "optimizer_comparison", "pbt",
            "random_search", "bayes_search", "schedules", "search_compare", "techniques"]
+__all__ += ["Views"]

@@ -202,6 +202,11 @@ def test_bayes_search_end_to_end_and_bad_flags(tmp_path):
     assert summary["rounds"][-1]["cumulative_model_steps"] == summary["total_model_steps"]
     assert summary["best"]["objective"] == min(t["objective"] for t in trials)
     assert (workdir / "search.png").stat().st_size > 10_000 and "best: learning rate" in out
+    import optuna  # the run's Optuna study is bayes_search's own: each trial once, as told
+
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{workdir / 'optuna.db'}")
+    assert [(t.number, t.value) for t in study.trials] == [(t["optuna_trial"], t["objective"]) for t in trials]
+    assert (workdir / "members.csv").read_text().count("\n") == 1 + len(trials)
     rerun = subprocess.run(command(f"--workdir={workdir}", *TINY), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "already holds this run's results" in rerun.stdout and "round 1/2" not in rerun.stdout
