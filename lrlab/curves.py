@@ -198,5 +198,6 @@ def optimizer_comparison(task: Task, rates: Mapping[str, float], settings: Sweep
                "optimizers": entries}
     out = ComparisonRun(summary)
     if run is not None:
-        out.paths = run.save(summary, {"curves.png": out.plot}, started=started)
+        out.paths = run.save(summary, {"curves.png": out.plot}, started=started, members=records,
+                             views=settings.views)
     return out

@@ -21,6 +21,8 @@ its cost is K x steps run ("model-steps"), comparable with a sweep's sum of step
 
 from __future__ import annotations
 
+import bisect
+
 import dataclasses
 import functools
 import math
@@ -322,6 +324,28 @@ def result_json(result: PBTResult, target_key: str, test_K: dict[str, np.ndarray
     }
 
 
+def member_records(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each slot of a PBT results.json as a member record (views.py: the Optuna study, TensorBoard,
+    members.csv): its final hyperparameters (`initial_<name>` its first), status, steps to target
+    (the slot that reached it first), final metrics, and curves: the target metric, the training
+    loss and the learning rate its lineage trained with at each evaluation."""
+    key, curves, schedules = summary["target_key"], summary["curves"], summary["hyperparameter_schedules"]
+    entry_T = [bisect.bisect_left(schedules["step"], step) - 1 for step in curves["step"]]  # before that step's event
+    records = []
+    for m, final in enumerate(summary["final_members"]):
+        reached = summary["member_at_target"] == m
+        records.append({
+            "optimizer": summary["optimizer"], "member": m, "hyperparameters": final["hyperparameters"],
+            **{f"initial_{n}": v[m] for n, v in summary["initial_hyperparameters"].items()},
+            "status": final["status"],
+            "steps_to_target": summary["steps_to_target"] if reached else None,
+            **{k: v for k, v in final.items() if k.startswith("final_")},
+            "curve": {"step": curves["step"], key: [row[m] for row in curves[key]],
+                      "loss": [row[m] for row in curves["loss"]],
+                      "learning_rate": [schedules["learning_rate"][e][m] for e in entry_T]}})
+    return records
+
+
 class PBTHook(runner.Hook):
     """PBT in the segment loop: after each evaluation it records every slot's target metric, loss
     and statuses, notes the first evaluation at the target (ending the run there with
@@ -522,5 +546,6 @@ def pbt(task: Task, members: Members, cfg: PBTConfig = PBTConfig(), settings: Sw
                **result_json(result, task.target_key, test_metrics(result.engine, result.final), settings.batch_size)}
     out = PBTRun(summary, result)
     if run is not None:
-        out.paths = run.save(summary, {"pbt.png": out.plot}, started=started)
+        out.paths = run.save(summary, {"pbt.png": out.plot}, started=started, members=member_records(summary),
+                             views=settings.views)
     return out

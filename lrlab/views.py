@@ -145,7 +145,7 @@ def setting_fields(records: Sequence[Mapping[str, Any]]) -> list[str]:
     seed): scalar, not a result (RESULT_FIELDS, final_*), and varying across the records."""
     out = []
     for key in columns(records):
-        if key in RESULT_FIELDS or key.startswith("final_") or any(key in r.get("hyperparameters", {})
+        if key in RESULT_FIELDS or key.startswith(("final_", "initial_")) or any(key in r.get("hyperparameters", {})
                                                                    for r in records):
             continue
         if len({repr(r.get(key)) for r in records}) > 1:
@@ -359,7 +359,7 @@ def write_tensorboard(directory: pathlib.Path, summary: Mapping[str, Any], recor
                 for step, value in zip(steps, values):
                     if value is not None and math.isfinite(value):  # as results.json: no NaN
                         writer.add_scalar(key, value, step)
-            for step in steps:
+            for step in steps if "learning_rate" not in curve else ():  # PBT's curves carry their own
                 writer.add_scalar("learning_rate", lr * (1.0 if factor is None else float(factor(step))), step)
     tmp.mkdir(parents=True, exist_ok=True)
     if directory.exists():
