@@ -250,7 +250,6 @@ class Workdir:
         self.commit_settings()
         return paths
 
-
     def study_name(self) -> str:
         """The run's Optuna study: its experiment and folder (one name per run, in any storage)."""
         return f"{self.experiment}:{self.path.resolve()}"

@@ -158,3 +158,35 @@ def test_bayes_search_exports_its_own_study_once(monkeypatch, tmp_path):
     assert [t.user_attrs["status"] for t in study.trials] == [t["status"] for t in result.trials]
     assert all(math.isclose(t.params["learning_rate"], r["learning_rate"], rel_tol=1e-6)
                for t, r in zip(study.trials, result.trials))
+
+
+def test_replicates_and_new_statuses_are_named_valued_and_tabled(tmp_path):
+    """Records as other experiments make them (a seed per replicate, two optimizers, a second
+    hyperparameter, a retired member): unique run names, the study's params, states and values, and
+    a table pandas reads as the records."""
+    curve = {"step": [50, 100], "train_accuracy": [0.5, 0.9], "loss": [1.0, 0.5], "seconds": [1.0, 2.0]}
+    records = [{"optimizer": opt, "seed": seed, "learning_rate": lr,
+                "hyperparameters": {"learning_rate": lr, "weight_decay": wd}, "status": status,
+                "steps_to_target": 100 if status == "reached" else None, "steps_trained": 100, "curve": curve}
+               for opt, status in (("adamw", "reached"), ("sgdw", "retired")) for seed in (0, 1)
+               for lr in (1e-3, 1e-2, 1e-1) for wd in (1e-4, 1e-2)]
+    names = views.member_names(records)
+    assert len(set(names)) == len(records) and names[0] == "adamw/seed=0,learning_rate=0.001,weight_decay=0.0001"
+    summary = {"target": {"metric": "accuracy", "goal": 0.97, "mode": "max"}, "target_key": "train_accuracy",
+               "max_steps": 100}
+    trials = views.make_trials(summary, records)
+    assert {t.state.name for t in trials[:12]} == {"COMPLETE"} and {t.state.name for t in trials[12:]} == {"PRUNED"}
+    assert [t.value for t in trials[:12]] == [100.0] * 12
+    assert all(t.value == pytest.approx(100 * (1 + 0.97 - 0.9)) for t in trials[12:])  # a miss: above the budget
+    dists = trials[0].distributions
+    assert dists["learning_rate"].log and dists["weight_decay"].log and dists["optimizer"].choices == ("adamw", "sgdw")
+    assert trials[0].user_attrs["seed"] == 0 and trials[0].intermediate_values == {50: 0.5, 100: 0.9}
+    views.write_table(tmp_path / MEMBERS_CSV, records)
+    table = pd.read_csv(tmp_path / MEMBERS_CSV)
+    assert list(table.columns) == ["optimizer", "seed", "learning_rate", "weight_decay", "status", "steps_to_target",
+                                   "steps_trained"]
+    np.testing.assert_array_equal(table["steps_to_target"], [r["steps_to_target"] or np.nan for r in records])
+    np.testing.assert_array_equal(table["learning_rate"], [r["learning_rate"] for r in records])
+    np.testing.assert_array_equal(table["weight_decay"], [r["hyperparameters"]["weight_decay"] for r in records])
+    assert table["seed"].tolist() == [r["seed"] for r in records] and table["status"].tolist() == [
+        r["status"] for r in records]
