@@ -190,3 +190,19 @@ def test_replicates_and_new_statuses_are_named_valued_and_tabled(tmp_path):
     np.testing.assert_array_equal(table["weight_decay"], [r["hyperparameters"]["weight_decay"] for r in records])
     assert table["seed"].tolist() == [r["seed"] for r in records] and table["status"].tolist() == [
         r["status"] for r in records]
+
+
+def test_tensorboard_learning_rate_follows_the_schedule(tmp_path):
+    """`learning_rate` is the member's peak times its schedule's factor at each evaluation (here a
+    step decay halving it every 100 steps, the variant's own in a schedules run)."""
+    spec = {"name": "step", "decay_steps": 100, "decay_factor": 0.5, "period": 1000, "period_mult": 2.0,
+            "warmup_steps": 0, "total_steps": 300}
+    record = {"optimizer": "adam", "schedule": "step", "hyperparameters": {"learning_rate": 0.1}, "status": "exhausted",
+              "curve": {"step": [50, 150, 250], "train_accuracy": [0.1, 0.2, 0.3], "loss": [2.0, 1.5, 1.0]}}
+    summary = {"experiment": "schedules", "field": "schedule", "settings": {"schedule": None},
+               "schedules": {"step": {"spec": spec}}}
+    views.write_tensorboard(tmp_path / TENSORBOARD, summary, [record])
+    events = event_accumulator.EventAccumulator(str(tmp_path / TENSORBOARD / "adam" / "learning_rate=0.1"))
+    events.Reload()
+    np.testing.assert_allclose([e.value for e in events.Scalars("learning_rate")], [0.1, 0.05, 0.025], rtol=1e-6)
+    assert [e.value for e in events.Scalars("loss")] == [2.0, 1.5, 1.0]
