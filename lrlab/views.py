@@ -10,6 +10,7 @@ imported only when these are written or a storage URL is checked.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import importlib.util
@@ -18,7 +19,7 @@ import math
 import os
 import pathlib
 import shutil
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -275,6 +276,17 @@ def study_attrs(summary: Mapping[str, Any]) -> dict[str, Any]:
             "intermediate_values": f"{summary.get('target_key')} at each evaluation"}
 
 
+@contextlib.contextmanager
+def _database_errors(name: str) -> Iterator[None]:
+    """A database error (a full disk, a lost connection) as an OSError: one line on the command line."""
+    import sqlalchemy
+
+    try:
+        yield
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        raise OSError(f"the Optuna study {name}: {getattr(e, 'orig', None) or e}") from None
+
+
 def _fill(storage: Any, name: str, summary: Mapping[str, Any], trials: Sequence[Any]) -> None:
     import optuna
 
@@ -293,9 +305,10 @@ def write_study_file(path: pathlib.Path, name: str, summary: Mapping[str, Any], 
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
     try:
-        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp}")
-        _fill(storage, name, summary, trials)
-        storage.engine.dispose()
+        with _database_errors(name):
+            storage = optuna.storages.RDBStorage(f"sqlite:///{tmp}")
+            _fill(storage, name, summary, trials)
+            storage.engine.dispose()
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -309,11 +322,12 @@ def write_study(url: str, name: str, summary: Mapping[str, Any], trials: Sequenc
     deleted first, so a rerun leaves one copy of each trial."""
     import optuna
 
-    storage = optuna.storages.RDBStorage(url)
-    if name in {s.study_name for s in storage.get_all_studies()}:
-        optuna.delete_study(study_name=name, storage=storage)
-    _fill(storage, name, summary, trials)
-    storage.engine.dispose()
+    with _database_errors(name):
+        storage = optuna.storages.RDBStorage(url)
+        if name in {s.study_name for s in storage.get_all_studies()}:
+            optuna.delete_study(study_name=name, storage=storage)
+        _fill(storage, name, summary, trials)
+        storage.engine.dispose()
     return url
 
 

@@ -136,6 +136,8 @@ def test_a_bad_storage_fails_in_one_line_before_any_work(run):
         assert "Traceback" not in err and not (tmp / name).exists()  # absl's second line: --helpshort
     with pytest.raises(ValueError, match="in-memory SQLite"):
         views.Views(optuna_storage="sqlite://")
+    with pytest.raises(OSError, match="unable to open database file"):  # a database failing at the end
+        views.write_study(f"sqlite:///{tmp}", "x", {}, [])
 
 
 def test_bayes_search_exports_its_own_study_once(monkeypatch, tmp_path):
