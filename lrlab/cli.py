@@ -120,8 +120,8 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
                               "hyperparameter); the population is their product with the learning rates.")
     flags.DEFINE_enum("model", "small_cnn", models.MODELS,
                       "small_cnn (3.5k weights, fast on CPU); tutorial_cnn (the study's 3.3M-weight CNN).")
-    flags.DEFINE_float("width", 1.0, "Width multiplier of the model's layers: conv filters, and tutorial_cnn's dense units "
-                       "(the study: 1 to 10; its lr sweep: 3).")
+    flags.DEFINE_float("width", 1.0, "Width multiplier of the model's layers: conv filters, and "
+                       "tutorial_cnn's dense units (the study: 1 to 10; its lr sweep: 3).")
     flags.DEFINE_string("dataset", "mnist", "'mnist' (shipped with lrlab) or 'tfds:NAME' (prepared under --data_dir).")
     flags.DEFINE_string("data_dir", None, "Folder of the dataset files (mnist: the shipped copy by default).")
     if rate_grid:
