@@ -25,6 +25,7 @@ from lrlab import data as data_lib
 from lrlab import population as pop_lib
 from lrlab import workdir as workdir_lib
 from lrlab import memory, sweep
+from lrlab import protocols
 from lrlab.runner import Budget
 from lrlab.sweep import SweepSettings
 
@@ -186,6 +187,10 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.DEFINE_float("sgdr_mult", 2.0, "cosine_restarts: each period this times the previous (SGDR T_mult), >= 1.")
     flags.DEFINE_integer("warmup_steps", 0, "Linear warmup from 0 to the peak rate before any schedule.")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
+    flags.DEFINE_enum("protocol", protocols.DEFAULT, protocols.PROTOCOLS, "How the target is measured: subset (a "
+                      "fixed evaluation subset every --eval_every steps), streaming (the study's: running mean over "
+                      "the training batch of every --eval_every-th step, strictly above the goal), "
+                      "streaming_every_step (its model-size task: over every training batch).")
     for name, (opt, hp) in HPARAM_FLAGS.items():
         spec = optimizers.REGISTRY[opt].hparams[hp]
         flags.DEFINE_float(name, spec.default, f"{spec.help} Valid: {spec.describe_range()}.")
@@ -418,7 +423,7 @@ def settings(**replace: Any) -> SweepSettings:
         distinct_seeds=FLAGS.distinct_seeds, sequential=FLAGS.sequential, repack=FLAGS.repack,
         member_chunk=FLAGS.member_chunk, progress=FLAGS.progress, schedule=schedule_spec(), dtype=FLAGS.dtype,
         augment=FLAGS.augment, patience=FLAGS.patience if FLAGS.early_stopping else 0,
-        validation_examples=FLAGS.validation_examples,
+        validation_examples=FLAGS.validation_examples, protocol=FLAGS.protocol,
         prune=pruning.PruneSpec(FLAGS.prune_min_steps, FLAGS.prune_eta) if FLAGS.prune == "sha" else None)
     values.update(replace)
     try:

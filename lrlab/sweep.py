@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from lrlab import data as data_lib
-from lrlab import memory, packing, results, runner, tasks
+from lrlab import memory, packing, protocols, results, runner, tasks
 from lrlab import population as pop_lib
 from lrlab.checkpoints import StopSignal
 from lrlab.optimizers import Members, Optimizer
@@ -50,12 +50,14 @@ class SweepSettings:
     validation_examples: int = 5000  # held out of the training set for early stopping (patience > 0)
     prune: PruneSpec | None = None  # successive halving (vectorized runs only)
     stop_at_target: bool = True  # False: members train on past the target (optimizer_comparison's curves)
+    protocol: str = protocols.DEFAULT  # how the target is measured (protocols.PROTOCOLS): subset, streaming, ...
 
     def __post_init__(self):
         if self.sequential and self.prune is not None:
             raise ValueError("pruning ranks members against each other: it needs a vectorized run, not sequential")
         if min(self.batch_size, self.eval_examples) < 1 or self.seed < 0:
             raise ValueError("batch_size and eval_examples must be at least 1, the seed at least 0")
+        protocols.check(self.protocol)
 
     def to_json(self) -> dict[str, Any]:
         """What decides the results (JSON): every field but the progress display and member chunks."""
@@ -64,6 +66,8 @@ class SweepSettings:
             out.pop(operational)
         if not self.patience:
             out.pop("validation_examples")
+        if self.protocol == protocols.DEFAULT:  # absent: the default (runs from before the field compare equal)
+            out.pop("protocol")
         return out
 
 
@@ -72,7 +76,8 @@ def engine_config(task: Task, optimizer: Optimizer, settings: SweepSettings, eva
     return EngineConfig(task=task, optimizer=optimizer, batch_size=settings.batch_size, eval_chunk=eval_chunk,
                         distinct_seeds=settings.distinct_seeds, member_chunk=settings.member_chunk,
                         schedule=settings.schedule, dtype=settings.dtype, augment=settings.augment,
-                        patience=settings.patience)
+                        patience=settings.patience,
+                        stream_every=protocols.stream_every(settings.protocol, settings.budget.eval_every))
 
 
 def check_fits(task: Task, settings: SweepSettings, populations: Sequence[Members] = ()) -> None:
