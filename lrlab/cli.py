@@ -514,5 +514,8 @@ def describe_task(task: tasks.Task) -> str:
 def describe_budget(task: tasks.Task) -> str:
     where = (f"{min(FLAGS.eval_examples, task.num_train)} training examples" if task.eval is None
              else f"the {task.eval_name} set ({tasks.num_examples(task.eval):,} examples)")
+    if FLAGS.protocol != protocols.SUBSET:
+        where = (f"the running mean of the training batches ({protocols.describe(FLAGS.protocol, FLAGS.eval_every)}), "
+                 "strictly,")
     return (f"target {task.target.describe()} on {where} every {FLAGS.eval_every} steps, budget "
             f"{FLAGS.max_steps} steps" + (f" / {FLAGS.max_seconds:g} s" if FLAGS.max_seconds else ""))

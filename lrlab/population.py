@@ -465,8 +465,8 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
             return new_pop.replace(status=jnp.where(exhausted, EXHAUSTED, new_pop.status)), metrics_K, val_K
 
         def skipped(trained: Population):
-            val_names = tuple(cfg.task.metrics)
-            return trained, {name: nan_K for name in names}, ({name: nan_K for name in val_names} if cfg.patience else {})
+            val_K = {name: nan_K for name in cfg.task.metrics} if cfg.patience else {}
+            return trained, {name: nan_K for name in names}, val_K
 
         new_pop, metrics_K, val_K = jax.lax.cond(evaluate, evaluated, skipped, trained)
         return new_pop, SegmentMetrics(metrics_K, loss_SK.T, val_K)

@@ -41,6 +41,12 @@ def stream_every(protocol: str, eval_every: int) -> int:
     return {SUBSET: 0, STREAMING: eval_every, STREAMING_EVERY_STEP: 1}[protocol]
 
 
+def describe(protocol: str, eval_every: int) -> str:
+    """Which training batches a streaming protocol's running mean takes, in words."""
+    every = stream_every(protocol, eval_every)
+    return "every step's" if every == 1 else f"every {every}th step's"
+
+
 def stream_update(sum_K: jnp.ndarray, count_K: jnp.ndarray, batch_sum_K: jnp.ndarray, batch_size: int,
                   took_step_K: jnp.ndarray, steps_trained_K: jnp.ndarray, every: int) -> tuple[Any, Any]:
     """The running mean's sums after one step: a member that took the step adds its batch's metric
