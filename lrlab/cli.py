@@ -191,6 +191,9 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
                       "fixed evaluation subset every --eval_every steps), streaming (the study's: running mean over "
                       "the training batch of every --eval_every-th step, strictly above the goal), "
                       "streaming_every_step (its model-size task: over every training batch).")
+    flags.DEFINE_integer("seeds", 1, "Train every member as this many replicates (seeds --seed, --seed + 1, ...: "
+                         "each its own initialisation, dropout and batch order), all in one program; the valley "
+                         "then gives each rate's median and interquartile range.", lower_bound=1)
     for name, (opt, hp) in HPARAM_FLAGS.items():
         spec = optimizers.REGISTRY[opt].hparams[hp]
         flags.DEFINE_float(name, spec.default, f"{spec.help} Valid: {spec.describe_range()}.")
@@ -249,6 +252,10 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.register_multi_flags_validator(
         ["prune", "sequential"], lambda f: _check(f["prune"] == "none" or not f["sequential"],
                                                   "--prune ranks members against each other: not with --sequential"))
+    flags.register_multi_flags_validator(
+        ["seeds", "distinct_seeds"], lambda f: _check(f["seeds"] == 1 or not f["distinct_seeds"],
+                                                      "--seeds replicates the shared-seed run: not with "
+                                                      "--distinct_seeds"))
 
 
 def _no_built_in_flags_with_task(values: dict) -> bool:
@@ -423,7 +430,7 @@ def settings(**replace: Any) -> SweepSettings:
         distinct_seeds=FLAGS.distinct_seeds, sequential=FLAGS.sequential, repack=FLAGS.repack,
         member_chunk=FLAGS.member_chunk, progress=FLAGS.progress, schedule=schedule_spec(), dtype=FLAGS.dtype,
         augment=FLAGS.augment, patience=FLAGS.patience if FLAGS.early_stopping else 0,
-        validation_examples=FLAGS.validation_examples, protocol=FLAGS.protocol,
+        validation_examples=FLAGS.validation_examples, protocol=FLAGS.protocol, seeds=FLAGS.seeds,
         prune=pruning.PruneSpec(FLAGS.prune_min_steps, FLAGS.prune_eta) if FLAGS.prune == "sha" else None)
     values.update(replace)
     try:

@@ -69,6 +69,7 @@ class Population(flax.struct.PyTreeNode):
     evals_since_best: jax.Array | None = None  # int32[K]
     stream_sum: jax.Array | None = None  # float32[K]: streaming protocols, the target metric summed over the
     stream_count: jax.Array | None = None  # float32[K]: training batches taken so far, and their examples
+    batch_key: jax.Array | None = None  # uint32[K, 2]: replicates (replicates.py): each member's batch-order key
 
     @property
     def size(self) -> int:
@@ -163,21 +164,35 @@ def init_population(
     hparams_K: dict[str, np.ndarray],
     seed: int,
     member_ids: np.ndarray | None = None,
+    seed_K: np.ndarray | None = None,
 ) -> Population:
     """A fresh population: one member per entry of hparams_K['learning_rate'].
 
     With shared seeds every member starts from the same parameters (the study's "same seed for every
-    run"); with distinct seeds member i uses the seed folded with its index.
+    run"); with distinct seeds member i uses the seed folded with its index. With `seed_K`
+    (replicates) member i is the shared-seed run of seed seed_K[i]: its initialisation, dropout
+    keys and batch order (`batch_key`), each drawn once per distinct seed.
     """
     lr_K = np.asarray(hparams_K["learning_rate"], np.float32)
     k = lr_K.shape[0]
     member = np.arange(k, dtype=np.int32) if member_ids is None else np.asarray(member_ids, np.int32)
     root = jax.random.PRNGKey(seed)
-    if cfg.distinct_seeds:
+    batch_key_K = None
+    if seed_K is not None:
+        if cfg.distinct_seeds or not cfg.task.model.reseedable:
+            raise ValueError("replicates (seeds > 1) need shared seeds (not distinct_seeds) and a model that "
+                             "initialises from a key (an NNX constructor, not an instance)")
+        seeds_U, replicate_K = np.unique(np.asarray(seed_K, np.int64), return_inverse=True)
+        keys_U = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds_U])
+        rng_K, batch_key_K = keys_U[replicate_K], jnp.stack([data_lib.data_key(int(s)) for s in seeds_U])[replicate_K]
+        variables_U = _init_variables(cfg.task, keys_U, shared=False)
+        variables_K = dict(jax.tree_util.tree_map(lambda v: v[replicate_K], variables_U))
+    elif cfg.distinct_seeds:
         rng_K = jax.vmap(lambda m: jax.random.fold_in(root, m))(jnp.asarray(member))
     else:
         rng_K = jnp.broadcast_to(root, (k,) + root.shape)
-    variables_K = dict(_init_variables(cfg.task, rng_K, shared=not cfg.distinct_seeds))
+    if seed_K is None:
+        variables_K = dict(_init_variables(cfg.task, rng_K, shared=not cfg.distinct_seeds))
     params_K = variables_K.pop("params")
     opt_state = cfg.optimizer.init_state(params_K, hparams_K, cfg.schedule)
     return Population(
@@ -190,6 +205,7 @@ def init_population(
         evals_since_best=jnp.zeros((k,), jnp.int32),
         stream_sum=jnp.zeros((k,), jnp.float32) if cfg.stream_every else None,
         stream_count=jnp.zeros((k,), jnp.float32) if cfg.stream_every else None,
+        batch_key=batch_key_K,
         opt_state=opt_state,
         rng=rng_K,
         member=jnp.asarray(member),
@@ -398,8 +414,9 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
 
     def segment(pop: Population, data: TrainData, step0, data_key, goal, max_steps, evaluate):
         n = data.num_train
-        if cfg.distinct_seeds:  # each member its own batch order: idx[K, S, B]
-            member_keys = jax.vmap(lambda r: jax.random.fold_in(r, BATCH_ORDER_SALT))(pop.rng)
+        if cfg.distinct_seeds or pop.batch_key is not None:  # each member its own batch order: idx[K, S, B]
+            member_keys = pop.batch_key if pop.batch_key is not None else jax.vmap(
+                lambda r: jax.random.fold_in(r, BATCH_ORDER_SALT))(pop.rng)
             idx = jax.vmap(lambda key: data_lib.segment_batch_indices(key, step0, num_steps, n, cfg.batch_size))(
                 member_keys
             )

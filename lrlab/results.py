@@ -237,9 +237,11 @@ def format_table(records: list[dict[str, Any]], eval_every: int, target_key: str
     return "\n".join(lines)
 
 
-def envelope(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def envelope(records: Iterable[dict[str, Any]], cap: int | None = None) -> list[dict[str, Any]]:
     """Per learning rate (ascending): the fastest and slowest valley (optimizer) to the target, and
-    how many reached it. The article's second figure; rates no optimizer trained have None for both."""
+    how many reached it. The article's second figure; rates no optimizer trained have None for both.
+    With `cap` (the step budget), `article_slowest_steps` is the article's reading of the slowest:
+    the cap wherever any optimizer missed ("the max time is 120 s across the whole graph")."""
     by_lr: dict[float, list[dict[str, Any]]] = {}
     for r in records:
         by_lr.setdefault(r["learning_rate"], []).append(r)
@@ -253,6 +255,8 @@ def envelope(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "fastest": fastest and group_of(fastest), "fastest_steps": fastest and fastest["steps_to_target"],
             "slowest": slowest and group_of(slowest), "slowest_steps": slowest and slowest["steps_to_target"],
         })
+        if cap is not None:
+            rows[-1]["article_slowest_steps"] = slowest["steps_to_target"] if len(reached) == len(by_lr[lr]) else cap
     return rows
 
 
