@@ -85,8 +85,8 @@ def test_valley_with_seeds_trains_replicates_and_writes_aggregates(tmp_path):
     assert [(r["optimizer"], r["seed"]) for r in records[:3]] == [("adam", s) for s in (0, 1, 2)]
     assert len(records) == 9 and len({r["learning_rate"] for r in records[:3]}) == 1
     rows = result.summary["rate_aggregates"]
-    assert [(r["group"], r["learning_rate"]) for r in rows] == [("adam", pytest.approx(1e-4)),
-                                                                ("adam", pytest.approx(1e-2)), ("sgd", pytest.approx(0.1))]
+    expected = [("adam", pytest.approx(1e-4)), ("adam", pytest.approx(1e-2)), ("sgd", pytest.approx(0.1))]
+    assert [(r["group"], r["learning_rate"]) for r in rows] == expected
     assert rows[1]["reached"] >= 2 and rows[1]["median_steps"] is not None  # 1e-2 trains on most seeds
     assert result.best_median("adam")["learning_rate"] == pytest.approx(1e-2)
     assert all("article_slowest_steps" in row for row in result.summary["envelope"])
