@@ -429,3 +429,21 @@ def valley_seeds(rows: list[dict[str, Any]], path: str | os.PathLike, *, budget_
     ax.plot([], [], "-", color="grey", alpha=0.6, linewidth=2.5, label="interquartile range (dotted: to a miss)")
     ax.axhline(budget_steps, color="grey", linewidth=0.6, linestyle=":")
     _save_steps_vs_rate(fig, ax, path, eval_every, title or "Learning-rate valley across seeds")
+
+
+def protocol_curves(records: list[dict[str, Any]], path: str | os.PathLike, *, goal: float, title: str = "") -> None:
+    """The two target protocols on the same runs: per member, the subset accuracy (`train_accuracy`)
+    and the streaming running mean (`train_streaming_accuracy`) against steps, the goal dashed."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in records:
+        c = r["curve"]
+        (line,) = ax.plot(c["step"], c["train_accuracy"], "-", marker=".", label=f"{r['learning_rate']:.3g}: subset")
+        ax.plot(c["step"], c["train_streaming_accuracy"], "--", marker="x", color=line.get_color(),
+                label=f"{r['learning_rate']:.3g}: streaming mean (reached at {r['steps_to_target']})")
+    ax.axhline(goal, color="grey", linestyle=":", label=f"target {goal:g}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training accuracy")
+    ax.set_title(title or "Subset accuracy against the study's streaming mean")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
