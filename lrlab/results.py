@@ -217,7 +217,9 @@ def format_table(records: list[dict[str, Any]], eval_every: int, target_key: str
     with_test = any(r.get(test_key) is not None for r in records)  # a task without a test set: no column
     for opt in dict.fromkeys(group_of(r) for r in records):
         rows = sorted((r for r in records if group_of(r) == opt), key=lambda r: r["learning_rate"])
-        lines.append(f"\n{opt}: {len(rows)} learning rates (steps to target resolved to {eval_every} steps)")
+        seeds = len({r.get("seed") for r in rows})
+        lines.append(f"\n{opt}: {len(rows) // seeds} learning rates" + (f" x {seeds} seeds" if seeds > 1 else "")
+                     + f" (steps to target resolved to {eval_every} steps)")
         lines.append(f"{'learning_rate':>13}  {'status':<9}  {'steps':>6}  {'examples':>9}  {'seconds':>8}  "
                      f"{target_key:>{width}}" + (f"  {'test_' + metric:>{test_width}}" if with_test else ""))
         for r in rows:
@@ -233,7 +235,7 @@ def format_table(records: list[dict[str, Any]], eval_every: int, target_key: str
             lines.append(f"{opt}: best learning rate {best['learning_rate']:.4g} "
                          f"({best['steps_to_target']} steps, {best['examples_to_target']} examples, "
                          f"{best['seconds_to_target']:.1f} s); band that reached the target: "
-                         f"{band[0]:.4g} to {band[1]:.4g} ({n} of {len(rows)} rates)")
+                         f"{band[0]:.4g} to {band[1]:.4g} ({n} of {len(rows)} {'members' if seeds > 1 else 'rates'})")
     return "\n".join(lines)
 
 
