@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import make_cfg, run_population
+from lrlab import checkpoints as ckpt_lib
 from lrlab import optimizers, protocols, runner, sweep, tasks
 from lrlab import population as pop_lib
 
@@ -69,6 +70,37 @@ def test_streaming_rule_fires_where_the_study_hook_would(protocol, check_every, 
     last = expected or len(ACCURACY)
     taken = ACCURACY[:last] if protocol == "streaming_every_step" else ACCURACY[check_every - 1:last:check_every]
     np.testing.assert_allclose(mean, taken.mean(), rtol=1e-6)
+
+
+class StopAfter:
+    """A stop signal requested from its `n`-th check on (the runner checks after each chunk)."""
+
+    def __init__(self, n):
+        self.n, self.checks = n, 0
+
+    @property
+    def requested(self):
+        self.checks += 1
+        return "SIGTERM" if self.checks >= self.n else None
+
+
+def test_streaming_mean_resumes_through_a_checkpoint(tmp_path, monkeypatch):
+    """Stopped at step 7 (between checks at 5 and 10) and resumed: the running mean still holds steps
+    1-7, so it passes 0.65 at step 15 as uninterrupted (a mean restarted at 8 would pass at 10)."""
+    monkeypatch.setattr(runner, "STOP_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(runner, "PROBE_STEPS", 1)
+    task = table_task(0.65)
+    settings = sweep.SweepSettings(budget=runner.Budget(max_steps=len(ACCURACY), eval_every=5), batch_size=BATCH,
+                                   progress=False, protocol="streaming_every_step")
+    cfg = sweep.engine_config(task, optimizers.get("sgd"), settings, eval_chunk=40)
+    data = pop_lib.make_train_data(task.train, task.eval, 40)
+    manager = lambda: ckpt_lib.RunCheckpoints(tmp_path, {"run": "test"}, every=1, notify=lambda line: None)
+    with pytest.raises(ckpt_lib.Interrupted) as stopped:
+        run_population(cfg, [1.0], data, settings.budget, checkpoints=manager(), stop=StopAfter(7))
+    assert stopped.value.step == 7
+    resumed = run_population(cfg, [1.0], data, settings.budget, checkpoints=manager())
+    assert int(resumed.final.steps_to_target[0]) == 15 == study_hook_stop(ACCURACY, 5, 0.65, every_step=True)
+    np.testing.assert_allclose(resumed.curves[0]["validation_streaming_accuracy"], [0.35, 0.65, 11.5 / 15], rtol=1e-6)
 
 
 def test_streaming_needs_at_least_the_subset_protocols_steps(small_data):
