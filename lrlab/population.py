@@ -18,7 +18,10 @@ Member status:
 Training techniques are static settings of the program (EngineConfig): the compute dtype (16-bit
 compute on float32 master weights, with dynamic loss scaling for float16), the task's augmentation
 drawn from each step's key, model state such as batch statistics (per member), and early stopping
-on a held-out validation set.
+on a held-out validation set. The target is measured on the evaluation set, or, under a streaming
+protocol (`stream_every`, protocols.py), as the running mean of the target metric over the training
+batches, from each step's own training outputs; replicates (`seed_K`, replicates.py) give members
+their own seeds' initialisation, dropout and batch order.
 """
 
 from __future__ import annotations
