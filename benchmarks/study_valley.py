@@ -36,6 +36,7 @@ def run_study(repack: str, workdir: pathlib.Path) -> dict:
     """One end-to-end sweep in a fresh process; its wall time and results.json timing."""
     cmd = [sys.executable, "-m", "lrlab.experiments.lr_valley",
            f"--flagfile={ROOT / 'experiments' / 'mack2018' / 'lr_valley.flags'}", f"--model={FLAGS.model}",
+           "--width=1", "--protocol=subset",  # the flagfile's study width and rule are not what this measures
            f"--max_steps={FLAGS.max_steps}", f"--optimizer={FLAGS.optimizer}", f"--repack={repack}",
            f"--workdir={workdir}", "--noprogress"]
     start = time.perf_counter()

@@ -24,7 +24,7 @@ from lrlab import checkpoints, lr_schedules, models, optimizers, pruning, tasks
 from lrlab import data as data_lib
 from lrlab import population as pop_lib
 from lrlab import workdir as workdir_lib
-from lrlab import memory, sweep, views
+from lrlab import memory, protocols, sweep, views
 from lrlab.runner import Budget
 from lrlab.sweep import SweepSettings
 
@@ -121,7 +121,8 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
                               "hyperparameter); the population is their product with the learning rates.")
     flags.DEFINE_enum("model", "small_cnn", models.MODELS,
                       "small_cnn (3.5k weights, fast on CPU); tutorial_cnn (the study's 3.3M-weight CNN).")
-    flags.DEFINE_float("width", 1.0, "Width multiplier of the model's conv layers (the study: 1 to 10).")
+    flags.DEFINE_float("width", 1.0, "Width multiplier of the model's layers: conv filters, and "
+                       "tutorial_cnn's dense units (the study: 1 to 10; its lr sweep: 3).")
     flags.DEFINE_string("dataset", "mnist", "'mnist' (shipped with lrlab) or 'tfds:NAME' (prepared under --data_dir).")
     flags.DEFINE_string("data_dir", None, "Folder of the dataset files (mnist: the shipped copy by default).")
     if rate_grid:
@@ -193,6 +194,13 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
                       "<workdir>/tb/, one run per member (needs tensorboardX: pip install 'lrlab[tensorboard]').")
     flags.register_validator("optuna_storage", _parsed(views.check_storage))
     flags.register_validator("tensorboard", _parsed(lambda v: v and views.check_tensorboard()))
+    flags.DEFINE_enum("protocol", protocols.DEFAULT, protocols.PROTOCOLS, "How the target is measured: subset (a "
+                      "fixed evaluation subset every --eval_every steps), streaming (the study's: running mean over "
+                      "the training batch of every --eval_every-th step, strictly above the goal), "
+                      "streaming_every_step (its model-size task: over every training batch).")
+    flags.DEFINE_integer("seeds", 1, "Train every member as this many replicates (seeds --seed, --seed + 1, ...: "
+                         "each its own initialisation, dropout and batch order), all in one program; the valley "
+                         "then gives each rate's median and interquartile range.", lower_bound=1)
     for name, (opt, hp) in HPARAM_FLAGS.items():
         spec = optimizers.REGISTRY[opt].hparams[hp]
         flags.DEFINE_float(name, spec.default, f"{spec.help} Valid: {spec.describe_range()}.")
@@ -251,6 +259,10 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.register_multi_flags_validator(
         ["prune", "sequential"], lambda f: _check(f["prune"] == "none" or not f["sequential"],
                                                   "--prune ranks members against each other: not with --sequential"))
+    flags.register_multi_flags_validator(
+        ["seeds", "distinct_seeds"], lambda f: _check(f["seeds"] == 1 or not f["distinct_seeds"],
+                                                      "--seeds replicates the shared-seed run: not with "
+                                                      "--distinct_seeds"))
 
 
 def _no_built_in_flags_with_task(values: dict) -> bool:
@@ -425,7 +437,7 @@ def settings(**replace: Any) -> SweepSettings:
         distinct_seeds=FLAGS.distinct_seeds, sequential=FLAGS.sequential, repack=FLAGS.repack,
         member_chunk=FLAGS.member_chunk, progress=FLAGS.progress, schedule=schedule_spec(), dtype=FLAGS.dtype,
         augment=FLAGS.augment, patience=FLAGS.patience if FLAGS.early_stopping else 0,
-        validation_examples=FLAGS.validation_examples,
+        validation_examples=FLAGS.validation_examples, protocol=FLAGS.protocol, seeds=FLAGS.seeds,
         prune=pruning.PruneSpec(FLAGS.prune_min_steps, FLAGS.prune_eta) if FLAGS.prune == "sha" else None,
         views=views.Views(FLAGS.optuna_storage, FLAGS.tensorboard))
     values.update(replace)
@@ -517,5 +529,8 @@ def describe_task(task: tasks.Task) -> str:
 def describe_budget(task: tasks.Task) -> str:
     where = (f"{min(FLAGS.eval_examples, task.num_train)} training examples" if task.eval is None
              else f"the {task.eval_name} set ({tasks.num_examples(task.eval):,} examples)")
+    if FLAGS.protocol != protocols.SUBSET:
+        where = (f"the running mean of the training batches ({protocols.describe(FLAGS.protocol, FLAGS.eval_every)}), "
+                 "strictly,")
     return (f"target {task.target.describe()} on {where} every {FLAGS.eval_every} steps, budget "
             f"{FLAGS.max_steps} steps" + (f" / {FLAGS.max_seconds:g} s" if FLAGS.max_seconds else ""))

@@ -61,9 +61,11 @@ def valley(records: list[dict[str, Any]], path: str | os.PathLike, *, budget_ste
 
 
 def envelope(envelope_rows: list[dict[str, Any]], path: str | os.PathLike, *, eval_every: int,
-             title: str = "") -> None:
+             title: str = "", cap: int | None = None) -> None:
     """For each learning rate, the fastest and the slowest optimizer's steps to target (log-log),
-    the range between them shaded and the band of rates that trained with any optimizer marked."""
+    the range between them shaded and the band of rates that trained with any optimizer marked.
+    With `cap` (the budget), also the article's reading: the slowest at the cap wherever any
+    optimizer missed (rows' `article_slowest_steps`)."""
     fig, ax = plt.subplots(figsize=(8, 5))
     rows = [row for row in envelope_rows if row["reached"]]
     nan = float("nan")  # rates no optimizer trained break the lines
@@ -74,6 +76,9 @@ def envelope(envelope_rows: list[dict[str, Any]], path: str | os.PathLike, *, ev
         ax.fill_between(lrs, fast, slow, color="tab:blue", alpha=0.15, linewidth=0)
         ax.plot(lrs, fast, "-", marker=".", color="tab:green", label="fastest optimizer")
         ax.plot(lrs, slow, "-", marker=".", color="tab:red", label="slowest optimizer (that reached it)")
+        if cap is not None:
+            ax.plot(lrs, [row.get("article_slowest_steps", cap) for row in envelope_rows], "--", color="tab:purple",
+                    linewidth=1, label=f"slowest as the article drew it (a miss at the cap, {cap} steps)")
         previous = None
         for row in rows:  # name the fastest optimizer where it changes
             if row["fastest"] != previous:
@@ -391,4 +396,54 @@ def search_compare(rows: list[dict[str, Any]], path: str | os.PathLike, *, good_
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title(title or "Cost of finding a good learning rate")
+    save_figure(fig, path)
+
+
+def valley_seeds(rows: list[dict[str, Any]], path: str | os.PathLike, *, budget_steps: int, eval_every: int,
+                 title: str = "") -> None:
+    """The valley across seeds (replicates.aggregate rows): per valley the median steps to target
+    (a miss counted as infinite: no point where half or more missed) with the interquartile range
+    as a bar (reaching the budget line where the upper quartile is a miss), and every replicate as
+    a faint dot; rates whose median is a miss are marked o on the budget line."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    nan = float("nan")
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    for n, group in enumerate(groups):
+        cells = [r for r in rows if r["group"] == group]
+        lrs = [r["learning_rate"] for r in cells]
+        median = [nan if r["median_steps"] is None else r["median_steps"] for r in cells]
+        (line,) = ax.plot(lrs, median, "-", marker=".", label=f"{group}: median of {len(cells[0]['seeds'])} seeds")
+        color = line.get_color()
+        for r in cells:
+            if r["q1_steps"] is not None:
+                top = budget_steps if r["q3_steps"] is None else r["q3_steps"]
+                ax.plot([r["learning_rate"]] * 2, [r["q1_steps"], top], color=color, alpha=0.6, linewidth=2.5,
+                        linestyle="-" if r["q3_steps"] is not None else ":")
+            reached = [s for s in r["steps_to_target"] if s is not None]
+            ax.plot([r["learning_rate"]] * len(reached), reached, linestyle="none", marker=".", markersize=3,
+                    color=color, alpha=0.35)
+        missed = [r["learning_rate"] for r in cells if r["median_steps"] is None]
+        if missed:
+            ax.plot(missed, [budget_steps] * len(missed), linestyle="none", marker="o", markerfacecolor="none",
+                    color=color, label=f"{group}: median a miss" if len(groups) > 1 else "median a miss")
+    ax.plot([], [], "-", color="grey", alpha=0.6, linewidth=2.5, label="interquartile range (dotted: to a miss)")
+    ax.axhline(budget_steps, color="grey", linewidth=0.6, linestyle=":")
+    _save_steps_vs_rate(fig, ax, path, eval_every, title or "Learning-rate valley across seeds")
+
+
+def protocol_curves(records: list[dict[str, Any]], path: str | os.PathLike, *, goal: float, title: str = "") -> None:
+    """The two target protocols on the same runs: per member, the subset accuracy (`train_accuracy`)
+    and the streaming running mean (`train_streaming_accuracy`) against steps, the goal dashed."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in records:
+        c = r["curve"]
+        (line,) = ax.plot(c["step"], c["train_accuracy"], "-", marker=".", label=f"{r['learning_rate']:.3g}: subset")
+        ax.plot(c["step"], c["train_streaming_accuracy"], "--", marker="x", color=line.get_color(),
+                label=f"{r['learning_rate']:.3g}: streaming mean (reached at {r['steps_to_target']})")
+    ax.axhline(goal, color="grey", linestyle=":", label=f"target {goal:g}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training accuracy")
+    ax.set_title(title or "Subset accuracy against the study's streaming mean")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
     save_figure(fig, path)

@@ -18,7 +18,10 @@ Member status:
 Training techniques are static settings of the program (EngineConfig): the compute dtype (16-bit
 compute on float32 master weights, with dynamic loss scaling for float16), the task's augmentation
 drawn from each step's key, model state such as batch statistics (per member), and early stopping
-on a held-out validation set.
+on a held-out validation set. The target is measured on the evaluation set, or, under a streaming
+protocol (`stream_every`, protocols.py), as the running mean of the target metric over the training
+batches, from each step's own training outputs; replicates (`seed_K`, replicates.py) give members
+their own seeds' initialisation, dropout and batch order.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 import optax
 
 from lrlab import data as data_lib
+from lrlab import protocols
 from lrlab.optimizers import Optimizer
 from lrlab.lr_schedules import ScheduleSpec
 from lrlab.tasks import Task
@@ -66,6 +70,9 @@ class Population(flax.struct.PyTreeNode):
     best: Any = None  # early stopping: the variables at the best validation score (else None)
     best_score: jax.Array | None = None  # float32[K]: best validation score so far (-inf before any)
     evals_since_best: jax.Array | None = None  # int32[K]
+    stream_sum: jax.Array | None = None  # float32[K]: streaming protocols, the target metric summed over the
+    stream_count: jax.Array | None = None  # float32[K]: training batches taken so far, and their examples
+    batch_key: jax.Array | None = None  # uint32[K, 2]: replicates (replicates.py): each member's batch-order key
 
     @property
     def size(self) -> int:
@@ -115,12 +122,13 @@ class EngineConfig:
     dtype: str = "float32"  # compute dtype (COMPUTE_DTYPES); parameters and optimizer state stay float32
     augment: bool = False  # apply the task's augmentation to training batches
     patience: int = 0  # early stopping: evaluations without validation improvement; 0: off
+    stream_every: int = 0  # streaming protocols (protocols.py): the running mean takes every n-th step's batch
 
     def __post_init__(self):
         if self.dtype not in COMPUTE_DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {self.dtype!r}")
-        if self.patience < 0:
-            raise ValueError(f"patience must be >= 0, got {self.patience}")
+        if self.patience < 0 or self.stream_every < 0:
+            raise ValueError(f"patience and stream_every must be >= 0, got {self.patience}, {self.stream_every}")
         if self.augment and self.task.augment is None:
             raise ValueError(f"task {self.task.name} has no augmentation to apply")
         if self.distinct_seeds and not self.task.model.reseedable:
@@ -159,21 +167,35 @@ def init_population(
     hparams_K: dict[str, np.ndarray],
     seed: int,
     member_ids: np.ndarray | None = None,
+    seed_K: np.ndarray | None = None,
 ) -> Population:
     """A fresh population: one member per entry of hparams_K['learning_rate'].
 
     With shared seeds every member starts from the same parameters (the study's "same seed for every
-    run"); with distinct seeds member i uses the seed folded with its index.
+    run"); with distinct seeds member i uses the seed folded with its index. With `seed_K`
+    (replicates) member i is the shared-seed run of seed seed_K[i]: its initialisation, dropout
+    keys and batch order (`batch_key`), each drawn once per distinct seed.
     """
     lr_K = np.asarray(hparams_K["learning_rate"], np.float32)
     k = lr_K.shape[0]
     member = np.arange(k, dtype=np.int32) if member_ids is None else np.asarray(member_ids, np.int32)
     root = jax.random.PRNGKey(seed)
-    if cfg.distinct_seeds:
+    batch_key_K = None
+    if seed_K is not None:
+        if cfg.distinct_seeds or not cfg.task.model.reseedable:
+            raise ValueError("replicates (seeds > 1) need shared seeds (not distinct_seeds) and a model that "
+                             "initialises from a key (an NNX constructor, not an instance)")
+        seeds_U, replicate_K = np.unique(np.asarray(seed_K, np.int64), return_inverse=True)
+        keys_U = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds_U])
+        rng_K, batch_key_K = keys_U[replicate_K], jnp.stack([data_lib.data_key(int(s)) for s in seeds_U])[replicate_K]
+        variables_U = _init_variables(cfg.task, keys_U, shared=False)
+        variables_K = dict(jax.tree_util.tree_map(lambda v: v[replicate_K], variables_U))
+    elif cfg.distinct_seeds:
         rng_K = jax.vmap(lambda m: jax.random.fold_in(root, m))(jnp.asarray(member))
     else:
         rng_K = jnp.broadcast_to(root, (k,) + root.shape)
-    variables_K = dict(_init_variables(cfg.task, rng_K, shared=not cfg.distinct_seeds))
+    if seed_K is None:
+        variables_K = dict(_init_variables(cfg.task, rng_K, shared=not cfg.distinct_seeds))
     params_K = variables_K.pop("params")
     opt_state = cfg.optimizer.init_state(params_K, hparams_K, cfg.schedule)
     return Population(
@@ -184,6 +206,9 @@ def init_population(
         best=jax.tree_util.tree_map(jnp.copy, {"params": params_K, **variables_K}) if cfg.patience else None,
         best_score=jnp.full((k,), -jnp.inf, jnp.float32),
         evals_since_best=jnp.zeros((k,), jnp.int32),
+        stream_sum=jnp.zeros((k,), jnp.float32) if cfg.stream_every else None,
+        stream_count=jnp.zeros((k,), jnp.float32) if cfg.stream_every else None,
+        batch_key=batch_key_K,
         opt_state=opt_state,
         rng=rng_K,
         member=jnp.asarray(member),
@@ -293,6 +318,8 @@ def make_member_step(cfg: EngineConfig) -> Callable:
     gradients, optimizer state and updates stay float32. With float16 the loss is scaled by the
     member's dynamic loss scale: a step whose gradients overflow is skipped and the scale halved
     (it is divergence only once the scale is down to 1); SCALE_PERIOD clean steps double it.
+    Returns (state, loss, diverged, metric_sum): metric_sum is the target metric summed over the
+    batch from this step's training outputs (streaming protocols; a constant 0 otherwise).
     """
     tx = cfg.make_tx()
     task = cfg.task
@@ -309,10 +336,12 @@ def make_member_step(cfg: EngineConfig) -> Callable:
         def loss_fn(p):
             variables = {"params": cast_floats(p, dtype), **state.model_state}
             outputs, model_state = task.model.apply(variables, x, True, dropout_key)
-            loss = task.loss(cast_floats(outputs, jnp.float32), batch).mean()
-            return loss * state.loss_scale, (loss, model_state)
+            outputs = cast_floats(outputs, jnp.float32)
+            loss = task.loss(outputs, batch).mean()
+            metric_sum = task.metrics[task.target.metric](outputs, batch).sum() if cfg.stream_every else 0.0
+            return loss * state.loss_scale, (loss, model_state, jax.lax.stop_gradient(metric_sum))
 
-        (_, (loss, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, (loss, model_state, metric_sum)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads = jax.tree_util.tree_map(lambda g: g / state.loss_scale, grads)
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
@@ -328,7 +357,7 @@ def make_member_step(cfg: EngineConfig) -> Callable:
             scale_steps = jnp.where(active & overflow | grow, 0, scale_steps + keep.astype(jnp.int32))
         new_state = MemberState(new_params, new_opt_state, model_state, loss_scale, scale_steps)
         kept = tree_select(keep, new_state, state)
-        return kept._replace(loss_scale=loss_scale, scale_steps=scale_steps), loss, diverged
+        return kept._replace(loss_scale=loss_scale, scale_steps=scale_steps), loss, diverged, metric_sum
 
     return member_step
 
@@ -388,8 +417,9 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
 
     def segment(pop: Population, data: TrainData, step0, data_key, goal, max_steps, evaluate):
         n = data.num_train
-        if cfg.distinct_seeds:  # each member its own batch order: idx[K, S, B]
-            member_keys = jax.vmap(lambda r: jax.random.fold_in(r, BATCH_ORDER_SALT))(pop.rng)
+        if cfg.distinct_seeds or pop.batch_key is not None:  # each member its own batch order: idx[K, S, B]
+            member_keys = pop.batch_key if pop.batch_key is not None else jax.vmap(
+                lambda r: jax.random.fold_in(r, BATCH_ORDER_SALT))(pop.rng)
             idx = jax.vmap(lambda key: data_lib.segment_batch_indices(key, step0, num_steps, n, cfg.batch_size))(
                 member_keys
             )
@@ -402,20 +432,24 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
         vstep = member_map(member_step, (0, 0, 0, batch_axis, None), k, chunk)
 
         def body(carry, xs):
-            state, status, steps_trained, loss_sum = carry
+            state, status, steps_trained, loss_sum, stream = carry
             t, idx = xs
             active = status == RUNNING
             batch = jax.tree_util.tree_map(lambda a: a[idx], data.train)
-            state, loss, diverged = vstep(state, pop.rng, active, batch, step0 + t)
+            state, loss, diverged, metric_sum = vstep(state, pop.rng, active, batch, step0 + t)
             status = jnp.where(diverged, DIVERGED, status)
             stepped = active & ~diverged
             steps_trained = steps_trained + stepped.astype(jnp.int32)
             loss_sum = loss_sum + jnp.where(stepped, loss, 0.0)
-            return (state, status, steps_trained, loss_sum), jnp.where(stepped, loss, jnp.nan)
+            if cfg.stream_every:
+                stream = protocols.stream_update(*stream, metric_sum, cfg.batch_size, stepped, steps_trained,
+                                                 cfg.stream_every)
+            return (state, status, steps_trained, loss_sum, stream), jnp.where(stepped, loss, jnp.nan)
 
         state0 = MemberState(pop.params, pop.opt_state, pop.model_state, pop.loss_scale, pop.scale_steps)
-        carry = (state0, pop.status, pop.steps_trained, jnp.zeros((k,), jnp.float32))
-        (state, status, steps_trained, loss_sum), loss_SK = jax.lax.scan(
+        stream0 = (pop.stream_sum, pop.stream_count) if cfg.stream_every else ()
+        carry = (state0, pop.status, pop.steps_trained, jnp.zeros((k,), jnp.float32), stream0)
+        (state, status, steps_trained, loss_sum, stream), loss_SK = jax.lax.scan(
             body, carry, (jnp.arange(num_steps), idx_steps)
         )
         n_stepped = steps_trained - pop.steps_trained
@@ -423,15 +457,22 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
                               loss_scale=state.loss_scale, scale_steps=state.scale_steps, status=status,
                               steps_trained=steps_trained,
                               loss=jnp.where(n_stepped > 0, loss_sum / jnp.maximum(n_stepped, 1), pop.loss))
-        names = tuple(cfg.task.metrics)
+        if cfg.stream_every:
+            trained = trained.replace(stream_sum=stream[0], stream_count=stream[1])
+        stream_name = f"streaming_{target.metric}"  # the running mean joins the metrics (and the curves)
+        names = tuple(cfg.task.metrics) + ((stream_name,) if cfg.stream_every else ())
         nan_K = jnp.full((k,), jnp.nan, jnp.float32)
 
         def evaluated(trained: Population):
             variables = trained.variables
             metrics_K = metrics_fn(variables, data.eval, data.eval_weight)
-            value_K = metrics_K[target.metric]
             running = trained.status == RUNNING
-            reached = running & target.reached(value_K, goal)
+            if cfg.stream_every:  # the study's rule: the running mean, strictly above the goal
+                value_K = metrics_K[stream_name] = protocols.stream_mean(trained.stream_sum, trained.stream_count)
+                reached = running & protocols.exceeds(target.mode, value_K, goal)
+            else:
+                value_K = metrics_K[target.metric]
+                reached = running & target.reached(value_K, goal)
             new_pop = trained.replace(status=jnp.where(reached, REACHED, trained.status),
                                       steps_to_target=jnp.where(reached, trained.steps_trained, pop.steps_to_target),
                                       target_value=jnp.where(pop.status == RUNNING, value_K, pop.target_value))
@@ -444,7 +485,8 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
             return new_pop.replace(status=jnp.where(exhausted, EXHAUSTED, new_pop.status)), metrics_K, val_K
 
         def skipped(trained: Population):
-            return trained, {name: nan_K for name in names}, ({name: nan_K for name in names} if cfg.patience else {})
+            val_K = {name: nan_K for name in cfg.task.metrics} if cfg.patience else {}
+            return trained, {name: nan_K for name in names}, val_K
 
         new_pop, metrics_K, val_K = jax.lax.cond(evaluate, evaluated, skipped, trained)
         return new_pop, SegmentMetrics(metrics_K, loss_SK.T, val_K)

@@ -217,7 +217,9 @@ def format_table(records: list[dict[str, Any]], eval_every: int, target_key: str
     with_test = any(r.get(test_key) is not None for r in records)  # a task without a test set: no column
     for opt in dict.fromkeys(group_of(r) for r in records):
         rows = sorted((r for r in records if group_of(r) == opt), key=lambda r: r["learning_rate"])
-        lines.append(f"\n{opt}: {len(rows)} learning rates (steps to target resolved to {eval_every} steps)")
+        seeds = len({r.get("seed") for r in rows})
+        lines.append(f"\n{opt}: {len(rows) // seeds} learning rates" + (f" x {seeds} seeds" if seeds > 1 else "")
+                     + f" (steps to target resolved to {eval_every} steps)")
         lines.append(f"{'learning_rate':>13}  {'status':<9}  {'steps':>6}  {'examples':>9}  {'seconds':>8}  "
                      f"{target_key:>{width}}" + (f"  {'test_' + metric:>{test_width}}" if with_test else ""))
         for r in rows:
@@ -233,13 +235,15 @@ def format_table(records: list[dict[str, Any]], eval_every: int, target_key: str
             lines.append(f"{opt}: best learning rate {best['learning_rate']:.4g} "
                          f"({best['steps_to_target']} steps, {best['examples_to_target']} examples, "
                          f"{best['seconds_to_target']:.1f} s); band that reached the target: "
-                         f"{band[0]:.4g} to {band[1]:.4g} ({n} of {len(rows)} rates)")
+                         f"{band[0]:.4g} to {band[1]:.4g} ({n} of {len(rows)} {'members' if seeds > 1 else 'rates'})")
     return "\n".join(lines)
 
 
-def envelope(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def envelope(records: Iterable[dict[str, Any]], cap: int | None = None) -> list[dict[str, Any]]:
     """Per learning rate (ascending): the fastest and slowest valley (optimizer) to the target, and
-    how many reached it. The article's second figure; rates no optimizer trained have None for both."""
+    how many reached it. The article's second figure; rates no optimizer trained have None for both.
+    With `cap` (the step budget), `article_slowest_steps` is the article's reading of the slowest:
+    the cap wherever any optimizer missed ("the max time is 120 s across the whole graph")."""
     by_lr: dict[float, list[dict[str, Any]]] = {}
     for r in records:
         by_lr.setdefault(r["learning_rate"], []).append(r)
@@ -253,6 +257,8 @@ def envelope(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "fastest": fastest and group_of(fastest), "fastest_steps": fastest and fastest["steps_to_target"],
             "slowest": slowest and group_of(slowest), "slowest_steps": slowest and slowest["steps_to_target"],
         })
+        if cap is not None:
+            rows[-1]["article_slowest_steps"] = slowest["steps_to_target"] if len(reached) == len(by_lr[lr]) else cap
     return rows
 
 

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from lrlab import data as data_lib
-from lrlab import memory, packing, results, runner, tasks
+from lrlab import memory, packing, protocols, replicates, results, runner, tasks
 from lrlab import population as pop_lib
 from lrlab.checkpoints import StopSignal
 from lrlab.optimizers import Members, Optimizer
@@ -52,12 +52,18 @@ class SweepSettings:
     prune: PruneSpec | None = None  # successive halving (vectorized runs only)
     stop_at_target: bool = True  # False: members train on past the target (optimizer_comparison's curves)
     views: Views = Views()  # the Optuna study, TensorBoard runs and members.csv written at the end (views.py)
+    protocol: str = protocols.DEFAULT  # how the target is measured (protocols.PROTOCOLS): subset, streaming, ...
+    seeds: int = 1  # replicates of every member (replicates.py): seeds seed, seed + 1, ..., in one program
 
     def __post_init__(self):
         if self.sequential and self.prune is not None:
             raise ValueError("pruning ranks members against each other: it needs a vectorized run, not sequential")
         if min(self.batch_size, self.eval_examples) < 1 or self.seed < 0:
             raise ValueError("batch_size and eval_examples must be at least 1, the seed at least 0")
+        protocols.check(self.protocol)
+        if self.seeds < 1 or (self.seeds > 1 and self.distinct_seeds):
+            raise ValueError(f"seeds={self.seeds}: must be at least 1, and 1 with distinct_seeds (each member its "
+                             "own seed already)")
 
     def to_json(self) -> dict[str, Any]:
         """What decides the results (JSON): every field but the progress display and member chunks."""
@@ -67,6 +73,10 @@ class SweepSettings:
         out.pop("views")  # where results are also written, not what they are
         if not self.patience:
             out.pop("validation_examples")
+        if self.protocol == protocols.DEFAULT:  # absent: the default (runs from before the field compare equal)
+            out.pop("protocol")
+        if self.seeds == 1:
+            out.pop("seeds")
         return out
 
 
@@ -75,7 +85,8 @@ def engine_config(task: Task, optimizer: Optimizer, settings: SweepSettings, eva
     return EngineConfig(task=task, optimizer=optimizer, batch_size=settings.batch_size, eval_chunk=eval_chunk,
                         distinct_seeds=settings.distinct_seeds, member_chunk=settings.member_chunk,
                         schedule=settings.schedule, dtype=settings.dtype, augment=settings.augment,
-                        patience=settings.patience)
+                        patience=settings.patience,
+                        stream_every=protocols.stream_every(settings.protocol, settings.budget.eval_every))
 
 
 def check_fits(task: Task, settings: SweepSettings, populations: Sequence[Members] = ()) -> None:
@@ -94,7 +105,8 @@ def check_fits(task: Task, settings: SweepSettings, populations: Sequence[Member
                          f"{n_train:,} training examples of {task.name}: give at most that many")
     data_bytes = memory.tree_bytes(task.train) + (memory.tree_bytes(task.eval) if task.eval is not None else 0)
     for members in populations:
-        memory.check(engine_config(task, members.optimizer, settings, EVAL_CHUNK), members.size, data_bytes)
+        memory.check(engine_config(task, members.optimizer, settings, EVAL_CHUNK), members.size * settings.seeds,
+                     data_bytes)
 
 
 def sweep_data(task: Task, settings: SweepSettings) -> tuple[TrainData, int]:
@@ -130,8 +142,12 @@ def train_population(task: Task, members: Members, settings: SweepSettings, data
                      scope: Scope = NO_SCOPE, stop: StopSignal | None = None,
                      hooks: Sequence[runner.Hook] = (), desc: str = "") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One population trained (vectorized, or one member after another with `settings.sequential`),
-    checkpointed in `scope`; returns its member records and its timing."""
+    checkpointed in `scope`; returns its member records and its timing. With `settings.seeds` > 1
+    every member is trained as that many replicates (records in a row, each with its `seed`)."""
     cfg = engine_config(task, members.optimizer, settings, eval_chunk)
+    seed_K = None
+    if settings.seeds > 1:
+        members, seed_K = replicates.expand(members, settings.seeds, settings.seed)
     memory.check(cfg, members.size, memory.tree_bytes(data))
     start = time.perf_counter()
     ident = identity(task, members, settings)
@@ -139,9 +155,10 @@ def train_population(task: Task, members: Members, settings: SweepSettings, data
     if settings.prune is not None:
         hooks.append(SuccessiveHalving(settings.prune, settings.budget.max_steps, settings.budget.eval_every))
     if settings.sequential:
-        out = train_sequential(cfg, members, data, settings, scope, ident, stop=stop, hooks=hooks, desc=desc)
+        out = train_sequential(cfg, members, data, settings, scope, ident, stop=stop, hooks=hooks, desc=desc,
+                               seed_K=seed_K)
     else:
-        pop = pop_lib.init_population(cfg, members.hparams, settings.seed)
+        pop = pop_lib.init_population(cfg, members.hparams, settings.seed, seed_K=seed_K)
         out = runner.train(pop, data, settings.budget, data_lib.data_key(settings.seed), runner.Programs(cfg),
                            freeze_at_target=settings.stop_at_target, repack=settings.repack,
                            progress=settings.progress, desc=desc, hooks=hooks, checkpoints=scope.checkpoints(ident),
@@ -151,6 +168,8 @@ def train_population(task: Task, members: Members, settings: SweepSettings, data
     test_seconds = time.perf_counter() - test_start
     records = results.member_records(members.name, members.hparams, out.final, out.curves, out.seconds_to_target,
                                      tests, settings.batch_size, task.target_key, task.metric_keys())
+    for record, seed in zip(records, [] if seed_K is None else seed_K):
+        record["seed"] = int(seed)
     stats = {
         "mode": "sequential" if settings.sequential else "vectorized",
         "members": members.size,
@@ -188,7 +207,7 @@ def run_sweep(task: Task, populations: Sequence[Members], settings: SweepSetting
 
 def train_sequential(cfg: EngineConfig, members: Members, data: TrainData, settings: SweepSettings, scope: Scope,
                      ident: dict[str, Any], *, stop: StopSignal | None = None, hooks: Sequence[runner.Hook] = (),
-                     desc: str = "") -> runner.RunOutput:
+                     desc: str = "", seed_K: np.ndarray | None = None) -> runner.RunOutput:
     """The baseline: the same members trained one after another (K=1 each), each timed on its own
     clock as the study measured it, each checkpointed in scope/member-<i>/. One compiled program
     serves every member (hyperparameters are data)."""
@@ -196,7 +215,8 @@ def train_sequential(cfg: EngineConfig, members: Members, data: TrainData, setti
     outputs = []
     for i in range(members.size):
         one = members.subset([i])
-        pop = pop_lib.init_population(cfg, one.hparams, settings.seed, member_ids=np.array([i]))
+        pop = pop_lib.init_population(cfg, one.hparams, settings.seed, member_ids=np.array([i]),
+                                      seed_K=None if seed_K is None else seed_K[i:i + 1])
         hooks_i = [_Shifted(hook, i) if isinstance(hook, runner.SegmentCallback) else hook for hook in hooks]
         outputs.append(runner.train(pop, data, settings.budget, data_lib.data_key(settings.seed), programs,
                                     freeze_at_target=settings.stop_at_target, repack=False,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping, Sequence
 
-from lrlab import plots, results
+from lrlab import plots, replicates, results
 from lrlab import workdir as workdir_lib
 from lrlab.checkpoints import StopSignal
 from lrlab.optimizers import Members
@@ -54,6 +54,16 @@ class ValleyResult:
         """The valley's best member (results.BEST_RULE), None if no rate reached the target."""
         return results.best_member(self._members(group))
 
+    def best_median(self, group: str | None = None) -> dict[str, Any] | None:
+        """With several seeds: the valley's rate of lowest median steps (replicates.BEST_RULE), as its
+        aggregate row; None if no rate's median reached the target or there is one seed."""
+        rows = self.summary.get("rate_aggregates")
+        if not rows:
+            return None
+        if group is None:
+            group = results.group_of(self._members(None)[0])
+        return replicates.best(r for r in rows if r["group"] == group)
+
     def band(self, group: str | None = None) -> tuple[float, float] | None:
         """The lowest and highest learning rate of the valley that reached the target."""
         return results.reached_band(self._members(group))
@@ -75,14 +85,26 @@ class ValleyResult:
             trained = sum(row["reached"] > 0 for row in envelope)
             lines.append("rates that trained with at least one optimizer: "
                          + (f"{band[0]:.4g} to {band[1]:.4g} ({trained} of {len(envelope)})" if band else "none"))
+        for group in self.groups if self.summary.get("rate_aggregates") else ():
+            best = self.best_median(group)
+            lines.append(f"{group}, median across seeds: " + ("no rate's median reached the target" if best is None else
+                         f"best {best['learning_rate']:.4g} ({best['median_steps']:g} steps, interquartile range "
+                         + (f"{best['iqr_steps']:g})" if best["iqr_steps"] is not None else "to a miss)")))
         for name, s in self.summary.get("timing", {}).items():
             lines.append(f"{name}: {s['mode']}, {s['members']} members, compile {s['compile_seconds']:.1f} s, "
                          f"training {s['train_seconds']:.1f} s")
         return "\n".join(lines)
 
     def plot(self, path: Any) -> None:
-        """valley.png: steps to target against learning rate, one line per valley."""
+        """valley.png: steps to target against learning rate, one line per valley (with several seeds:
+        the median and the interquartile range per rate)."""
         s = self.summary
+        if s.get("rate_aggregates"):
+            plots.valley_seeds(s["rate_aggregates"], path, budget_steps=s["max_steps"],
+                               eval_every=s["steps_to_target_resolution"],
+                               title=f"Learning-rate valley, {len(s['rate_aggregates'][0]['seeds'])} seeds: "
+                                     f"{s['model']['name']} on {s['dataset']}, target {results.target_text(s)}")
+            return
         plots.valley(self.records, path, budget_steps=s["max_steps"], eval_every=s["steps_to_target_resolution"],
                      title=f"Learning-rate valley: {s['model']['name']} on {s['dataset']}, target "
                            f"{results.target_text(s)}")
@@ -90,7 +112,7 @@ class ValleyResult:
     def plot_envelope(self, path: Any) -> None:
         """envelope.png: the fastest and slowest valley per learning rate."""
         s = self.summary
-        plots.envelope(s["envelope"], path, eval_every=s["steps_to_target_resolution"],
+        plots.envelope(s["envelope"], path, eval_every=s["steps_to_target_resolution"], cap=s["max_steps"],
                        title=f"Fastest and slowest of {len(self.groups)} optimizers: {s['model']['name']} on "
                              f"{s['dataset']}, target {results.target_text(s)}")
 
@@ -129,8 +151,11 @@ def lr_valley(task: Task, populations: Members | Sequence[Members], settings: Sw
     summary = {**results.run_header(EXPERIMENT), **results.task_header(task, settings), **(info or {}),
                "timing": stats, "stage_seconds": {**(info or {}).get("stage_seconds", {}), "sweep": sweep_seconds},
                "members": records}
-    if len({results.group_of(r) for r in records}) > 1:
-        envelope = results.envelope(records)
+    if settings.seeds > 1:
+        summary["rate_aggregates"] = replicates.aggregate(records)
+    if len({results.group_of(r) for r in records}) > 1:  # with seeds: each rate's median per valley
+        envelope = results.envelope(replicates.median_records(summary["rate_aggregates"]) if settings.seeds > 1
+                                    else records, cap=settings.budget.max_steps)
         summary["envelope"], summary["trained_band"] = envelope, results.trained_band(envelope)
     result = ValleyResult(summary)
     if run is not None:

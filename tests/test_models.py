@@ -32,6 +32,7 @@ def test_max_pool_matches_reduce_window():
 @pytest.mark.parametrize("name,width,expected", [
     ("small_cnn", 1.0, 3478),
     ("tutorial_cnn", 1.0, 3_274_634),  # 832 + 51,264 + 3,212,288 + 10,250
+    ("tutorial_cnn", 2.0, 13_074_186),  # 1,664 + 204,928 + 12,847,104 + 20,490: the dense layer scales too
     ("mlp", 1.0, 101_770),
 ])
 def test_parameter_counts(name, width, expected):
@@ -40,11 +41,14 @@ def test_parameter_counts(name, width, expected):
     assert models.param_count(params) == expected
 
 
-def test_width_scales_conv_filters():
+def test_width_scales_conv_filters_and_dense_units():
+    """As the study's train.py: round(32w), round(64w) filters and round(1024w) dense units."""
     model = models.make_model("tutorial_cnn", 2.0)
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
     assert params["Conv_0"]["kernel"].shape == (5, 5, 1, 64)
     assert params["Conv_1"]["kernel"].shape == (5, 5, 64, 128)
+    assert params["Dense_0"]["kernel"].shape == (7 * 7 * 128, 2048)
+    assert models.make_model("tutorial_cnn", 1.25).dense_features == 1280
 
 
 def test_bad_model_arguments():

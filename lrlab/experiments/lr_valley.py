@@ -39,6 +39,7 @@ def main(argv: list[str]) -> None:
           f"{len(lrs)} learning rates {lrs.min():.3g}..{lrs.max():.3g}"
           + "".join(f" x {len(set(populations[0].hparams[h].tolist()))} {h}" for h in populations[0].varying()
                     if h != "learning_rate")
+          + (f" x {FLAGS.seeds} seeds" if FLAGS.seeds > 1 else "")
           + f", {'sequential' if FLAGS.sequential else 'vectorized'} on {jax.default_backend()}; "
           + cli.describe_budget(task), flush=True)
     with cli.resumable("lr_valley", run) as stop:
