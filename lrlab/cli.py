@@ -447,15 +447,25 @@ def settings(**replace: Any) -> SweepSettings:
         fail(str(e))
 
 
+def _lrlab_flags() -> list[flags.Flag]:
+    """lrlab's own flags (not absl's)."""
+    return [f for name, fl in FLAGS.flags_by_module_dict().items() if "lrlab" in name for f in fl]
+
+
 def flag_values() -> dict[str, object]:
     """The values of lrlab's own flags, saved with the run for reproducibility."""
-    module_flags = [f for name, fl in FLAGS.flags_by_module_dict().items() if "lrlab" in name for f in fl]
-    return {f.name: f.value for f in module_flags}
+    return {f.name: f.value for f in _lrlab_flags()}
 
 
 def run_flags() -> dict[str, object]:
     """The flags that decide what a run computes (saved with it; a resume must match them)."""
     return {k: v for k, v in flag_values().items() if k not in OPERATIONAL_FLAGS}
+
+
+def run_flag_defaults() -> dict[str, object]:
+    """The defaults of the flags in `run_flags`: a workdir's flags.json written before a flag existed
+    resumes when this run leaves that flag at its default."""
+    return {f.name: f.default for f in _lrlab_flags() if f.name not in OPERATIONAL_FLAGS}
 
 
 def info(load_seconds: float | None = None) -> dict[str, Any]:
@@ -472,7 +482,7 @@ def workdir(experiment: str) -> workdir_lib.Workdir:
     run = workdir_lib.Workdir(FLAGS.workdir, experiment, checkpoint_every=FLAGS.checkpoint_every,
                               overwrite=FLAGS.overwrite)
     try:
-        finished = run.claim(run_flags(), label=lambda k: f"--{k}", noun="flags")
+        finished = run.claim(run_flags(), label=lambda k: f"--{k}", noun="flags", defaults=run_flag_defaults())
     except workdir_lib.WorkdirError as e:
         fail(f"--workdir={e}")
     if finished:

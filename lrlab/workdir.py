@@ -140,13 +140,15 @@ class Workdir:
             raise WorkdirError(f"{self.path}: cannot write there ({e.strerror or e})") from None
         return self
 
-    def claim(self, settings: Mapping[str, Any], label: Callable[[str], str] = str, noun: str = "settings") -> bool:
+    def claim(self, settings: Mapping[str, Any], label: Callable[[str], str] = str, noun: str = "settings",
+              defaults: Mapping[str, Any] | None = None) -> bool:
         """Checks the folder against this run's `settings` (JSON); True when its results exist.
 
         With `overwrite`, lrlab's outputs are removed first. Settings saved by another run are
         refused with the differences named (`label(key)` names a setting: "--max_steps"). This run's
         settings are saved (flags.json) with its first checkpoint or its results, not before: a run
-        that never started leaves nothing that would refuse the corrected command.
+        that never started leaves nothing that would refuse the corrected command. A setting the
+        saved file lacks (one added to lrlab since that run) counts as its value in `defaults`.
         """
         self.prepare()
         if self.overwrite and is_writer():
@@ -161,7 +163,7 @@ class Workdir:
         self.claimed = True
         if saved_path.exists():
             try:
-                saved = json.loads(saved_path.read_text())
+                saved = {**_normalised(dict(defaults or {})), **json.loads(saved_path.read_text())}
             except (OSError, ValueError) as e:
                 raise WorkdirError(f"{self.path}: unreadable {FLAGS_FILE} ({e}); use --overwrite to start "
                                    "again") from None

@@ -48,6 +48,13 @@ def test_rerun_compares_rates_by_value_not_text(tmp_path):
     again = run_valley("--optimizer=sgd", "--lrs=1e-3,1e-1", f"--workdir={workdir}", *TINY)
     assert again.returncode == 0, again.stderr
     assert "already holds this run's results" in again.stdout
+    flags_file = workdir / "flags.json"  # a run from before a flag existed: that flag at its default matches
+    saved = json.loads(flags_file.read_text())
+    flags_file.write_text(json.dumps({k: v for k, v in saved.items() if k not in ("protocol", "seeds")}))
+    older = run_valley("--optimizer=sgd", "--lrs=1e-3,1e-1", f"--workdir={workdir}", *TINY)
+    assert older.returncode == 0 and "already holds this run's results" in older.stdout, older.stderr
+    seeded = run_valley("--optimizer=sgd", "--lrs=1e-3,1e-1", "--seeds=2", f"--workdir={workdir}", *TINY)
+    assert seeded.returncode == 1 and "--seeds=1 there, 2 here" in seeded.stderr
     other = run_valley("--optimizer=sgd", "--lrs=1e-3,1e-2", f"--workdir={workdir}", *TINY)
     assert other.returncode == 1 and "holds a run with other flags (--lrs=" in other.stderr
 
