@@ -12,6 +12,7 @@ Two fused layouts:
   fused      the wide output as NHWC [B, H, W, K*F] (what vmap's own layout would give)
   fused_cf   the wide output channels-first [K*F, B*H*W]: the kernel gradient is then a plain
              [K*F, N] x [N, 25] matmul of the layout the pool's gradient produces
+  fused_vjp  NHWC, the backward written by hand (added after the first two missed, see below)
 Prints a table and writes benchmarks/results/first_layer_fusion-<backend>.json.
 
 Predicted before measuring (profile_segment, K=48, 20-step segment, 303 ms per population step on
@@ -25,6 +26,19 @@ and do the same work fused or not.
             Net ~ -4 ms of 303: 1.01x, below what this machine can resolve.
   fused_cf: the copy goes (the gradient arrives in the matmul's layout): -67 ms, -7 ms of
             matmuls, +5 ms of transposes of the pooled tensor: ~303 -> ~234 ms, 1.3x.
+Measured (K=48, 5 rounds): fused 0.59x, fused_cf 0.56x. Why, from a profile of each: (1) with the
+gradient taken outside the member loop, the rest of the network is differentiated through
+`lax.map`, which stacks every chunk's residuals (layer 2's patches, [12, 4, 100, 6, 6, 72]) in
+memory for the backward scan (~70 ms of broadcasts and dynamic-update-slices), where lrlab takes
+value_and_grad inside each chunk and keeps them in cache; (2) fused: the layout copy of the output
+gradient grew from 82 ms (12 x [32, 19600], each chunk's 2.5 MB in L2) to 157 ms ([384, 19600]);
+fused_cf: the copy went, but the max-pool gradient's tie count over the strided [K, F, B, 7, 2, 7, 2]
+layout took 149 ms. Then, predicted for
+  fused_vjp: the rest's value and gradients inside each chunk (no stacked residuals), the kernel
+            gradient as patches^T @ dH (the copy falls on the 2 MB patches, not the 30 MB dH): in
+            the same profile's terms (chunked 348 ms), -93 ms of copy and kernel-gradient matmul,
+            +15 ms for the wide NN matmul, +28 ms of [B,7,7,K,8] <-> [K,B,7,7,8] transposes, the
+            pool passes unchanged (~50 ms either way): ~298 ms, 1.15x.
 """
 
 from __future__ import annotations
@@ -112,7 +126,35 @@ def fused_cf_grads(k: int, chunk: int):
     return jax.grad(loss_sum, has_aux=True)
 
 
-FUSED = {"fused": fused_grads, "fused_cf": fused_cf_grads}
+def fused_vjp_grads(k: int, chunk: int):
+    """The first layer wide (NHWC) with a hand-written backward, the rest's value and gradients
+    (parameters and input) computed inside each chunk as lrlab does (its residuals stay per chunk),
+    and the kernel gradient as patches^T @ dH, so the layout copy falls on the 2 MB patches."""
+    def grads(params_K, x_BHWC, y):
+        x = models.max_pool_2x2(x_BHWC)
+        kernel, bias = params_K["Conv_0"]["kernel"], params_K["Conv_0"]["bias"]  # [K, kh, kw, 1, F], [K, F]
+        kh, kw, c_in, f = kernel.shape[1:]
+        p = kh * kw * c_in
+        b, h, w, _ = x.shape
+        oh, ow = h // 2 * 2, w // 2 * 2
+        patches_NP = models.conv2d_matmul(x, jnp.eye(p).reshape(kh, kw, c_in, p), (oh, ow)).reshape(-1, p)
+        wide_PM = jnp.moveaxis(kernel.reshape(k, p, f), 0, 1).reshape(p, k * f)  # column = member * F + f
+        h_BHWM = (patches_NP @ wide_PM).reshape(b, oh, ow, k * f)
+        pooled, pool_vjp = jax.vjp(models.max_pool_2x2, h_BHWM)
+        z_pre = jnp.moveaxis(pooled.reshape(b, oh // 2, ow // 2, k, f), 3, 0) + bias[:, None, None, None, :]
+        rest_K = {name: v for name, v in params_K.items() if name != "Conv_0"}
+        rest_grads = lambda prm, z, y: jax.value_and_grad(rest_loss, argnums=(0, 1))(prm, z, y)
+        loss_K, (g_rest, dz) = pop_lib.member_map(rest_grads, (0, 0, None), k, chunk)(rest_K, nn_relu(z_pre), y)
+        dz_pre = jnp.where(z_pre > 0, dz, 0.0)
+        (dh,) = pool_vjp(jnp.moveaxis(dz_pre, 0, 3).reshape(pooled.shape))
+        d_wide_PM = patches_NP.T @ dh.reshape(-1, k * f)
+        d_kernel = jnp.moveaxis(d_wide_PM.reshape(p, k, f), 1, 0).reshape(kernel.shape)
+        return {"Conv_0": {"bias": dz_pre.sum(axis=(1, 2, 3)), "kernel": d_kernel}, **g_rest}, loss_K
+
+    return grads
+
+
+FUSED = {"fused": fused_grads, "fused_cf": fused_cf_grads, "fused_vjp": fused_vjp_grads}
 
 
 def chunked_grads(model, k: int, chunk: int):
