@@ -14,7 +14,9 @@ this order (a stage that runs out of time is recorded as such and the next one s
   pvs_tutorial  the same on tutorial_cnn (the valley smaller: the user's loop runs rate after rate)
   roofline      benchmarks/roofline.py, both models, K up to 288
 Each writes its JSON under --out_dir (the device named in it); this script adds
-accelerator-<backend>.json with every stage's result and the table it prints last.
+accelerator-<backend>.json with every stage's result, its log's last lines, and the table it prints
+last: six files in all. With the device tool: `python3 benchmarks/accelerator.py --out_dir=$OUT`,
+carrying `.whl` (the caps are estimates made without a GPU: `--caps` moves them, `--stages` picks).
 
 The GPU image has no lrlab install and no Optuna (lrlab imports Optuna only inside the Bayesian
 search, so lrlab imports without it). If Optuna is missing and wheels lie in .whl/ (made here with
@@ -48,6 +50,7 @@ flags.DEFINE_string("out_dir", None, "Where the JSON goes (default benchmarks/re
 flags.DEFINE_float("deadline_s", None, "All stages together stop by this many seconds after the start "
                    "(default 530; --smoke: 1800).")
 flags.DEFINE_list("stages", ["tests", "study", "pvs_small", "pvs_tutorial", "roofline"], "Stages to run, in order.")
+flags.DEFINE_list("caps", [], "Per-stage time caps in seconds overriding the defaults, e.g. tests=200,study=150.")
 flags.DEFINE_integer("test_workers", 8, "pytest-xdist workers for the test suite.")
 flags.DEFINE_float("study_max_seconds", 20.0, "Training seconds per optimizer in the study sweep (0: steps only).")
 FLAGS = flags.FLAGS
@@ -81,7 +84,7 @@ def stage_specs(smoke: bool, out: pathlib.Path, backend: str) -> dict[str, dict]
         "tests": {"argv": [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                   "cap": 170 if not smoke else 150, "json": None},
         "study": {"argv": [py, str(BENCH / "study_valley.py"), *study, f"--out={json_of('study_valley')}"],
-                  "cap": 170 if not smoke else 240, "json": json_of("study_valley")},
+                  "cap": 180 if not smoke else 240, "json": json_of("study_valley")},
         "pvs_small": {"argv": [py, str(BENCH / "population_vs_sequential.py"), *small,
                                f"--out={json_of('population_vs_sequential-small_cnn')}"],
                       "cap": 80 if not smoke else 150, "json": json_of("population_vs_sequential-small_cnn")},
@@ -175,12 +178,16 @@ def main(argv):
            "PYTHONUNBUFFERED": "1", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # stages and test workers share the GPU
     optuna = ensure_optuna(env)
     specs = stage_specs(FLAGS.smoke, out, backend)
+    for entry in FLAGS.caps:
+        name, seconds = entry.split("=")
+        specs[name]["cap"] = float(seconds)
+    log_dir = pathlib.Path(tempfile.mkdtemp(prefix="lrlab-accelerator-logs-"))  # tails go into the summary
     print(f"lrlab on {device} ({backend}), jax {jax.__version__}, optuna {optuna}; results in {out}", flush=True)
     deadline = FLAGS.deadline_s or (1800.0 if FLAGS.smoke else 530.0)
     results = {}
     for name in FLAGS.stages:
         left = deadline - (time.perf_counter() - start)
-        results[name] = run_stage(name, specs[name], min(specs[name]["cap"], left), env, out)
+        results[name] = run_stage(name, specs[name], min(specs[name]["cap"], left), env, log_dir)
     total = time.perf_counter() - start
     summary = {"device": device, "backend": backend, "jax": jax.__version__, "smoke": FLAGS.smoke,
                "optuna": optuna, "seconds": total, "stages": results}

@@ -109,17 +109,24 @@ def fused_grads(k: int, chunk: int):
     return jax.grad(loss_sum, has_aux=True)
 
 
+def shared_patches(x_BHWC, kernel_K):
+    """small_cnn's pooled input as im2col patches [B*H*W, kh*kw] (built once for all members, as
+    lrlab's conv2d_matmul builds them: an identity kernel picks them out exactly), and (B, H, W)
+    of the conv outputs its 'valid' pool reads."""
+    x = models.max_pool_2x2(x_BHWC)  # small_cnn pools its input
+    kh, kw, c_in, _ = kernel_K.shape[1:]
+    p = kh * kw * c_in
+    b, h, w, _ = x.shape
+    oh, ow = h // 2 * 2, w // 2 * 2
+    return models.conv2d_matmul(x, jnp.eye(p).reshape(kh, kw, c_in, p), (oh, ow)).reshape(-1, p), (b, oh, ow)
+
+
 def fused_cf_grads(k: int, chunk: int):
     """As fused_grads, the wide first-layer output channels-first: [K*F, B*H*W]."""
     def loss_sum(params_K, x_BHWC, y):
-        x = models.max_pool_2x2(x_BHWC)
         kernel = params_K["Conv_0"]["kernel"]  # [K, kh, kw, 1, F]
-        kh, kw, c_in, f = kernel.shape[1:]
-        p = kh * kw * c_in
-        b, h, w, _ = x.shape
-        oh, ow = h // 2 * 2, w // 2 * 2
-        # the im2col patches, as lrlab's conv2d_matmul builds them (an identity kernel picks them out exactly)
-        patches_NP = models.conv2d_matmul(x, jnp.eye(p).reshape(kh, kw, c_in, p), (oh, ow)).reshape(-1, p)
+        patches_NP, (b, oh, ow) = shared_patches(x_BHWC, kernel)
+        p, f = patches_NP.shape[1], kernel.shape[-1]
         kernel_MP = jnp.moveaxis(kernel.reshape(k, p, f), 2, 1).reshape(k * f, p)  # row = member * F + f
         h_MN = kernel_MP @ patches_NP.T
         pooled = h_MN.reshape(k, f, b, oh // 2, 2, ow // 2, 2).max(axis=(4, 6))  # [K, F, B, H/2, W/2]
@@ -137,13 +144,9 @@ def fused_vjp_grads(k: int, chunk: int):
     (parameters and input) computed inside each chunk as lrlab does (its residuals stay per chunk),
     and the kernel gradient as patches^T @ dH, so the layout copy falls on the 2 MB patches."""
     def grads(params_K, x_BHWC, y):
-        x = models.max_pool_2x2(x_BHWC)
         kernel, bias = params_K["Conv_0"]["kernel"], params_K["Conv_0"]["bias"]  # [K, kh, kw, 1, F], [K, F]
-        kh, kw, c_in, f = kernel.shape[1:]
-        p = kh * kw * c_in
-        b, h, w, _ = x.shape
-        oh, ow = h // 2 * 2, w // 2 * 2
-        patches_NP = models.conv2d_matmul(x, jnp.eye(p).reshape(kh, kw, c_in, p), (oh, ow)).reshape(-1, p)
+        patches_NP, (b, oh, ow) = shared_patches(x_BHWC, kernel)
+        p, f = patches_NP.shape[1], kernel.shape[-1]
         wide_PM = jnp.moveaxis(kernel.reshape(k, p, f), 0, 1).reshape(p, k * f)  # column = member * F + f
         h_BHWM = (patches_NP @ wide_PM).reshape(b, oh, ow, k * f)
         pooled, pool_vjp = jax.vjp(models.max_pool_2x2, h_BHWM)
