@@ -60,12 +60,13 @@ def prepare_adam_segment(cfg: pop_lib.EngineConfig, k: int, data: pop_lib.TrainD
                          steps: int) -> tuple[float, Callable[[], float], Any]:
     """(compile seconds, run-once timer, compiled program) for a segment of K Adam members.
 
-    The target (2.0) is out of reach, so every member trains through every timed segment. The
-    timer runs one segment (state carried from call to call) and returns its seconds.
+    The target (2.0) is out of reach, so every member trains through every timed segment, which
+    ends with an evaluation. The timer runs one segment (state carried from call to call) and
+    returns its seconds.
     """
     hparams = optimizers.population_hparams("adam", np.geomspace(1e-4, 1e-1, k))
     state = [pop_lib.init_population(cfg, hparams, 0)]
-    args = (jnp.int32(0), jax.random.PRNGKey(1), jnp.float32(2.0), jnp.int32(10**9))
+    args = (jnp.int32(0), jax.random.PRNGKey(1), jnp.float32(2.0), jnp.int32(10**9), jnp.bool_(True))
     start = time.perf_counter()
     compiled = packing.make_segment_fn(cfg, steps).lower(state[0], data, *args).compile()
     compile_s = time.perf_counter() - start

@@ -10,6 +10,14 @@ import tempfile
 # every command the tests start: the many runs of the same small programs compile once.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lrlab-tests-xla-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# The suite also runs on a GPU (benchmarks/accelerator.py); none of this changes anything on a CPU. The
+# xdist workers and the commands they start share one GPU, so none preallocates its memory; float32
+# matmuls and convolutions run at full float32 precision, not TF32 (tests compare formulations and
+# plain-Flax references in float32); reductions are deterministic (resumed and repeated runs must equal).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+if "xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_gpu_deterministic_ops=true".strip()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

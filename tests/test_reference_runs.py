@@ -17,7 +17,9 @@ RECORDED = json.loads((pathlib.Path(__file__).parent / "data" / "reference_membe
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
-    return root, run_together({name: reference_runs.command(name, root / name) for name in reference_runs.CONFIGS})
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("JAX_PLATFORMS", "cpu")  # recorded on a CPU: on a GPU machine too, compared on its CPU
+        return root, run_together({name: reference_runs.command(name, root / name) for name in reference_runs.CONFIGS})
 
 
 @pytest.mark.parametrize("name", list(reference_runs.CONFIGS))

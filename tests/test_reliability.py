@@ -198,7 +198,8 @@ def test_two_processes_equal_one_and_resume_after_sigkill(tmp_path):
     then a rerun of both, resumes and again equals the single process."""
     args = [*VALLEY, "--optimizer=adam", "--lrs=1e-3,1e-2,1", "--max_steps=200", "--eval_every=10",
             "--eval_examples=250", "--batch_size=32", "--checkpoint_every=1", "--noprogress"]
-    single = subprocess.run([*args, f"--workdir={tmp_path / 'single'}"], capture_output=True, text=True, timeout=600)
+    single = subprocess.run([*args, f"--workdir={tmp_path / 'single'}"], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})  # the backend of the two (on a GPU machine too)
     assert single.returncode == 0, single.stderr
 
     def check(workdir):

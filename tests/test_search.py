@@ -2,6 +2,7 @@
 (within bounds, reproducible from the seed, concentrating on a synthetic valley) with training
 replaced by a synthetic one, and one tiny bayes_search end to end (rerun: the saved results)."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -21,6 +22,8 @@ TARGET = Target("accuracy", 0.97)
 TASK = types.SimpleNamespace(target=TARGET, target_key="train_accuracy")  # what the searches read of a task
 LR = (1e-6, 100.0, True)
 ADAM = optimizers.get("adam")
+# Optuna is a dependency, but an image without it (the GPU machine's) still runs the rest of the suite.
+needs_optuna = pytest.mark.skipif(importlib.util.find_spec("optuna") is None, reason="Optuna is not installed")
 
 
 def test_sample_random_reproducible_within_bounds_log_uniform():
@@ -103,6 +106,7 @@ def synthetic_sweep(calls):
 SETTINGS = sweep.SweepSettings(budget=BUDGET)
 
 
+@needs_optuna
 def test_propose_within_bounds_and_reproducible():
     ranges = {"learning_rate": LR, "b1": (0.8, 0.99, False)}
 
@@ -125,6 +129,7 @@ def test_propose_within_bounds_and_reproducible():
         assert len(set(a[name].tolist())) == 8  # constant liar: a batch does not repeat itself
 
 
+@needs_optuna
 def test_bayes_search_rounds(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(search, "run_sweep", synthetic_sweep(calls))
@@ -174,6 +179,7 @@ def command(*args, experiment="bayes_search"):
     return [sys.executable, "-m", f"lrlab.experiments.{experiment}", *args]
 
 
+@needs_optuna
 def test_bayes_search_end_to_end_and_bad_flags(tmp_path):
     """A tiny run (and, beside it, a bad --search refused in one line before any work), then the
     same command again: it prints the saved results without training."""
