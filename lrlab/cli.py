@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from lrlab import checkpoints, lr_schedules, models, optimizers, pruning, tasks
+from lrlab import checkpoints, lr_schedules, models, optimizers, pruning, retirement, tasks
 from lrlab import data as data_lib
 from lrlab import population as pop_lib
 from lrlab import workdir as workdir_lib
@@ -179,6 +179,15 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
                       "at rungs of --prune_min_steps x --prune_eta^i steps, keeping the top 1/eta.")
     flags.DEFINE_integer("prune_min_steps", 200, "--prune=sha: the first rung, in steps.")
     flags.DEFINE_integer("prune_eta", 3, "--prune=sha: keep the top 1/eta at each rung (>= 2).")
+    flags.DEFINE_bool("retire", True, "Retire (stop training) a member whose target metric stays at chance (the "
+                      "best constant predictor's, plus --retire_margin) for --retire_evaluations evaluations in a "
+                      "row after --retire_grace_steps; status 'retired'. --noretire: train every member to the end.")
+    flags.DEFINE_integer("retire_grace_steps", retirement.RetireSpec.grace_steps,
+                         "--retire: no member is retired before this step.")
+    flags.DEFINE_integer("retire_evaluations", retirement.RetireSpec.evaluations,
+                         "--retire: consecutive evaluations at chance that retire a member.")
+    flags.DEFINE_float("retire_margin", retirement.RetireSpec.margin,
+                       "--retire: how far above chance (in the target metric's units) still counts as chance.")
     flags.DEFINE_integer("decay_steps", 1000, "step / exponential: steps per decay by --decay_factor.")
     flags.DEFINE_float("decay_factor", 0.5, "step / exponential: the multiplier per --decay_steps, in (0, 1].")
     flags.DEFINE_integer("sgdr_period", 1000, "cosine_restarts: the first period in steps (SGDR T_0).")
@@ -237,6 +246,9 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.register_validator("validation_examples", lambda v: _check(v >= 1, "must be at least 1"))
     flags.register_validator("prune_min_steps", lambda v: _check(v >= 1, "must be at least 1"))
     flags.register_validator("prune_eta", lambda v: _check(v >= 2, "must be at least 2"))
+    flags.register_validator("retire_grace_steps", lambda v: _check(v >= 0, "must be 0 or positive"))
+    flags.register_validator("retire_evaluations", lambda v: _check(v >= 1, "must be at least 1"))
+    flags.register_validator("retire_margin", lambda v: _check(0 <= v < 1, "must be in [0, 1)"))
     flags.register_multi_flags_validator(
         ["model", "batch_norm", "task"], lambda f: _check(not f["batch_norm"] or f["model"] != "mlp" or f["task"],
                                                           "--batch_norm needs a CNN: the mlp has no conv blocks"))
@@ -418,7 +430,9 @@ def settings(**replace: Any) -> SweepSettings:
         member_chunk=FLAGS.member_chunk, progress=FLAGS.progress, schedule=schedule_spec(), dtype=FLAGS.dtype,
         augment=FLAGS.augment, patience=FLAGS.patience if FLAGS.early_stopping else 0,
         validation_examples=FLAGS.validation_examples,
-        prune=pruning.PruneSpec(FLAGS.prune_min_steps, FLAGS.prune_eta) if FLAGS.prune == "sha" else None)
+        prune=pruning.PruneSpec(FLAGS.prune_min_steps, FLAGS.prune_eta) if FLAGS.prune == "sha" else None,
+        retire=retirement.RetireSpec(FLAGS.retire_grace_steps, FLAGS.retire_evaluations, FLAGS.retire_margin)
+        if FLAGS.retire else None)
     values.update(replace)
     try:
         return SweepSettings(**values)
@@ -432,9 +446,23 @@ def flag_values() -> dict[str, object]:
     return {f.name: f.value for f in module_flags}
 
 
+RETIRE_FLAGS = ("retire", "retire_grace_steps", "retire_evaluations", "retire_margin")
+
+
 def run_flags() -> dict[str, object]:
-    """The flags that decide what a run computes (saved with it; a resume must match them)."""
-    return {k: v for k, v in flag_values().items() if k not in OPERATIONAL_FLAGS}
+    """The flags that decide what a run computes (saved with it; a resume must match them). Without
+    retirement its flags are left out, as runs made before it existed saved them."""
+    left_out = OPERATIONAL_FLAGS | (set() if FLAGS.retire else set(RETIRE_FLAGS))
+    return {k: v for k, v in flag_values().items() if k not in left_out}
+
+
+def resume_without_retirement(run: workdir_lib.Workdir) -> None:
+    """A workdir whose run saved no --retire (made before retirement existed, or with --noretire)
+    resumes as it was made: without retirement, unless --retire is given."""
+    saved = None if FLAGS.overwrite else run.saved_settings()
+    if saved is not None and "retire" not in saved and FLAGS.retire and not FLAGS["retire"].present:
+        FLAGS.retire = False
+        print(f"--workdir={run.path}: its run trains without retirement; resuming it so (--noretire)")
 
 
 def info(load_seconds: float | None = None) -> dict[str, Any]:
@@ -450,6 +478,7 @@ def workdir(experiment: str) -> workdir_lib.Workdir:
     with the differences named); says so when it already holds this run's results (`.finished`)."""
     run = workdir_lib.Workdir(FLAGS.workdir, experiment, checkpoint_every=FLAGS.checkpoint_every,
                               overwrite=FLAGS.overwrite)
+    resume_without_retirement(run)
     try:
         finished = run.claim(run_flags(), label=lambda k: f"--{k}", noun="flags")
     except workdir_lib.WorkdirError as e:
