@@ -152,8 +152,9 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.DEFINE_bool("overwrite", False, "Discard what --workdir holds (results, checkpoints) and start again.")
     flags.DEFINE_integer("checkpoint_every", 10, "Segments (of --eval_every steps) between checkpoints; 0: only "
                          "at the end of each optimizer and on SIGTERM / Ctrl-C.")
-    flags.DEFINE_integer("cpu_devices", 0, "On CPU, split the host into this many JAX devices and shard the "
-                         "population over them (0: JAX's default, one).")
+    flags.DEFINE_string("cpu_devices", "auto", "On CPU, split the host into this many JAX devices and shard the "
+                        "population over them. auto: one per core this process may use (measured faster: "
+                        "benchmarks/cpu_devices.py), one per process with --distributed; 1 (or 0): one device.")
     flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (multi-host: TPU pods, SLURM). "
                       "Default: when the environment names more than one TPU worker, or with --coordinator_address.")
     flags.DEFINE_string("coordinator_address", None, "--distributed without a cluster environment: HOST:PORT of "
@@ -239,7 +240,8 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.register_validator("decay_factor", lambda v: _check(0 < v <= 1, "must be in (0, 1]"))
     flags.register_validator("sgdr_mult", lambda v: _check(v >= 1, "must be at least 1"))
     flags.register_validator("checkpoint_every", lambda v: _check(v >= 0, "must be 0 or positive"))
-    flags.register_validator("cpu_devices", lambda v: _check(v >= 0, "must be 0 (default) or positive"))
+    flags.register_validator("cpu_devices", lambda v: _check(v == "auto" or v.isdigit(),
+                                                             "must be 'auto' (default) or a number of devices"))
     flags.register_validator("augment_shift", lambda v: _check(np.isfinite(v) and v >= 0, "must be finite and >= 0"))
     flags.register_validator("augment_degrees", lambda v: _check(0 <= v <= 180, "must be in [0, 180]"))
     flags.register_validator("patience", lambda v: _check(v >= 1, "must be at least 1"))
@@ -301,8 +303,6 @@ def start(argv: list[str]) -> float:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
     logging.set_verbosity(logging.WARNING)
-    if FLAGS.cpu_devices:
-        jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
     explicit = {"coordinator_address": FLAGS.coordinator_address, "num_processes": FLAGS.num_processes,
                 "process_id": FLAGS.process_id}
     given = [k for k, v in explicit.items() if v is not None]
@@ -313,12 +313,28 @@ def start(argv: list[str]) -> float:
     distributed = FLAGS.distributed
     if distributed is None:  # a Cloud TPU VM pod names its workers in the environment
         distributed = bool(given) or len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+    devices = cpu_device_count(FLAGS.cpu_devices, distributed)
+    if devices > 1:
+        try:
+            jax.config.update("jax_num_cpu_devices", devices)
+        except RuntimeError:  # JAX already started in this process (embedded): its devices stay
+            if FLAGS.cpu_devices != "auto":
+                fail(f"--cpu_devices={FLAGS.cpu_devices}: JAX has already started in this process")
     if distributed:
         try:
             jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
         except Exception as e:  # noqa: BLE001 - any failure here is the cluster set-up's
             fail(f"--distributed: jax.distributed.initialize() failed: {str(e).splitlines()[0]}")
     return time.perf_counter()
+
+
+def cpu_device_count(value: str, distributed: bool) -> int:
+    """The CPU devices of --cpu_devices: a number (0 counts as 1), or auto: one per core this process
+    may use (benchmarks/cpu_devices.py measured it faster on a 2-core host at K=48), one per process
+    in a multi-process run (each process is already one of the cores' workers)."""
+    if value != "auto":
+        return max(int(value), 1)
+    return 1 if distributed else len(os.sched_getaffinity(0))
 
 
 # Flags -> what the library takes.
