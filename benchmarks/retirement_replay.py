@@ -33,7 +33,7 @@ from lrlab.retirement import RetireSpec
 from lrlab.tasks import Target
 
 flags.DEFINE_string("fresh_workdir", None, "Workdir of a fresh six-optimizer valley (run there unless it has results).")
-flags.DEFINE_list("fresh_flags", ["--optimizer=all", "--max_steps=600", "--seed=1", "--noretire", "--noprogress"],
+flags.DEFINE_list("fresh_flags", ["--optimizer=all", "--max_steps=800", "--seed=1", "--noretire", "--noprogress"],
                   "Flags of the fresh run (python -m lrlab.experiments.lr_valley).")
 flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/retirement_replay.json).")
 FLAGS = flags.FLAGS
