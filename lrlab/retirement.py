@@ -109,9 +109,11 @@ class Retirement(runner.Hook):
             self.streak = np.asarray(state["streak"], np.int64)
 
 
-def hooks(spec: RetireSpec | None, task: Task, data: TrainData, k: int) -> list[runner.Hook]:
-    """The retirement hook of a population of `k` members, or none (off, or no chance value)."""
+def hooks(spec: RetireSpec | None, task: Task, data: TrainData, k: int, warmup_steps: int = 0) -> list[runner.Hook]:
+    """The retirement hook of a population of `k` members, or none (off, or no chance value). The
+    grace period counts from the end of a learning-rate warmup (members start at a rate near 0)."""
     if spec is None:
         return []
     chance = chance_of(task, data)
+    spec = dataclasses.replace(spec, grace_steps=spec.grace_steps + warmup_steps)
     return [] if chance is None else [Retirement(spec, task.target, chance, k)]

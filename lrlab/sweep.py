@@ -140,7 +140,8 @@ def train_population(task: Task, members: Members, settings: SweepSettings, data
     hooks = list(hooks)
     if settings.prune is not None:
         hooks.append(SuccessiveHalving(settings.prune, settings.budget.max_steps, settings.budget.eval_every))
-    hooks += retirement.hooks(settings.retire, task, data, 1 if settings.sequential else members.size)
+    hooks += retirement.hooks(settings.retire, task, data, 1 if settings.sequential else members.size,
+                              settings.schedule.warmup_steps if settings.schedule is not None else 0)
     if settings.sequential:
         out = train_sequential(cfg, members, data, settings, scope, ident, stop=stop, hooks=hooks, desc=desc)
     else:

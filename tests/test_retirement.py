@@ -82,3 +82,10 @@ def test_settings_without_retirement_save_as_runs_made_before_it():
     on, off = sweep.SweepSettings(), sweep.SweepSettings(retire=None)
     assert on.to_json()["retire"] == {"grace_steps": 300, "evaluations": 5, "margin": 0.02}
     assert "retire" not in off.to_json()  # the identity an older checkpoint saved
+
+
+def test_grace_period_counts_from_the_end_of_a_warmup(small_data):
+    task = make_cfg().task
+    (hook,) = retirement.hooks(RetireSpec(grace_steps=300), task, small_data, 4, warmup_steps=1000)
+    assert hook.spec.grace_steps == 1300
+    assert retirement.hooks(None, task, small_data, 4) == []
