@@ -31,6 +31,7 @@ from lrlab.valley import lr_valley  # noqa: E402
 from lrlab.variants import schedules, techniques  # noqa: E402
 
 __all__ = ["Budget", "HParam", "LinenModel", "Members", "NNXModel", "Optimizer", "PBTConfig", "PruneSpec",
-           "RetireSpec", "ScheduleSpec", "SweepSettings", "Target", "Task", "classification", "grid", "image_classification",
+           "RetireSpec",
+           "ScheduleSpec", "SweepSettings", "Target", "Task", "classification", "grid", "image_classification",
            "lr_finder", "lr_range_test", "lr_valley", "model_scaling", "optimizer", "optimizer_comparison", "pbt",
            "random_search", "bayes_search", "schedules", "search_compare", "techniques"]
