@@ -27,7 +27,7 @@ from _common import write_results
 from absl import app, flags
 
 from lrlab import data as data_lib
-from lrlab import models, retirement, tasks
+from lrlab import models, packing, retirement, tasks
 from lrlab.examples import char_lm
 from lrlab.retirement import RetireSpec
 from lrlab.tasks import Target
@@ -113,6 +113,30 @@ def tally(curves: list[dict], fire) -> dict:
             "model_steps_trained": trained, "saved_fraction": saved / trained if trained else 0.0}
 
 
+def population_steps(curves: list[dict], stops: list[int]) -> int:
+    """What the engine computes for one population whose members stop training at `stops`: per
+    evaluation interval, the re-packed population size (packing.bucket_size, one device) times the
+    interval's steps."""
+    k, every = len(curves), curves[0]["steps"][0]
+    total, step = 0, 0
+    while step < max(stops):
+        running = sum(stop > step for stop in stops)
+        total += every * packing.bucket_size(running, k)
+        step += every
+    return total
+
+
+def repacked_cost(curves: list[dict], fire) -> tuple[int, int]:
+    """(population-steps without the rule, with it) summed over the populations in `curves`."""
+    before = after = 0
+    for _, group in itertools.groupby(sorted(curves, key=lambda c: (c["source"], c["group"])),
+                                      key=lambda c: (c["source"], c["group"])):
+        group = list(group)
+        before += population_steps(group, [c["steps_trained"] for c in group])
+        after += population_steps(group, [c["steps_trained"] if fire(c) is None else fire(c) for c in group])
+    return before, after
+
+
 def load_sources() -> tuple[list[dict], list[str]]:
     curves, skipped = [], []
     for path in sorted(ROOT.glob("experiments/*/results/*.json.gz")):
@@ -149,19 +173,25 @@ def main(argv):
     per = {}
     print(f"\nchosen {chosen}: per source and optimizer")
     print(f"{'source':<58} {'optimizer':<9} {'curves':>6} {'reached':>7} {'false':>5} {'retired':>7} "
-          f"{'steps saved':>11} {'of trained':>10}")
+          f"{'steps saved':>11} {'of trained':>10} {'re-packed':>10}")
     for (source, opt), group in itertools.groupby(sorted(curves, key=lambda c: (c["source"], c["optimizer"])),
                                                   key=lambda c: (c["source"], c["optimizer"])):
         group = list(group)
         t = tally(group, rule)
+        before, after = repacked_cost(group, rule)
         per[f"{source} | {opt}"] = {"curves": len(group), "reached": sum(c["status"] == "reached" for c in group),
-                                    "chance": group[0]["chance"], **t}
+                                    "chance": group[0]["chance"], "population_steps_before": before,
+                                    "population_steps_after": after, **t}
         print(f"{source[:58]:<58} {opt:<9} {len(group):>6} {per[f'{source} | {opt}']['reached']:>7} "
               f"{t['false_retirements']:>5} {t['retired']:>7} {t['model_steps_saved']:>11,} "
-              f"{t['saved_fraction']:>10.1%}")
+              f"{t['saved_fraction']:>10.1%} {before / after:>9.2f}x")
     total = tally(curves, rule)
+    total["population_steps_before"], total["population_steps_after"] = repacked_cost(curves, rule)
     print(f"all: false retirements {total['false_retirements']}, retired {total['retired']}, model-steps saved "
-          f"{total['model_steps_saved']:,} of {total['model_steps_trained']:,} ({total['saved_fraction']:.1%})")
+          f"{total['model_steps_saved']:,} of {total['model_steps_trained']:,} ({total['saved_fraction']:.1%}); "
+          f"population-steps after re-packing {total['population_steps_before']:,} -> "
+          f"{total['population_steps_after']:,} "
+          f"({total['population_steps_before'] / total['population_steps_after']:.2f}x)")
     slow = []
     for window, factor, grace in itertools.product(SLOW_WINDOWS, SLOW_FACTORS, (chosen.grace_steps, 1000)):
         t = tally(curves, lambda c: slow_replay(c, window, factor, grace))
