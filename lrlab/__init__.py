@@ -21,6 +21,7 @@ from lrlab.optimizers import HParam, Members, Optimizer, grid, optimizer  # noqa
 from lrlab.population_based import PBTConfig, pbt  # noqa: E402
 from lrlab.pruning import PruneSpec  # noqa: E402
 from lrlab.range_test import lr_finder, lr_range_test  # noqa: E402
+from lrlab.retirement import RetireSpec  # noqa: E402
 from lrlab.runner import Budget  # noqa: E402
 from lrlab.scaling import model_scaling  # noqa: E402
 from lrlab.search import bayes_search, random_search  # noqa: E402
@@ -31,6 +32,7 @@ from lrlab.variants import schedules, techniques  # noqa: E402
 from lrlab.views import Views  # noqa: E402
 
 __all__ = ["Budget", "HParam", "LinenModel", "Members", "NNXModel", "Optimizer", "PBTConfig", "PruneSpec",
+           "RetireSpec",
            "ScheduleSpec", "SweepSettings", "Target", "Task", "classification", "grid", "image_classification",
            "lr_finder", "lr_range_test", "lr_valley", "model_scaling", "optimizer", "optimizer_comparison", "pbt",
            "random_search", "bayes_search", "schedules", "search_compare", "techniques"]

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from lrlab import checkpoints, lr_schedules, models, optimizers, pruning, tasks
+from lrlab import checkpoints, lr_schedules, models, optimizers, pruning, retirement, tasks
 from lrlab import data as data_lib
 from lrlab import population as pop_lib
 from lrlab import workdir as workdir_lib
@@ -154,8 +154,9 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.DEFINE_bool("overwrite", False, "Discard what --workdir holds (results, checkpoints) and start again.")
     flags.DEFINE_integer("checkpoint_every", 10, "Segments (of --eval_every steps) between checkpoints; 0: only "
                          "at the end of each optimizer and on SIGTERM / Ctrl-C.")
-    flags.DEFINE_integer("cpu_devices", 0, "On CPU, split the host into this many JAX devices and shard the "
-                         "population over them (0: JAX's default, one).")
+    flags.DEFINE_string("cpu_devices", "auto", "On CPU, split the host into this many JAX devices and shard the "
+                        "population over them. auto: one per core this process may use (measured faster: "
+                        "benchmarks/cpu_devices.py), one per process with --distributed; 1 (or 0): one device.")
     flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (multi-host: TPU pods, SLURM). "
                       "Default: when the environment names more than one TPU worker, or with --coordinator_address.")
     flags.DEFINE_string("coordinator_address", None, "--distributed without a cluster environment: HOST:PORT of "
@@ -181,6 +182,15 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
                       "at rungs of --prune_min_steps x --prune_eta^i steps, keeping the top 1/eta.")
     flags.DEFINE_integer("prune_min_steps", 200, "--prune=sha: the first rung, in steps.")
     flags.DEFINE_integer("prune_eta", 3, "--prune=sha: keep the top 1/eta at each rung (>= 2).")
+    flags.DEFINE_bool("retire", True, "Retire (stop training) a member whose target metric stays at chance (the "
+                      "best constant predictor's, plus --retire_margin) for --retire_evaluations evaluations in a "
+                      "row after --retire_grace_steps; status 'retired'. --noretire: train every member to the end.")
+    flags.DEFINE_integer("retire_grace_steps", retirement.RetireSpec.grace_steps,
+                         "--retire: no member is retired before this step.")
+    flags.DEFINE_integer("retire_evaluations", retirement.RetireSpec.evaluations,
+                         "--retire: consecutive evaluations at chance that retire a member.")
+    flags.DEFINE_float("retire_margin", retirement.RetireSpec.margin,
+                       "--retire: how far above chance (in the target metric's units) still counts as chance.")
     flags.DEFINE_integer("decay_steps", 1000, "step / exponential: steps per decay by --decay_factor.")
     flags.DEFINE_float("decay_factor", 0.5, "step / exponential: the multiplier per --decay_steps, in (0, 1].")
     flags.DEFINE_integer("sgdr_period", 1000, "cosine_restarts: the first period in steps (SGDR T_0).")
@@ -246,13 +256,17 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.register_validator("decay_factor", lambda v: _check(0 < v <= 1, "must be in (0, 1]"))
     flags.register_validator("sgdr_mult", lambda v: _check(v >= 1, "must be at least 1"))
     flags.register_validator("checkpoint_every", lambda v: _check(v >= 0, "must be 0 or positive"))
-    flags.register_validator("cpu_devices", lambda v: _check(v >= 0, "must be 0 (default) or positive"))
+    flags.register_validator("cpu_devices", lambda v: _check(v == "auto" or v.isdigit(),
+                                                             "must be 'auto' (default) or a number of devices"))
     flags.register_validator("augment_shift", lambda v: _check(np.isfinite(v) and v >= 0, "must be finite and >= 0"))
     flags.register_validator("augment_degrees", lambda v: _check(0 <= v <= 180, "must be in [0, 180]"))
     flags.register_validator("patience", lambda v: _check(v >= 1, "must be at least 1"))
     flags.register_validator("validation_examples", lambda v: _check(v >= 1, "must be at least 1"))
     flags.register_validator("prune_min_steps", lambda v: _check(v >= 1, "must be at least 1"))
     flags.register_validator("prune_eta", lambda v: _check(v >= 2, "must be at least 2"))
+    flags.register_validator("retire_grace_steps", lambda v: _check(v >= 0, "must be 0 or positive"))
+    flags.register_validator("retire_evaluations", lambda v: _check(v >= 1, "must be at least 1"))
+    flags.register_validator("retire_margin", lambda v: _check(0 <= v < 1, "must be in [0, 1)"))
     flags.register_multi_flags_validator(
         ["model", "batch_norm", "task"], lambda f: _check(not f["batch_norm"] or f["model"] != "mlp" or f["task"],
                                                           "--batch_norm needs a CNN: the mlp has no conv blocks"))
@@ -309,8 +323,6 @@ def start(argv: list[str]) -> float:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
     logging.set_verbosity(logging.WARNING)
-    if FLAGS.cpu_devices:
-        jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
     explicit = {"coordinator_address": FLAGS.coordinator_address, "num_processes": FLAGS.num_processes,
                 "process_id": FLAGS.process_id}
     given = [k for k, v in explicit.items() if v is not None]
@@ -321,12 +333,28 @@ def start(argv: list[str]) -> float:
     distributed = FLAGS.distributed
     if distributed is None:  # a Cloud TPU VM pod names its workers in the environment
         distributed = bool(given) or len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+    devices = cpu_device_count(FLAGS.cpu_devices, distributed)
+    if devices > 1:
+        try:
+            jax.config.update("jax_num_cpu_devices", devices)
+        except RuntimeError:  # JAX already started in this process (embedded): its devices stay
+            if FLAGS.cpu_devices != "auto":
+                fail(f"--cpu_devices={FLAGS.cpu_devices}: JAX has already started in this process")
     if distributed:
         try:
             jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
         except Exception as e:  # noqa: BLE001 - any failure here is the cluster set-up's
             fail(f"--distributed: jax.distributed.initialize() failed: {str(e).splitlines()[0]}")
     return time.perf_counter()
+
+
+def cpu_device_count(value: str, distributed: bool) -> int:
+    """The CPU devices of --cpu_devices: a number (0 counts as 1), or auto: one per core this process
+    may use (benchmarks/cpu_devices.py measured it faster on a 2-core host at K=48), one per process
+    in a multi-process run (each process is already one of the cores' workers)."""
+    if value != "auto":
+        return max(int(value), 1)
+    return 1 if distributed else len(os.sched_getaffinity(0))
 
 
 # Flags -> what the library takes.
@@ -439,6 +467,8 @@ def settings(**replace: Any) -> SweepSettings:
         augment=FLAGS.augment, patience=FLAGS.patience if FLAGS.early_stopping else 0,
         validation_examples=FLAGS.validation_examples, protocol=FLAGS.protocol, seeds=FLAGS.seeds,
         prune=pruning.PruneSpec(FLAGS.prune_min_steps, FLAGS.prune_eta) if FLAGS.prune == "sha" else None,
+        retire=retirement.RetireSpec(FLAGS.retire_grace_steps, FLAGS.retire_evaluations, FLAGS.retire_margin)
+        if FLAGS.retire else None,
         views=views.Views(FLAGS.optuna_storage, FLAGS.tensorboard))
     values.update(replace)
     try:
@@ -457,15 +487,30 @@ def flag_values() -> dict[str, object]:
     return {f.name: f.value for f in _lrlab_flags()}
 
 
+RETIRE_FLAGS = ("retire", "retire_grace_steps", "retire_evaluations", "retire_margin")
+
+
 def run_flags() -> dict[str, object]:
-    """The flags that decide what a run computes (saved with it; a resume must match them)."""
-    return {k: v for k, v in flag_values().items() if k not in OPERATIONAL_FLAGS}
+    """The flags that decide what a run computes (saved with it; a resume must match them). Without
+    retirement its flags are left out, as runs made before it existed saved them."""
+    left_out = OPERATIONAL_FLAGS | (set() if FLAGS.retire else set(RETIRE_FLAGS))
+    return {k: v for k, v in flag_values().items() if k not in left_out}
+
+
+def resume_without_retirement(run: workdir_lib.Workdir) -> None:
+    """A workdir whose run saved no --retire (made before retirement existed, or with --noretire)
+    resumes as it was made: without retirement, unless --retire is given."""
+    saved = None if FLAGS.overwrite else run.saved_settings()
+    if saved is not None and "retire" not in saved and FLAGS.retire and not FLAGS["retire"].present:
+        FLAGS.retire = False
+        print(f"--workdir={run.path}: its run trains without retirement; resuming it so (--noretire)")
 
 
 def run_flag_defaults() -> dict[str, object]:
     """The defaults of the flags in `run_flags`: a workdir's flags.json written before a flag existed
     resumes when this run leaves that flag at its default."""
-    return {f.name: f.default for f in _lrlab_flags() if f.name not in OPERATIONAL_FLAGS}
+    current = run_flags()
+    return {f.name: f.default for f in _lrlab_flags() if f.name in current}
 
 
 def info(load_seconds: float | None = None) -> dict[str, Any]:
@@ -481,6 +526,7 @@ def workdir(experiment: str) -> workdir_lib.Workdir:
     with the differences named); says so when it already holds this run's results (`.finished`)."""
     run = workdir_lib.Workdir(FLAGS.workdir, experiment, checkpoint_every=FLAGS.checkpoint_every,
                               overwrite=FLAGS.overwrite)
+    resume_without_retirement(run)
     try:
         finished = run.claim(run_flags(), label=lambda k: f"--{k}", noun="flags", defaults=run_flag_defaults())
     except workdir_lib.WorkdirError as e:

@@ -70,6 +70,8 @@ def comparison_entry(record: dict[str, Any], lr_source: dict[str, Any], target: 
     n_drops, largest = drops([target.score(v) for v in test_values], drop_threshold)
     if record["status"] == "diverged":
         status = "diverged"  # even after reaching the target: its steps to target are kept
+    elif at is None and record["status"] == "retired":
+        status = "retired"  # at chance for long enough: stopped before the budget
     else:
         status = "reached" if at is not None else "exhausted"
     return {

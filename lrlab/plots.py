@@ -40,7 +40,7 @@ def valley(records: list[dict[str, Any]], path: str | os.PathLike, *, budget_ste
     """Steps to target against learning rate (log-log), one line per valley (optimizer).
 
     Runs that missed the target are gaps in the line, marked on the budget line: x for diverged,
-    o for exhausted, v for pruned (--prune), s for stopped (--early_stopping).
+    o for exhausted, v for pruned (--prune), s for stopped (--early_stopping), < for retired at chance (--retire).
     """
     fig, ax = plt.subplots(figsize=(8, 5))
     optimizers = list(dict.fromkeys(results_lib.group_of(r) for r in records))
@@ -50,7 +50,8 @@ def valley(records: list[dict[str, Any]], path: str | os.PathLike, *, budget_ste
         steps = [r["steps_to_target"] if r["steps_to_target"] is not None else float("nan") for r in rows]
         (line,) = ax.plot(lrs, steps, "-", marker=".", label=opt)
         color = line.get_color()
-        for status, marker in (("diverged", "x"), ("exhausted", "o"), ("pruned", "v"), ("stopped", "s")):
+        for status, marker in (("diverged", "x"), ("exhausted", "o"), ("pruned", "v"), ("stopped", "s"),
+                               ("retired", "<")):
             failed = [r["learning_rate"] for r in rows if r["status"] == status]
             if failed:
                 ax.plot(failed, [budget_steps] * len(failed), linestyle="none", marker=marker,
@@ -162,7 +163,7 @@ def valleys_overlaid(records: list[dict[str, Any]], path: str | os.PathLike, *, 
                      eval_every: int, title: str = "") -> None:
     """Several valleys of one optimizer overlaid (one per value of `field`, e.g. "schedule"): steps
     to target against learning rate (log-log), one line with markers each; rates that missed the
-    target are gaps, marked near the budget line (x diverged, o exhausted, v pruned, s stopped;
+    target are gaps, marked near the budget line (x diverged, o exhausted, v pruned, s stopped, < retired;
     each group a little apart). Below, each group's band of rates that reached the target as a horizontal bar, with a
     dot per rate that reached it (so gaps in a band show)."""
     groups = list(dict.fromkeys(r[field] for r in records))
@@ -176,7 +177,8 @@ def valleys_overlaid(records: list[dict[str, Any]], path: str | os.PathLike, *, 
         (line,) = ax.plot(lrs, steps, "-", marker=".", markersize=7, linewidth=1.3, label=str(group))
         color = line.get_color()
         level = budget_steps * 1.06 ** n  # groups' failure markers stacked just above the budget line
-        for status, marker in (("diverged", "x"), ("exhausted", "o"), ("pruned", "v"), ("stopped", "s")):
+        for status, marker in (("diverged", "x"), ("exhausted", "o"), ("pruned", "v"), ("stopped", "s"),
+                               ("retired", "<")):
             failed = [r["learning_rate"] for r in rows if r["status"] == status]
             if failed:
                 ax.plot(failed, [level] * len(failed), linestyle="none", marker=marker, markersize=5,
@@ -195,7 +197,8 @@ def valleys_overlaid(records: list[dict[str, Any]], path: str | os.PathLike, *, 
     ax.axhline(budget_steps, color="grey", linewidth=0.6, linestyle=":")
     statuses = {r["status"] for r in records}
     for status, marker, label in (("diverged", "x", "diverged"), ("exhausted", "o", "exhausted the budget"),
-                                  ("pruned", "v", "pruned"), ("stopped", "s", "stopped early")):
+                                  ("pruned", "v", "pruned"), ("stopped", "s", "stopped early"),
+                                  ("retired", "<", "retired at chance")):
         if status in statuses:
             ax.plot([], [], linestyle="none", marker=marker, markerfacecolor="none", color="grey",
                     label=f"{label} (above the budget line)")

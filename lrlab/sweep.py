@@ -8,6 +8,7 @@ halving), checkpoints in the run's scope, the test-set evaluation, and one recor
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from typing import Any, Callable, Sequence
@@ -16,12 +17,13 @@ import jax
 import numpy as np
 
 from lrlab import data as data_lib
-from lrlab import memory, packing, protocols, replicates, results, runner, tasks
+from lrlab import memory, packing, protocols, replicates, results, retirement, runner, tasks
 from lrlab import population as pop_lib
 from lrlab.checkpoints import StopSignal
 from lrlab.optimizers import Members, Optimizer
 from lrlab.population import EngineConfig, TrainData
 from lrlab.pruning import PruneSpec, SuccessiveHalving
+from lrlab.retirement import RetireSpec
 from lrlab.runner import Budget
 from lrlab.lr_schedules import ScheduleSpec
 from lrlab.tasks import Task
@@ -54,6 +56,7 @@ class SweepSettings:
     views: Views = Views()  # the Optuna study, TensorBoard runs and members.csv written at the end (views.py)
     protocol: str = protocols.DEFAULT  # how the target is measured (protocols.PROTOCOLS): subset, streaming, ...
     seeds: int = 1  # replicates of every member (replicates.py): seeds seed, seed + 1, ..., in one program
+    retire: RetireSpec | None = RetireSpec()  # retire members at chance (retirement.py); None: off
 
     def __post_init__(self):
         if self.sequential and self.prune is not None:
@@ -77,6 +80,8 @@ class SweepSettings:
             out.pop("protocol")
         if self.seeds == 1:
             out.pop("seeds")
+        if self.retire is None:  # as runs made before retirement existed saved it: they resume with it off
+            out.pop("retire")
         return out
 
 
@@ -154,6 +159,8 @@ def train_population(task: Task, members: Members, settings: SweepSettings, data
     hooks = list(hooks)
     if settings.prune is not None:
         hooks.append(SuccessiveHalving(settings.prune, settings.budget.max_steps, settings.budget.eval_every))
+    hooks += retirement.hooks(settings.retire, task, data, 1 if settings.sequential else members.size,
+                              settings.schedule.warmup_steps if settings.schedule is not None else 0)
     if settings.sequential:
         out = train_sequential(cfg, members, data, settings, scope, ident, stop=stop, hooks=hooks, desc=desc,
                                seed_K=seed_K)
@@ -217,7 +224,9 @@ def train_sequential(cfg: EngineConfig, members: Members, data: TrainData, setti
         one = members.subset([i])
         pop = pop_lib.init_population(cfg, one.hparams, settings.seed, member_ids=np.array([i]),
                                       seed_K=None if seed_K is None else seed_K[i:i + 1])
-        hooks_i = [_Shifted(hook, i) if isinstance(hook, runner.SegmentCallback) else hook for hook in hooks]
+        # each member's run its own copy of a hook's state (retirement's streaks)
+        hooks_i = [_Shifted(hook, i) if isinstance(hook, runner.SegmentCallback) else copy.deepcopy(hook)
+                   for hook in hooks]
         outputs.append(runner.train(pop, data, settings.budget, data_lib.data_key(settings.seed), programs,
                                     freeze_at_target=settings.stop_at_target, repack=False,
                                     progress=settings.progress, desc=f"{desc} member {i + 1}/{members.size}",

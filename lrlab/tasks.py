@@ -120,6 +120,8 @@ class Task:
     name: str = "task"
     eval_name: str = ""  # default: "train" (a subset of the training set) or "validation" (`eval`)
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # saved in results.json
+    # evaluation arrays -> {metric: its value for the best constant predictor} (retirement's "chance")
+    chance: Callable[[Arrays], Mapping[str, float]] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "model", modules.as_model(self.model))
@@ -164,6 +166,14 @@ class Task:
     def count_parameters(self) -> int:
         return modules.count_parameters(self.model, self.example_input())
 
+    def chance_value(self, arrays: Arrays) -> float | None:
+        """The target metric's value for the best constant predictor on `arrays` (an evaluation
+        set); None when the task does not say (its members are never retired)."""
+        if self.chance is None:
+            return None
+        value = self.chance(arrays).get(self.target.metric)
+        return None if value is None else float(value)
+
     def with_target(self, goal: float) -> "Task":
         return dataclasses.replace(self, target=self.target.with_goal(goal))
 
@@ -195,6 +205,14 @@ def correct(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:
     return (jnp.argmax(logits_BC, -1) == labels_B).astype(jnp.float32)
 
 
+def label_chance(labels: np.ndarray) -> dict[str, float]:
+    """Accuracy and cross-entropy (nats) of the best constant predictor of `labels`: the most
+    frequent class, and the label frequencies."""
+    freq = np.bincount(np.asarray(labels).astype(np.int64).ravel()) / np.size(labels)
+    p = freq[freq > 0]
+    return {"accuracy": float(freq.max()), "loss": float(-(p * np.log(p)).sum())}
+
+
 def classification(model: Any, train: Arrays, *, label: str = "label", inputs: Callable[[Any], Any] = _default_inputs,
                    target: Target | None = None, **kwargs: Any) -> Task:
     """A classification task: cross-entropy loss, accuracy and loss as metrics, a 97% accuracy
@@ -203,7 +221,8 @@ def classification(model: Any, train: Arrays, *, label: str = "label", inputs: C
                 loss=lambda logits, batch: cross_entropy(logits, batch[label]),
                 metrics={"accuracy": lambda logits, batch: correct(logits, batch[label]),
                          "loss": lambda logits, batch: cross_entropy(logits, batch[label])},
-                target=target or Target("accuracy", 0.97, "max"), **kwargs)
+                target=target or Target("accuracy", 0.97, "max"),
+                **{"chance": lambda arrays: label_chance(arrays[label]), **kwargs})
 
 
 def image_inputs(batch: Mapping[str, Any]) -> jax.Array:

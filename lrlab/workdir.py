@@ -140,6 +140,13 @@ class Workdir:
             raise WorkdirError(f"{self.path}: cannot write there ({e.strerror or e})") from None
         return self
 
+    def saved_settings(self) -> dict[str, Any] | None:
+        """The settings a run saved here (flags.json), or None: none saved, or unreadable (`claim` says so)."""
+        try:
+            return json.loads((self.path / FLAGS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
     def claim(self, settings: Mapping[str, Any], label: Callable[[str], str] = str, noun: str = "settings",
               defaults: Mapping[str, Any] | None = None) -> bool:
         """Checks the folder against this run's `settings` (JSON); True when its results exist.

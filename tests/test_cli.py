@@ -1,6 +1,7 @@
 """lr_valley from the command line: a tiny run end to end, and bad input refused in one line."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -59,6 +60,30 @@ def test_rerun_compares_rates_by_value_not_text(tmp_path):
     assert other.returncode == 1 and "holds a run with other flags (--lrs=" in other.stderr
 
 
+def test_run_without_retirement_resumes_without_it(tmp_path):
+    """A workdir whose run saved no --retire (--noretire, or made before retirement existed) resumes
+    from its checkpoint without retirement; asking for retirement there is refused."""
+    workdir = tmp_path / "run"
+    first = run_valley("--optimizer=sgd", "--lrs=0.1", "--noretire", f"--workdir={workdir}", *TINY)
+    assert first.returncode == 0, first.stderr
+    assert not any(k.startswith("retire") for k in json.loads((workdir / "flags.json").read_text()))
+    (workdir / "results.json").unlink()  # resume from the final checkpoint, whose identity has no retirement
+    again = run_valley("--optimizer=sgd", "--lrs=0.1", f"--workdir={workdir}", *TINY)
+    assert again.returncode == 0, again.stderr
+    assert "trains without retirement; resuming it so (--noretire)" in again.stdout
+    assert (workdir / "results.json").exists()
+    refused = run_valley("--optimizer=sgd", "--lrs=0.1", "--retire", f"--workdir={workdir}", *TINY)
+    assert refused.returncode == 1 and "--retire=None there, True here" in refused.stderr
+
+
+def test_cpu_devices_auto_is_one_per_core_and_one_per_process_when_distributed():
+    from lrlab import cli
+
+    assert cli.cpu_device_count("auto", distributed=False) == len(os.sched_getaffinity(0))
+    assert cli.cpu_device_count("auto", distributed=True) == 1
+    assert cli.cpu_device_count("0", distributed=False) == 1 and cli.cpu_device_count("3", distributed=True) == 3
+
+
 def test_refused_rerun_does_not_claim_the_workdir(tmp_path):
     """A refused command never writes flags.json: after a late refusal the corrected one still runs."""
     workdir = tmp_path / "run"
@@ -83,8 +108,10 @@ def test_refused_rerun_does_not_claim_the_workdir(tmp_path):
     ("--max_steps=0", "--max_steps=0: must be at least 1"),
     ("--width=0", "--width=0.0: must be positive"),
     ("--checkpoint_every=-1", "--checkpoint_every=-1: must be 0 or positive"),
-    ("--cpu_devices=-2", "--cpu_devices=-2: must be 0 (default) or positive"),
+    ("--cpu_devices=-2", "--cpu_devices=-2: must be 'auto' (default) or a number of devices"),
     ("--eval_every=0", "--eval_every=0: must be at least 1"),
+    ("--retire_evaluations=0", "--retire_evaluations=0: must be at least 1"),
+    ("--retire_margin=1", "--retire_margin=1.0: must be in [0, 1)"),
     ("--batch_size=-5", "--batch_size=-5: must be at least 1"),
     ("--decay_factor=2", "--decay_factor=2.0: must be in (0, 1]"),
     ("--sgdr_mult=0.5", "--sgdr_mult=0.5: must be at least 1"),

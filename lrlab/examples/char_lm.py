@@ -74,5 +74,5 @@ def task(goal_nats: float = GOAL_NATS, context: int = CONTEXT, train_bytes: int 
         model=CharMLP(), train=train, eval=val, name="stdlib-chars",
         inputs=lambda batch: batch["context"].astype(jnp.int32),
         loss=xent, metrics={"loss": xent, "accuracy": lambda logits, batch: tasks.correct(logits, batch["next"])},
-        target=lrlab.Target("loss", goal_nats, "min"),
+        target=lrlab.Target("loss", goal_nats, "min"), chance=lambda arrays: tasks.label_chance(arrays["next"]),
         info={"model_name": "CharMLP", "text": f"{train_bytes:,} + {val_bytes:,} bytes of the standard library"})

@@ -40,7 +40,9 @@ def main(argv: list[str]) -> None:
           + "".join(f" x {len(set(populations[0].hparams[h].tolist()))} {h}" for h in populations[0].varying()
                     if h != "learning_rate")
           + (f" x {FLAGS.seeds} seeds" if FLAGS.seeds > 1 else "")
-          + f", {'sequential' if FLAGS.sequential else 'vectorized'} on {jax.default_backend()}; "
+          + f", {'sequential' if FLAGS.sequential else 'vectorized'} on {jax.default_backend()}"
+          + (f" (sharded over {jax.device_count()} devices)" if jax.device_count() > 1 and not FLAGS.sequential else "")
+          + ("" if FLAGS.retire else ", no retirement") + "; "
           + cli.describe_budget(task), flush=True)
     with cli.resumable("lr_valley", run) as stop:
         result = lr_valley(task, populations, cli.settings(), run, stop=stop, info=cli.info(load_seconds))
