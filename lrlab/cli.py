@@ -508,9 +508,10 @@ def resume_without_retirement(run: workdir_lib.Workdir) -> None:
 
 def run_flag_defaults() -> dict[str, object]:
     """The defaults of the flags in `run_flags`: a workdir's flags.json written before a flag existed
-    resumes when this run leaves that flag at its default."""
-    current = run_flags()
-    return {f.name: f.default for f in _lrlab_flags() if f.name in current}
+    resumes when this run leaves that flag at its default (retirement's flags excepted: absent, they
+    mean off; see `resume_without_retirement`)."""
+    current = run_flags()  # not retirement's: a run saved without them trained without it
+    return {f.name: f.default for f in _lrlab_flags() if f.name in current and f.name not in RETIRE_FLAGS}
 
 
 def info(load_seconds: float | None = None) -> dict[str, Any]:

@@ -34,8 +34,9 @@ def command(*args):
 def cli_runs(tmp_path_factory):
     """The command end to end and with a bad flag, started at once so they overlap the in-process tests."""
     root = tmp_path_factory.mktemp("pbt_cli")
-    procs = {"run": subprocess.Popen(command(f"--workdir={root / 'run'}", *TINY), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True),
+    # one device, as the in-process run it is compared with (another split of the members: other float sums)
+    procs = {"run": subprocess.Popen(command(f"--workdir={root / 'run'}", *TINY, "--cpu_devices=1"),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
              "bad": subprocess.Popen(command(f"--workdir={root / 'bad'}", "--explore=learning_rate,momentum", *TINY),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)}
     yield root, procs

@@ -143,8 +143,10 @@ def test_sharded_over_4_devices_equals_one_device(reference, tmp_path):
     assert len(sharded) == len(single) == 6
     for a, b in zip(sharded, single):
         assert {k: a[k] for k in COMPARED[:5]} == {k: b[k] for k in COMPARED[:5]}
-        assert a["final_train_accuracy"] == pytest.approx(b["final_train_accuracy"], abs=2e-3)
-        assert a["final_test_accuracy"] == pytest.approx(b["final_test_accuracy"], abs=2e-3)
+        # within one of the 250 evaluation examples: the reference runs on --cpu_devices=auto (one device per
+        # core), and another split of the members is another program (float sums in another order)
+        assert a["final_train_accuracy"] == pytest.approx(b["final_train_accuracy"], abs=1 / 250 + 1e-6)
+        assert a["final_test_accuracy"] == pytest.approx(b["final_test_accuracy"], abs=1 / 250 + 1e-6)
 
 
 def largest_file(folder):
