@@ -6,15 +6,19 @@ went on to reach the target, and how many model-steps would it save?
 Curves: every committed results file that keeps them (experiments/*/results/*.json.gz; the search
 comparison keeps only statuses, so it is listed as skipped), and, with --fresh_workdir, a fresh
 run of all six optimizers (`lr_valley --optimizer=all --noretire` with --fresh_flags, run there if
-it holds no results yet). Each curve is replayed with `retirement.replay`, the rule the runner
-applies, for a grid of constants and for RetireSpec()'s defaults; a reached member counts as a
-false retirement when the rule fires before its steps to target. A slow-side rule (retire when
-linear extrapolation of the last evaluations misses the goal by the budget) is replayed alongside
-to show what it would cost. Prints tables; writes benchmarks/results/retirement_replay.json.
+it holds no results yet). Each curve is replayed with `retirement.replay`, the rules the runner
+applies: the chance rule alone over a grid of its constants, the pace rule (the slow side) over a
+grid of its constants with the chance rule at its defaults, and RetireSpec()'s defaults; a reached
+member counts as a false retirement when a rule fires before its steps to target. For the pace
+rule it also gives the critical multiplier: the largest `pace` that would have retired a member
+that reached (the default's margin is its ratio to it). A naive slow-side rule (linear
+extrapolation of the last evaluations) is replayed alongside to show what it would have cost.
+Prints tables; writes benchmarks/results/retirement_replay.json.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import itertools
@@ -40,7 +44,9 @@ FLAGS = flags.FLAGS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GRID = {"grace_steps": [0, 100, 200, 300, 500], "evaluations": [2, 3, 4, 5, 8], "margin": [0.01, 0.02, 0.05]}
-SLOW_WINDOWS, SLOW_FACTORS = (4,), (1.0, 2.0, 4.0)  # the slow-side candidates: evaluations, slope multipliers
+SLOW_WINDOWS, SLOW_FACTORS = (4,), (1.0, 2.0, 4.0)  # the naive slow-side candidates: evaluations, slope multipliers
+PACE_GRID = {"pace": [0.5, 1.0, 2.0], "pace_grace_steps": [100, 200, 300], "pace_evaluations": [2, 3]}
+CPU_CHUNK = 4  # members per chunk of small_cnn's member loop on CPU (population.member_chunk_size)
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,16 +120,38 @@ def tally(curves: list[dict], fire) -> dict:
 
 
 def population_steps(curves: list[dict], stops: list[int]) -> int:
-    """What the engine computes for one population whose members stop training at `stops`: per
-    evaluation interval, the re-packed population size (packing.bucket_size, one device) times the
+    """What the engine computes on one CPU device for one population whose members stop training
+    at `stops`: per evaluation interval, the members of the chunks still live after compaction
+    (running members rounded up to CPU_CHUNK; population.member_map skips the others) times the
     interval's steps."""
-    k, every = len(curves), curves[0]["steps"][0]
+    every = curves[0]["steps"][0]
     total, step = 0, 0
     while step < max(stops):
         running = sum(stop > step for stop in stops)
-        total += every * packing.bucket_size(running, k)
+        total += every * packing.round_up(running, CPU_CHUNK)
         step += every
     return total
+
+
+def critical_pace(curves: list[dict], spec: RetireSpec) -> tuple[float, str]:
+    """The largest pace multiplier (other constants as `spec`'s) at which the pace rule alone would
+    retire a member that reached the target, by bisection on the replay; and that member."""
+    reached = [c for c in curves if c["status"] == "reached"]
+
+    def fires(pace: float) -> str | None:
+        s = dataclasses.replace(spec, pace=pace)
+        for c in reached:
+            if retirement.replay(s, c["target"], None, c["steps"], c["values"], c["max_steps"]) is not None:
+                return f"{c['source']} {c['group']} lr={c['learning_rate']:.4g}"
+        return None
+
+    lo, hi = 0.0, spec.pace
+    while fires(hi) is not None:
+        hi *= 2
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if fires(mid) is None else (mid, hi)
+    return lo, fires(lo) or ""
 
 
 def repacked_cost(curves: list[dict], fire) -> tuple[int, int]:
@@ -160,8 +188,9 @@ def main(argv):
           f"{', '.join(skipped) or 'none'}")
     grid = []
     for grace, n, margin in itertools.product(*GRID.values()):
-        spec = RetireSpec(grace, n, margin)
-        t = tally(curves, lambda c, s=spec: retirement.replay(s, c["target"], c["chance"], c["steps"], c["values"]))
+        spec = RetireSpec(grace, n, margin, pace=0)
+        t = tally(curves, lambda c, s=spec: retirement.replay(s, c["target"], c["chance"], c["steps"], c["values"],
+                                                              c["max_steps"]))
         grid.append({"grace_steps": grace, "evaluations": n, "margin": margin,
                      **{k: v for k, v in t.items() if k != "false"}})
     print(f"{'grace':>5} {'evals':>5} {'margin':>6} {'false':>5} {'retired':>7} {'saved':>8}")
@@ -169,7 +198,22 @@ def main(argv):
         print(f"{g['grace_steps']:>5} {g['evaluations']:>5} {g['margin']:>6} {g['false_retirements']:>5} "
               f"{g['retired']:>7} {g['saved_fraction']:>8.1%}")
     chosen = RetireSpec()
-    rule = lambda c: retirement.replay(chosen, c["target"], c["chance"], c["steps"], c["values"])  # noqa: E731
+    pace_grid = []
+    print(f"\npace rule, with the chance rule at its defaults\n{'pace':>5} {'grace':>5} {'evals':>5} {'false':>5} "
+          f"{'retired':>7} {'saved':>8}")
+    for pace, grace, n in itertools.product(*PACE_GRID.values()):
+        spec = dataclasses.replace(chosen, pace=pace, pace_grace_steps=grace, pace_evaluations=n)
+        t = tally(curves, lambda c, s=spec: retirement.replay(s, c["target"], c["chance"], c["steps"], c["values"],
+                                                              c["max_steps"]))
+        pace_grid.append({"pace": pace, "pace_grace_steps": grace, "pace_evaluations": n,
+                          **{k: v for k, v in t.items() if k != "false"}})
+        print(f"{pace:>5} {grace:>5} {n:>5} {t['false_retirements']:>5} {t['retired']:>7} {t['saved_fraction']:>8.1%}")
+    critical, closest = critical_pace(curves, chosen)
+    print(f"critical pace multiplier (the pace rule alone, grace {chosen.pace_grace_steps}, "
+          f"{chosen.pace_evaluations} evaluations): {critical:.3f} ({closest}); the default {chosen.pace:g} is "
+          f"{chosen.pace / critical:.1f}x it")
+    rule = lambda c: retirement.replay(chosen, c["target"], c["chance"], c["steps"], c["values"],  # noqa: E731
+                                       c["max_steps"])
     per = {}
     print(f"\nchosen {chosen}: per source and optimizer")
     print(f"{'source':<58} {'optimizer':<9} {'curves':>6} {'reached':>7} {'false':>5} {'retired':>7} "
@@ -202,7 +246,8 @@ def main(argv):
     out = write_results("retirement_replay", {
         "chosen": chosen.__dict__, "curves": len(curves), "skipped": skipped,
         "sources": sorted({c["source"] for c in curves}), "total": total, "per_source_optimizer": per,
-        "grid": grid, "slow_side": slow}, FLAGS.out)
+        "grid": grid, "pace_grid": pace_grid, "critical_pace": critical, "critical_pace_member": closest,
+        "cost_model": f"one CPU device, member chunks of {CPU_CHUNK} compacted", "slow_side": slow}, FLAGS.out)
     print(f"wrote {out}")
 
 

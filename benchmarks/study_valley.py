@@ -1,10 +1,13 @@
 """Wall time of the study's sweep (6 optimizers x 48 rates to 97%), end to end, with the stage split.
 
   python benchmarks/study_valley.py [--model=small_cnn] [--max_steps=600] [--repack=true,false]
+  python benchmarks/study_valley.py --repack=true --roots=.,../old-checkout --rounds=2   # this code vs another
 
 Runs `python -m lrlab.experiments.lr_valley --flagfile=experiments/mack2018/lr_valley.flags` as a
-separate process (so start-up, imports and every compilation count), once per --repack value,
-with the model and step budget given here. Reports the process's wall time and its split (start-up,
+separate process (so start-up, imports and every compilation count), once per --repack value and
+checkout (--roots: each run with its own code and flagfile, in turn, --rounds times, so machine
+drift falls on both alike; a flag a checkout does not define is left out), with the model and
+step budget given here. Reports the process's wall time and its split (start-up,
 data, compile / training / test evaluation / other set-up, saving), the steps trained, and how many
 members were still running at the budget. Prints a table and writes
 benchmarks/results/study_valley-<backend>.json.
@@ -12,8 +15,11 @@ benchmarks/results/study_valley-<backend>.json.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,23 +33,40 @@ flags.DEFINE_integer("max_steps", 600, "Step budget per member (the flagfile's i
 flags.DEFINE_list("repack", ["true", "false"], "Re-pack finished members out of the population: values to compare.")
 flags.DEFINE_string("optimizer", "all", "Optimizers (default: the study's six).")
 flags.DEFINE_float("max_seconds", None, "Also stop each optimizer's population after this many training seconds.")
+flags.DEFINE_list("roots", ["."], "Checkouts to run (paths; '.' is this one).")
+flags.DEFINE_integer("rounds", 1, "Times to run each checkout and --repack value, interleaved.")
 flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/study_valley-<backend>.json).")
 FLAGS = flags.FLAGS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def run_study(repack: str, workdir: pathlib.Path) -> dict:
-    """One end-to-end sweep in a fresh process; its wall time and results.json timing."""
+def defined_flags(root: pathlib.Path) -> set[str]:
+    """The flags lr_valley defines in the checkout at `root`."""
+    out = subprocess.run([sys.executable, "-m", "lrlab.experiments.lr_valley", "--helpfull"], cwd=root,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)}).stdout
+    return set(re.findall(r"^\s+--(?:\[no\])?(\w+)", out, re.M))
+
+
+def commit_of(root: pathlib.Path) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def run_study(repack: str, workdir: pathlib.Path, root: pathlib.Path = ROOT) -> dict:
+    """One end-to-end sweep in a fresh process, with the code at `root`; its wall time and
+    results.json timing."""
+    known = defined_flags(root)
+    wanted = {"model": FLAGS.model,
+              "width": 1, "protocol": "subset",  # the flagfile's study width and rule are not what this measures
+              "max_steps": FLAGS.max_steps, "optimizer": FLAGS.optimizer, "repack": repack,
+              "max_seconds": f"{FLAGS.max_seconds:g}" if FLAGS.max_seconds else None}
     cmd = [sys.executable, "-m", "lrlab.experiments.lr_valley",
-           f"--flagfile={ROOT / 'experiments' / 'mack2018' / 'lr_valley.flags'}", f"--model={FLAGS.model}",
-           "--width=1", "--protocol=subset",  # the flagfile's study width and rule are not what this measures
-           f"--max_steps={FLAGS.max_steps}", f"--optimizer={FLAGS.optimizer}", f"--repack={repack}",
+           f"--flagfile={root / 'experiments' / 'mack2018' / 'lr_valley.flags'}",
+           *[f"--{k}={v}" for k, v in wanted.items() if v is not None and k in known],
            f"--workdir={workdir}", "--noprogress"]
-    if FLAGS.max_seconds:
-        cmd.append(f"--max_seconds={FLAGS.max_seconds:g}")
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, cwd=root, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(root)})
     wall = time.perf_counter() - start
     summary = json.loads((workdir / "results.json").read_text())
     timing = summary["timing"]
@@ -52,7 +75,8 @@ def run_study(repack: str, workdir: pathlib.Path) -> dict:
     train_s = sum(t["train_seconds"] for t in timing.values())
     test_s = sum(t["test_eval_seconds"] for t in timing.values())
     return {
-        "repack": repack == "true", "command": " ".join(cmd), "wall_seconds": wall,
+        "repack": repack == "true", "root": str(root), "commit": commit_of(root), "command": " ".join(cmd),
+        "wall_seconds": wall,
         "startup_seconds": wall - summary["wall_seconds"],
         "stage_seconds": summary["stage_seconds"],
         "compile_seconds": compile_s, "train_seconds": train_s, "test_eval_seconds": test_s,
@@ -71,19 +95,28 @@ def run_study(repack: str, workdir: pathlib.Path) -> dict:
 def main(argv):
     del argv
     rows = []
-    print(f"{'repack':<7} {'wall s':>8} {'startup':>8} {'data':>6} {'compile':>8} {'train':>8} "
-          f"{'test eval':>9} {'other':>6} {'save':>6} {'member-steps':>13} {'reached/diverged/exhausted':>27}")
-    for repack in FLAGS.repack:
+    print(f"{'commit':<8} {'repack':<7} {'wall s':>8} {'startup':>8} {'data':>6} {'compile':>8} {'train':>8} "
+          f"{'test eval':>9} {'other':>6} {'save':>6} {'member-steps':>13} {'reached/diverged/exhausted/retired':>35}")
+    for _, root, repack in itertools.product(range(FLAGS.rounds), FLAGS.roots, FLAGS.repack):
         with tempfile.TemporaryDirectory() as tmp:
-            r = run_study(repack, pathlib.Path(tmp) / "study")
+            r = run_study(repack, pathlib.Path(tmp) / "study", (ROOT / root).resolve())
         rows.append(r)
         st, s = r["stage_seconds"], r["statuses"]
-        print(f"{repack:<7} {r['wall_seconds']:>8.1f} {r['startup_seconds']:>8.1f} {st['load_data']:>6.1f} "
-              f"{r['compile_seconds']:>8.1f} {r['train_seconds']:>8.1f} {r['test_eval_seconds']:>9.1f} "
-              f"{r['sweep_other_seconds']:>6.1f} {r['save_seconds']:>6.1f} {r['member_steps_trained']:>13,} "
-              f"{s['reached']:>9}/{s['diverged']}/{s['exhausted']}", flush=True)
+        print(f"{r['commit']:<8} {repack:<7} {r['wall_seconds']:>8.1f} {r['startup_seconds']:>8.1f} "
+              f"{st['load_data']:>6.1f} {r['compile_seconds']:>8.1f} {r['train_seconds']:>8.1f} "
+              f"{r['test_eval_seconds']:>9.1f} {r['sweep_other_seconds']:>6.1f} {r['save_seconds']:>6.1f} "
+              f"{r['member_steps_trained']:>13,} {s['reached']:>9}/{s['diverged']}/{s['exhausted']}/"
+              f"{s.get('retired', 0)}", flush=True)
+    means = {}
+    for r in rows:
+        means.setdefault((r["commit"], r["repack"]), []).append(r["wall_seconds"])
+    means = {key: sum(v) / len(v) for key, v in means.items()}
+    first = next(iter(means.values()))
+    for (commit, repack), wall in means.items():
+        print(f"{commit} repack={repack}: mean wall {wall:.1f} s; the first row's / this: {first / wall:.2f}x")
     path = write_results("study_valley", {"model": FLAGS.model, "max_steps": FLAGS.max_steps,
-                                          "max_seconds": FLAGS.max_seconds, "rows": rows},
+                                          "max_seconds": FLAGS.max_seconds, "rows": rows,
+                                          "mean_wall_seconds": {f"{c} repack={p}": w for (c, p), w in means.items()}},
                          FLAGS.out)
     print(f"wrote {path}")
 

@@ -184,13 +184,24 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.DEFINE_integer("prune_eta", 3, "--prune=sha: keep the top 1/eta at each rung (>= 2).")
     flags.DEFINE_bool("retire", True, "Retire (stop training) a member whose target metric stays at chance (the "
                       "best constant predictor's, plus --retire_margin) for --retire_evaluations evaluations in a "
-                      "row after --retire_grace_steps; status 'retired'. --noretire: train every member to the end.")
+                      "row after --retire_grace_steps, or that cannot reach the target within the step budget even "
+                      "at --retire_pace times its best pace so far (see --retire_pace); status 'retired'. "
+                      "--noretire: train every member to the end.")
     flags.DEFINE_integer("retire_grace_steps", retirement.RetireSpec.grace_steps,
                          "--retire: no member is retired before this step.")
     flags.DEFINE_integer("retire_evaluations", retirement.RetireSpec.evaluations,
                          "--retire: consecutive evaluations at chance that retire a member.")
     flags.DEFINE_float("retire_margin", retirement.RetireSpec.margin,
                        "--retire: how far above chance (in the target metric's units) still counts as chance.")
+    flags.DEFINE_float("retire_pace", retirement.RetireSpec.pace,
+                       "--retire: also retire a member that, at this multiple of its best pace so far (the largest "
+                       "gain in the target metric per step over two evaluations), kept up to --max_steps, would still "
+                       "miss the target, for --retire_pace_evaluations evaluations in a row after "
+                       "--retire_pace_grace_steps. 0: off.")
+    flags.DEFINE_integer("retire_pace_grace_steps", retirement.RetireSpec.pace_grace_steps,
+                         "--retire_pace: no member is retired by it before this step.")
+    flags.DEFINE_integer("retire_pace_evaluations", retirement.RetireSpec.pace_evaluations,
+                         "--retire_pace: consecutive evaluations out of pace that retire a member.")
     flags.DEFINE_integer("decay_steps", 1000, "step / exponential: steps per decay by --decay_factor.")
     flags.DEFINE_float("decay_factor", 0.5, "step / exponential: the multiplier per --decay_steps, in (0, 1].")
     flags.DEFINE_integer("sgdr_period", 1000, "cosine_restarts: the first period in steps (SGDR T_0).")
@@ -267,6 +278,9 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.register_validator("retire_grace_steps", lambda v: _check(v >= 0, "must be 0 or positive"))
     flags.register_validator("retire_evaluations", lambda v: _check(v >= 1, "must be at least 1"))
     flags.register_validator("retire_margin", lambda v: _check(0 <= v < 1, "must be in [0, 1)"))
+    flags.register_validator("retire_pace", lambda v: _check(v >= 0, "must be 0 (off) or positive"))
+    flags.register_validator("retire_pace_grace_steps", lambda v: _check(v >= 0, "must be 0 or positive"))
+    flags.register_validator("retire_pace_evaluations", lambda v: _check(v >= 1, "must be at least 1"))
     flags.register_multi_flags_validator(
         ["model", "batch_norm", "task"], lambda f: _check(not f["batch_norm"] or f["model"] != "mlp" or f["task"],
                                                           "--batch_norm needs a CNN: the mlp has no conv blocks"))
@@ -467,7 +481,8 @@ def settings(**replace: Any) -> SweepSettings:
         augment=FLAGS.augment, patience=FLAGS.patience if FLAGS.early_stopping else 0,
         validation_examples=FLAGS.validation_examples, protocol=FLAGS.protocol, seeds=FLAGS.seeds,
         prune=pruning.PruneSpec(FLAGS.prune_min_steps, FLAGS.prune_eta) if FLAGS.prune == "sha" else None,
-        retire=retirement.RetireSpec(FLAGS.retire_grace_steps, FLAGS.retire_evaluations, FLAGS.retire_margin)
+        retire=retirement.RetireSpec(FLAGS.retire_grace_steps, FLAGS.retire_evaluations, FLAGS.retire_margin,
+                                     FLAGS.retire_pace, FLAGS.retire_pace_grace_steps, FLAGS.retire_pace_evaluations)
         if FLAGS.retire else None,
         views=views.Views(FLAGS.optuna_storage, FLAGS.tensorboard))
     values.update(replace)
@@ -487,7 +502,11 @@ def flag_values() -> dict[str, object]:
     return {f.name: f.value for f in _lrlab_flags()}
 
 
-RETIRE_FLAGS = ("retire", "retire_grace_steps", "retire_evaluations", "retire_margin")
+RETIRE_FLAGS = ("retire", "retire_grace_steps", "retire_evaluations", "retire_margin", "retire_pace",
+                "retire_pace_grace_steps", "retire_pace_evaluations")
+# What a run saved with retirement but before the pace rule existed trained with: no pace rule.
+PACE_OFF = {"retire_pace": 0.0, "retire_pace_grace_steps": retirement.RetireSpec.pace_grace_steps,
+            "retire_pace_evaluations": retirement.RetireSpec.pace_evaluations}
 
 
 def run_flags() -> dict[str, object]:
@@ -504,6 +523,10 @@ def resume_without_retirement(run: workdir_lib.Workdir) -> None:
     if saved is not None and "retire" not in saved and FLAGS.retire and not FLAGS["retire"].present:
         FLAGS.retire = False
         print(f"--workdir={run.path}: its run trains without retirement; resuming it so (--noretire)")
+    elif (saved is not None and saved.get("retire") and "retire_pace" not in saved and FLAGS.retire
+          and not FLAGS["retire_pace"].present):
+        FLAGS.retire_pace = 0.0
+        print(f"--workdir={run.path}: its run retires without the pace rule; resuming it so (--retire_pace=0)")
 
 
 def run_flag_defaults() -> dict[str, object]:
@@ -511,7 +534,8 @@ def run_flag_defaults() -> dict[str, object]:
     resumes when this run leaves that flag at its default (retirement's flags excepted: absent, they
     mean off; see `resume_without_retirement`)."""
     current = run_flags()  # not retirement's: a run saved without them trained without it
-    return {f.name: f.default for f in _lrlab_flags() if f.name in current and f.name not in RETIRE_FLAGS}
+    return {**{f.name: f.default for f in _lrlab_flags() if f.name in current and f.name not in RETIRE_FLAGS},
+            **(PACE_OFF if FLAGS.retire else {})}
 
 
 def info(load_seconds: float | None = None) -> dict[str, Any]:

@@ -120,9 +120,9 @@ class TestCurves(runner.SegmentCallback):
         evaluate = jax.jit(pop_lib.make_metrics_fn(eval_cfg))
         self.seconds = 0.0
 
-        def fn(sub: pop_lib.Population, pos: np.ndarray, step: int) -> dict[str, np.ndarray]:
+        def fn(sub: pop_lib.Population, entries: np.ndarray, pos: np.ndarray, step: int) -> dict[str, np.ndarray]:
             start = time.perf_counter()
-            variables_K = jax.tree_util.tree_map(lambda x: x[: len(pos)], packing.to_host(sub.variables))
+            variables_K = jax.tree_util.tree_map(lambda x: x[entries], packing.to_host(sub.variables))
             metrics = evaluate(variables_K, arrays_E, weight_E)
             self.seconds += time.perf_counter() - start
             return {f"test_{m}": np.asarray(v) for m, v in metrics.items()}

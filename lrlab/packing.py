@@ -3,8 +3,10 @@ multiple of the device count, and re-packing a population into a smaller one.
 
 Members are sharded along one mesh axis; the data are replicated. A population's size is padded to
 a multiple of the mesh size with PADDING members (copies that train nothing and appear in no
-result); when enough members have finished, the running ones are re-packed into a smaller
-population (sizes are powers of two, so at most log2 K compilations).
+result). When members finish, the running ones are re-packed: where the member loop runs in
+chunks (CPU), into the same population, as few chunks per device as they fill (idle chunks are
+skipped, and nothing recompiles); where it is one vmap (accelerators), into a smaller population
+(sizes are powers of two, so at most log2 K compilations).
 """
 
 from __future__ import annotations
@@ -77,11 +79,10 @@ def gather_members(pop: Population, idx: np.ndarray) -> Population:
     return jax.tree_util.tree_map(lambda x: x[idx], pop)
 
 
-def scatter_members(full: Population, idx: np.ndarray, sub: Population) -> Population:
-    """Writes the first len(idx) members of `sub` back into `full` at positions `idx`."""
-    n = len(idx)
-    idx = jnp.asarray(idx)
-    return jax.tree_util.tree_map(lambda f, s: f.at[idx].set(s[:n]), full, sub)
+def scatter_members(full: Population, idx: np.ndarray, sub: Population, entries: np.ndarray) -> Population:
+    """Writes `sub`'s entries `entries` back into `full` at positions `idx`."""
+    idx, entries = jnp.asarray(idx), jnp.asarray(entries)
+    return jax.tree_util.tree_map(lambda f, s: f.at[idx].set(s[entries]), full, sub)
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -100,11 +101,36 @@ def bucket_size(n_running: int, full_size: int, multiple: int = 1) -> int:
     return round_up(min(size, full_size), multiple)
 
 
-def pack(full: Population, members: np.ndarray, size: int) -> tuple[Population, np.ndarray]:
-    """The population of `members` (positions in `full`) padded to `size` with copies of the first,
-    marked PADDING. Returns it and the position in `full` of each of its entries."""
+def layout(members: np.ndarray, size: int, devices: int = 1, spread: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Where `members` (positions) go in a population of `size` sharded over `devices` in equal
+    contiguous blocks: (pos, real), pos[i] the position of entry i (padding: a copy of the first
+    member), real[i] whether it is a member. `spread` deals the members round-robin to the devices,
+    each block's members first, so every device has the same share of the work; otherwise they
+    fill the entries in order (padding at the end)."""
     members = np.asarray(members, np.int64)
-    pos = np.concatenate([members, np.full(size - members.size, members[0])]).astype(np.int64)
+    if size % devices or members.size > size:
+        raise ValueError(f"{members.size} members do not fit a population of {size} on {devices} devices")
+    if spread and devices > 1:
+        j = np.arange(members.size)
+        entries = (j % devices) * (size // devices) + j // devices
+    else:
+        entries = np.arange(members.size)
+    pos = np.full(size, members[0], np.int64)
+    pos[entries] = members
+    real = np.zeros(size, bool)
+    real[entries] = True
+    return pos, real
+
+
+def pack(full: Population, pos: np.ndarray, real: np.ndarray) -> Population:
+    """The population of `full`'s members at positions `pos` (a `layout`), the entries that are
+    not `real` marked PADDING."""
     sub = gather_members(full, pos)
-    is_pad = jnp.arange(size) >= members.size
-    return sub.replace(status=jnp.where(is_pad, pop_lib.PADDING, sub.status)), pos
+    return sub.replace(status=jnp.where(jnp.asarray(real), sub.status, pop_lib.PADDING))
+
+
+def live_chunks(busy: np.ndarray, devices: int, chunk: int) -> int:
+    """The member chunks the busiest device computes when the entries `busy` (bool[size]) train:
+    with idle chunks skipped, a step's time on the host."""
+    per_chunk = np.asarray(busy).reshape(devices, -1, chunk).any(axis=-1)
+    return int(per_chunk.sum(axis=-1).max())

@@ -264,23 +264,34 @@ def _members_and_chunk(cfg: EngineConfig, params_K: Any) -> tuple[int, int]:
     return k, member_chunk_size(cfg.member_chunk, k, sum(x.size for x in leaves) // k)
 
 
-def member_map(fn: Callable, in_axes: tuple, k: int, chunk: int) -> Callable:
+def member_map(fn: Callable, in_axes: tuple, k: int, chunk: int, busy: int | None = None,
+               idle: Callable | None = None) -> Callable:
     """vmap of `fn` over k members, as a `lax.map` over chunks of `chunk` vmapped members.
 
-    Arguments with in_axes None are shared by all members (broadcast, never copied).
+    Arguments with in_axes None are shared by all members (broadcast, never copied). With `busy`
+    (the index of a per-member bool argument), a chunk with no busy member skips `fn` (a
+    `lax.cond`, so its work is not done) and gives `idle`'s outputs instead (default: zeros):
+    finished and padding members then cost only their chunk's copy, and the loop compacts the
+    running ones into as few chunks as it can (runner.Loop.repack_running) without recompiling.
     """
     vfn = jax.vmap(fn, in_axes=in_axes)
     if chunk >= k:
         return vfn
     split = lambda x: jax.tree_util.tree_map(lambda a: a.reshape((k // chunk, chunk) + a.shape[1:]), x)
     merge = lambda x: jax.tree_util.tree_map(lambda a: a.reshape((k,) + a.shape[2:]), x)
+    vidle = jax.vmap(idle, in_axes=in_axes) if idle is not None else None
 
     def mapped(*args):
         per_member = [split(x) for x, ax in zip(args, in_axes) if ax == 0]
 
         def one_chunk(chunk_args):
             it = iter(chunk_args)
-            return vfn(*[next(it) if ax == 0 else x for x, ax in zip(args, in_axes)])
+            call = [next(it) if ax == 0 else x for x, ax in zip(args, in_axes)]
+            if busy is None:
+                return vfn(*call)
+            skip = vidle if vidle is not None else (lambda *a: jax.tree_util.tree_map(
+                lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(vfn, *a)))
+            return jax.lax.cond(jnp.any(call[busy]), vfn, skip, *call)
 
         return merge(jax.lax.map(one_chunk, per_member))
 
@@ -348,7 +359,8 @@ def make_member_step(cfg: EngineConfig) -> Callable:
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         loss_finite = jnp.isfinite(loss)
-        overflow = (loss_finite & ~tree_all_finite(grads) & (state.loss_scale > 1.0)) if dynamic_scale else False
+        overflow = (loss_finite & ~tree_all_finite(grads) & (state.loss_scale > 1.0)) if dynamic_scale else jnp.bool_(
+            False)
         finite = loss_finite & tree_all_finite(new_params) & tree_all_finite(model_state)
         keep = active & finite & ~overflow
         diverged = active & ~finite & ~overflow
@@ -365,15 +377,18 @@ def make_member_step(cfg: EngineConfig) -> Callable:
 
 
 def make_metrics_fn(cfg: EngineConfig) -> Callable:
-    """metrics(variables_K, arrays_E, weight_E) -> {name: float32[K]}: each of the task's metrics,
-    the weighted mean over the examples, vectorized over members, chunked over examples.
+    """metrics(variables_K, arrays_E, weight_E, busy_K=None) -> {name: float32[K]}: each of the
+    task's metrics, the weighted mean over the examples, vectorized over members, chunked over
+    examples.
 
     variables_K is what the model's apply takes, per member: {"params": ..., and any model state}.
+    With `busy_K` (bool[K]), chunks of members none of which is busy are not evaluated (their
+    metrics are meaningless; see `member_map`).
     """
     task = cfg.task
     names = tuple(task.metrics)
 
-    def evaluate(variables_K, arrays_E, weight_E):
+    def evaluate(variables_K, arrays_E, weight_E, busy_K=None):
         chunk = cfg.eval_chunk
         n_chunks = weight_E.shape[0] // chunk
         arrays = jax.tree_util.tree_map(lambda a: a.reshape((n_chunks, chunk) + a.shape[1:]), arrays_E)
@@ -382,16 +397,19 @@ def make_metrics_fn(cfg: EngineConfig) -> Callable:
         k, member_chunk = _members_and_chunk(cfg, variables_K["params"])
         dtype = cfg.compute_dtype
 
-        def outputs_fn(v, x):
+        def outputs_fn(v, busy, x):
+            del busy  # only member_map reads it
             variables = {**v, "params": cast_floats(v["params"], dtype)}
             outputs, _ = task.model.apply(variables, cast_floats(x, dtype), False)
             return cast_floats(outputs, jnp.float32)
 
-        apply_K = member_map(outputs_fn, (0, None), k, member_chunk)
+        skips = busy_K is not None
+        apply_K = member_map(outputs_fn, (0, 0, None), k, member_chunk, busy=1 if skips else None)
+        busy = busy_K if skips else jnp.ones((k,), bool)
 
         def chunk_sums(xs):
             batch, w = xs
-            outputs_K = apply_K(variables_K, task.inputs(batch))
+            outputs_K = apply_K(variables_K, busy, task.inputs(batch))
             per_example = lambda fn: jax.vmap(lambda out: fn(out, batch))(outputs_K)  # [K, B]
             return jnp.stack([jnp.sum(per_example(task.metrics[name]) * w, axis=-1) for name in names])  # [M, K]
 
@@ -417,6 +435,11 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
     metrics_fn = make_metrics_fn(cfg)
     target = cfg.task.target
 
+    def member_idle(state: MemberState, rng, active, batch, step):
+        """What member_step gives a member that does not train (a chunk with none running)."""
+        del rng, active, batch, step
+        return state, jnp.float32(jnp.nan), jnp.bool_(False), jnp.float32(0.0)
+
     def segment(pop: Population, data: TrainData, step0, data_key, goal, max_steps, evaluate):
         n = data.num_train
         if cfg.distinct_seeds or pop.batch_key is not None:  # each member its own batch order: idx[K, S, B]
@@ -431,7 +454,7 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
             idx_steps = data_lib.segment_batch_indices(data_key, step0, num_steps, n, cfg.batch_size)
             batch_axis = None
         k, chunk = _members_and_chunk(cfg, pop.params)
-        vstep = member_map(member_step, (0, 0, 0, batch_axis, None), k, chunk)
+        vstep = member_map(member_step, (0, 0, 0, batch_axis, None), k, chunk, busy=2, idle=member_idle)
 
         def body(carry, xs):
             state, status, steps_trained, loss_sum, stream = carry
@@ -461,13 +484,14 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
                               loss=jnp.where(n_stepped > 0, loss_sum / jnp.maximum(n_stepped, 1), pop.loss))
         if cfg.stream_every:
             trained = trained.replace(stream_sum=stream[0], stream_count=stream[1])
-        stream_name = f"streaming_{target.metric}"  # the running mean joins the metrics (and the curves)
+        stream_name = protocols.stream_name(target.metric)  # the running mean joins the metrics (and the curves)
         names = tuple(cfg.task.metrics) + ((stream_name,) if cfg.stream_every else ())
         nan_K = jnp.full((k,), jnp.nan, jnp.float32)
 
         def evaluated(trained: Population):
             variables = trained.variables
-            metrics_K = metrics_fn(variables, data.eval, data.eval_weight)
+            was_running = pop.status == RUNNING  # every member whose evaluation is recorded
+            metrics_K = metrics_fn(variables, data.eval, data.eval_weight, was_running)
             running = trained.status == RUNNING
             if cfg.stream_every:  # the study's rule: the running mean, strictly above the goal
                 value_K = metrics_K[stream_name] = protocols.stream_mean(trained.stream_sum, trained.stream_count)
@@ -480,7 +504,7 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
                                       target_value=jnp.where(pop.status == RUNNING, value_K, pop.target_value))
             val_K = {}
             if cfg.patience:
-                val_K = metrics_fn(variables, data.val, data.val_weight)
+                val_K = metrics_fn(variables, data.val, data.val_weight, was_running)
                 new_pop = early_stopping_update(new_pop, variables, target.score(val_K[target.metric]), running,
                                                 cfg.patience)
             exhausted = (new_pop.status == RUNNING) & (new_pop.steps_trained >= max_steps)

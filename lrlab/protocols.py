@@ -47,6 +47,11 @@ def describe(protocol: str, eval_every: int) -> str:
     return "every step's" if every == 1 else f"every {every}th step's"
 
 
+def stream_name(metric: str) -> str:
+    """The running mean's name among the segment's metrics (and in the curves, `train_<name>`)."""
+    return f"streaming_{metric}"
+
+
 def stream_update(sum_K: jnp.ndarray, count_K: jnp.ndarray, batch_sum_K: jnp.ndarray, batch_size: int,
                   took_step_K: jnp.ndarray, steps_trained_K: jnp.ndarray, every: int) -> tuple[Any, Any]:
     """The running mean's sums after one step: a member that took the step adds its batch's metric

@@ -3,10 +3,11 @@
 The engine (`population.py`) is pure and jitted. Between segments `train` reads the members'
 status, records their curves, stops members on the time budget, lets the hooks act (successive
 halving prunes at its rungs, PBT exploits and explores, the range test watches for divergence, a
-test-set curve is measured), re-packs the still-running members into a smaller population so
-finished members stop costing compute, checkpoints, and honours a stop signal. A resumed run gives
-the uninterrupted run's results: batches depend only on (data_key, step), the packed population is
-rebuilt from the saved statuses, and each hook saves and restores its own state.
+test-set curve is measured), re-packs the still-running members (into fewer member chunks, or a
+smaller population: see packing.py) so finished members stop costing compute, checkpoints, and
+honours a stop signal. A resumed run gives the uninterrupted run's results: batches depend only on
+(data_key, step), the packed population is rebuilt from the saved layout, and each hook saves and
+restores its own state.
 """
 
 from __future__ import annotations
@@ -83,6 +84,17 @@ class Programs:
     def compilations(self) -> int:
         return len(self._compiled)
 
+    def member_chunk(self, pop: Population) -> int:
+        """Members per vmap in each device's member loop for `pop` (as the segment program picks it)."""
+        per_device = pop.size // self.multiple
+        weights = sum(x.size for x in jax.tree_util.tree_leaves(pop.params)) // pop.size
+        return pop_lib.member_chunk_size(self.cfg.member_chunk, per_device, weights)
+
+    def skips_idle(self, pop: Population) -> bool:
+        """Whether the member loop of `pop` runs in several chunks per device, so chunks without a
+        running member are skipped (population.member_map) and compacting is free of recompilation."""
+        return self.member_chunk(pop) < pop.size // self.multiple
+
     def shard(self, pop: Population) -> Population:
         return packing.place(pop, packing.member_sharding(self.mesh))
 
@@ -124,6 +136,7 @@ class RunOutput:
     train_seconds: float  # wall-clock seconds of training (compilation excluded)
     segments: int = 0
     population_sizes: list[int] = dataclasses.field(default_factory=list)
+    compactions: int = 0  # re-packings in place (idle member chunks skipped; see Loop.repack_running)
     steps_run: int = 0
     ended_by: str = "no_member_running"  # or "max_steps", "max_seconds", or a hook's reason
 
@@ -140,7 +153,7 @@ class Loop:
 
     `full` holds every member once `sub` (the population on the devices: the running members,
     packed and padded) no longer is the whole population; `pos[i]` is the position in the original
-    population of `sub`'s entry i, the first `n_real` of them real members.
+    population of `sub`'s entry i, a real member where `real[i]` (the others are padding).
 
     Between two evaluations (every `eval_every` steps) the loop may train in several chunks, so
     that it checks the stop signal at least every STOP_CHECK_SECONDS whatever eval_every and K are;
@@ -161,7 +174,9 @@ class Loop:
         self.full: Population | None = None
         self.sub: Population | None = None
         self.pos = np.arange(k)
-        self.n_real = k
+        self.real = np.ones(k, bool)
+        self.saved_layout: tuple[np.ndarray, np.ndarray] | None = None  # `sub`'s layout in a checkpoint
+        self.compactions = 0
         self.host: dict[str, Any] = {}  # this evaluation's metrics of sub's real entries (numpy)
         self.recorded: list[int] = []  # entries of `sub` whose member got a curve entry this segment
         self.finished: str | None = None
@@ -178,7 +193,8 @@ class Loop:
                 "seconds_to_target": self.seconds_to_target.tolist(),
                 "seconds_trained": self.seconds_trained.tolist(), "finished": self.finished,
                 "interval_start": self.interval_start, "last_loss": self.last_loss.tolist(),
-                "pending_loss": np.concatenate(self.pending_loss, axis=1).tolist() if self.pending_loss else []}
+                "pending_loss": np.concatenate(self.pending_loss, axis=1).tolist() if self.pending_loss else [],
+                "layout": {"pos": self.pos.tolist(), "real": self.real.tolist()}, "compactions": self.compactions}
 
     def load(self, state: dict[str, Any]) -> None:
         self.step, self.segments, self.sizes = state["step"], state["segments"], state["sizes"]
@@ -192,6 +208,10 @@ class Loop:
         self.last_loss = np.asarray(state["last_loss"], np.float64)
         pending = np.asarray(state["pending_loss"], np.float64)
         self.pending_loss = [pending.reshape(self.k, -1)] if pending.size else []
+        if "layout" in state:  # older checkpoints: rebuilt from the statuses
+            layout = state["layout"]
+            self.saved_layout = (np.asarray(layout["pos"], np.int64), np.asarray(layout["real"], bool))
+        self.compactions = state.get("compactions", 0)
 
     @property
     def running(self) -> np.ndarray:
@@ -212,26 +232,38 @@ class Loop:
             return self.sub
         if self.sub is None:
             return self.full
-        return packing.scatter_members(self.full, self.pos[:self.n_real], self.sub)
+        entries = np.flatnonzero(self.real)
+        return packing.scatter_members(self.full, self.pos[entries], self.sub, entries)
 
-    def place(self, members: np.ndarray, size: int) -> None:
-        """`sub` becomes the population of `members` (positions), padded to `size`, sharded."""
+    @property
+    def entries(self) -> np.ndarray:
+        """The entries of `sub` that are real members."""
+        return np.flatnonzero(self.real)
+
+    def place(self, members: np.ndarray, size: int, spread: bool = True) -> None:
+        """`sub` becomes the population of `members` (positions), padded to `size`, sharded
+        (`spread`: dealt round-robin to the devices; see packing.layout)."""
+        self.place_layout(*packing.layout(members, size, self.programs.multiple, spread))
+
+    def place_layout(self, pos: np.ndarray, real: np.ndarray) -> None:
+        """`sub` becomes the population laid out as `pos` / `real` (packing.layout), sharded."""
         self.full = self.merged()
-        sub, self.pos = packing.pack(self.full, members, size)
-        self.sub, self.n_real = self.programs.shard(sub), members.size
-        self.step_seconds = self.chunk = None  # another population size: measure again
+        resized = self.sub is None or self.sub.size != pos.size
+        self.sub, self.pos, self.real = self.programs.shard(packing.pack(self.full, pos, real)), pos, real
+        if resized:
+            self.step_seconds = self.chunk = None  # another population size: measure again
 
     def set_status(self, members: np.ndarray, code: int) -> None:
         """Members (positions) take status `code`, on the host and in `sub`."""
         members = np.asarray(members, np.int64)
         self.status[members] = code
-        is_set = np.isin(self.pos, members) & (np.arange(self.sub.size) < self.n_real)
+        is_set = np.isin(self.pos, members) & self.real
         self.sub = self.sub.replace(status=jnp.where(self.programs.shard(jnp.asarray(is_set)), code, self.sub.status))
 
     def replace_sub(self, sub: Population) -> None:
         """A hook's new population in place of `sub` (same entries); the host statuses follow it."""
         self.sub = sub
-        self.status[self.pos[:self.n_real]] = packing.to_host(sub.status)[:self.n_real]
+        self.status[self.pos[self.real]] = packing.to_host(sub.status)[self.real]
 
     def last_scores(self) -> np.ndarray:
         """float64[K]: each member's latest target value as a score (higher is better; NaN: none)."""
@@ -274,12 +306,12 @@ class Loop:
         self.train_seconds += seconds
         per_step = seconds / num_steps
         if self.step_seconds is None and per_step > STOP_CHECK_SECONDS:
-            print(f"lrlab: one training step of {self.n_real} members takes {per_step:.0f} s: a stop signal waits "
+            print(f"lrlab: one training step of {self.real.sum()} members takes {per_step:.0f} s: a stop signal waits "
                   "for the step in progress", flush=True)
         self.step_seconds = per_step if self.step_seconds is None else 0.5 * (self.step_seconds + per_step)
         self.step += num_steps
         step_loss = np.full((self.k, num_steps), np.nan)
-        step_loss[self.pos[:self.n_real]] = chunk_loss[:self.n_real]
+        step_loss[self.pos[self.real]] = chunk_loss[self.real]
         self.pending_loss.append(step_loss)
         if not evaluate:
             return None
@@ -294,13 +326,12 @@ class Loop:
         self.last_loss = np.where(stepped, mean, self.last_loss)
         self.pending_loss, self.interval_start = [], self.step
         values, val, trained = packing.to_host((metrics.metrics, metrics.val, self.sub.steps_trained))
-        real = self.pos[:self.n_real]
-        loss = self.last_loss[real]
+        loss = self.last_loss[self.pos]  # per entry of `sub`, like the metrics (padding: its source's)
         eval_name = self.programs.cfg.task.eval_name
         self.host = {"metrics": values, "val": val, "loss": loss, "steps_trained": trained, "status": sub_status,
-                     "step_loss": interval_loss[real]}
+                     "step_loss": interval_loss[self.pos]}
         self.recorded = []
-        for i in range(self.n_real):
+        for i in self.entries:
             m = self.pos[i]
             if self.status[m] != pop_lib.RUNNING:
                 continue
@@ -321,13 +352,25 @@ class Loop:
         return metrics
 
     def repack_running(self) -> None:
-        """Re-packs the running members into a smaller population when they fit one."""
+        """Re-packs the running members: where idle member chunks are skipped, into the fewest
+        chunks per device in the same population (no recompilation) when that saves a chunk;
+        otherwise into a smaller population when they fit one."""
         running = self.running
-        if running.size and self.repack:
-            size = packing.bucket_size(running.size, self.k, self.programs.multiple)
-            if size < self.sub.size:
-                self.place(running, size)
-                self.sizes.append(size)
+        if not (running.size and self.repack):
+            return
+        devices = self.programs.multiple
+        if self.programs.skips_idle(self.sub):
+            chunk = self.programs.member_chunk(self.sub)
+            busy = self.real & np.isin(self.pos, running)
+            pos, real = packing.layout(running, self.sub.size, devices)
+            if packing.live_chunks(real, devices, chunk) < packing.live_chunks(busy, devices, chunk):
+                self.place_layout(pos, real)
+                self.compactions += 1
+            return
+        size = packing.bucket_size(running.size, self.k, devices)
+        if size < self.sub.size:
+            self.place(running, size)
+            self.sizes.append(size)
 
     def ended_by(self) -> str:
         if self.finished is not None:
@@ -373,13 +416,15 @@ def train(
         for hook in hooks:
             hook.restore(state.get("hooks", {}).get(hook.name, {}))
         running = loop.running
-        if running.size and loop.finished is None:
+        if loop.saved_layout is not None and running.size and loop.finished is None:
+            loop.place_layout(*loop.saved_layout)
+        elif running.size and loop.finished is None:  # a checkpoint from before layouts were saved
             members = running if repack else np.arange(loop.k)
             size = packing.bucket_size(running.size, loop.k, multiple) if repack else packing.round_up(loop.k, multiple)
-            loop.place(members, size)
+            loop.place(members, size, spread=repack)
     elif loop.k % multiple:  # pad to a multiple of the device count
         loop.full = programs.replicate(pop)
-        loop.place(np.arange(loop.k), packing.round_up(loop.k, multiple))
+        loop.place(np.arange(loop.k), packing.round_up(loop.k, multiple), spread=False)
     else:
         loop.sub = programs.shard(pop)
     if not loop.sizes and loop.sub is not None:
@@ -427,14 +472,16 @@ def train(
         train_seconds=loop.train_seconds,
         segments=loop.segments,
         population_sizes=loop.sizes,
+        compactions=loop.compactions,
         steps_run=loop.step,
         ended_by=loop.ended_by(),
     )
 
 
 class SegmentCallback(Hook):
-    """A hook from a function `fn(sub, positions of its real members, step) -> {name: values[n_real]}
-    | None`: each member that got this segment's curve entry gets curve[name].append(value),
+    """A hook from a function `fn(sub, entries, positions, step) -> {name: values[len(entries)]} |
+    None` (`entries`: the indices of `sub`'s real members, `positions`: theirs in the original
+    population): each member that got this segment's curve entry gets curve[name].append(value),
     checkpointed with the curves (optimizer_comparison's test-set curve)."""
 
     name = "callback"
@@ -443,10 +490,13 @@ class SegmentCallback(Hook):
         self.fn = fn
 
     def after_segment(self, loop: Loop, metrics: SegmentMetrics) -> None:
-        extra = self.fn(loop.sub, loop.pos[:loop.n_real], loop.step) or {}
+        entries = loop.entries
+        extra = self.fn(loop.sub, entries, loop.pos[entries], loop.step) or {}
+        recorded = set(loop.recorded)
         for name, values in extra.items():
-            for i in loop.recorded:
-                loop.curves[loop.pos[i]].setdefault(name, []).append(float(values[i]))
+            for j, i in enumerate(entries):
+                if i in recorded:
+                    loop.curves[loop.pos[i]].setdefault(name, []).append(float(values[j]))
 
 
 def evaluate_members(cfg: EngineConfig, variables_K: Any, arrays: Any) -> dict[str, np.ndarray]:

@@ -82,6 +82,9 @@ class SweepSettings:
             out.pop("seeds")
         if self.retire is None:  # as runs made before retirement existed saved it: they resume with it off
             out.pop("retire")
+        elif not self.retire.pace:  # as runs made before the pace rule existed saved it
+            for name in ("pace", "pace_grace_steps", "pace_evaluations"):
+                out["retire"].pop(name)
         return out
 
 
@@ -160,6 +163,7 @@ def train_population(task: Task, members: Members, settings: SweepSettings, data
     if settings.prune is not None:
         hooks.append(SuccessiveHalving(settings.prune, settings.budget.max_steps, settings.budget.eval_every))
     hooks += retirement.hooks(settings.retire, task, data, 1 if settings.sequential else members.size,
+                              settings.budget.max_steps,
                               settings.schedule.warmup_steps if settings.schedule is not None else 0)
     if settings.sequential:
         out = train_sequential(cfg, members, data, settings, scope, ident, stop=stop, hooks=hooks, desc=desc,
@@ -186,6 +190,7 @@ def train_population(task: Task, members: Members, settings: SweepSettings, data
         "wall_seconds": time.perf_counter() - start,
         "segments": out.segments,
         "population_sizes": out.population_sizes,
+        "compactions": out.compactions,
     }
     return records, stats
 
@@ -250,4 +255,4 @@ class _Shifted(runner.SegmentCallback):
     """A segment callback of the whole population, given member i's one-member runs (positions + i)."""
 
     def __init__(self, hook: runner.SegmentCallback, offset: int):
-        super().__init__(lambda sub, pos, step: hook.fn(sub, pos + offset, step))
+        super().__init__(lambda sub, entries, pos, step: hook.fn(sub, entries, pos + offset, step))

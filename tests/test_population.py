@@ -1,11 +1,12 @@
 """The engine: vmapped training equals independent runs; divergence is contained; targets exact."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import hparams, make_cfg, run_population
-from lrlab import optimizers, runner, sweep
+from lrlab import optimizers, packing, runner, sweep
 from lrlab import population as pop_lib
 from lrlab.workdir import NO_SCOPE
 
@@ -93,18 +94,52 @@ def test_steps_to_target_is_first_evaluation_at_target(small_data):
     assert reached_any and pop_lib.STATUS_NAMES[out.final.status[0]] == "exhausted"
 
 
-def test_repacking_keeps_results_and_shrinks_population(small_data):
+@pytest.mark.parametrize("member_chunk", [2, 6])
+def test_repacking_keeps_results_and_saves_compute(small_data, member_chunk):
+    """Chunks of 2: the running members are compacted in place into fewer chunks (idle chunks
+    skipped, no new program); one vmap of 6: they move to a smaller population. Either way, the
+    same results."""
     budget = runner.Budget(max_steps=60, eval_every=10)
-    lrs = [1e-5, 2e-5, 3e-3, 1e-2, 1e30]
-    packed = run_population(make_cfg(target=0.5), lrs, small_data, budget, repack=True)
-    unpacked = run_population(make_cfg(target=0.5), lrs, small_data, budget, repack=False)
-    assert packed.population_sizes[0] == 5 and packed.population_sizes[-1] < 5
+    lrs = [1e-5, 3e-3, 2e-5, 1e-2, 1e30, 5e-3]  # 0 and 2 never reach, so they start in two chunks
+    cfg = make_cfg(target=0.5, member_chunk=member_chunk)
+    programs = runner.Programs(cfg)
+    packed = run_population(cfg, lrs, small_data, budget, repack=True, programs=programs)
+    unpacked = run_population(cfg, lrs, small_data, budget, repack=False)
+    if member_chunk == 2:
+        assert packed.population_sizes == [6] and packed.compactions >= 1
+        assert {size for size, _ in programs._compiled} == {6}
+    else:
+        assert packed.population_sizes[0] == 6 and packed.population_sizes[-1] < 6 and packed.compactions == 0
     np.testing.assert_array_equal(packed.final.status, unpacked.final.status)
     np.testing.assert_array_equal(packed.final.steps_to_target, unpacked.final.steps_to_target)
-    np.testing.assert_array_equal(packed.final.member, np.arange(5))
+    np.testing.assert_array_equal(packed.final.member, np.arange(6))
     assert pop_lib.STATUS_NAMES[packed.final.status[4]] == "diverged"
-    for i in range(4):  # member 4's last finite weights are huge: float noise there is no signal
+    for i in (0, 1, 2, 3, 5):  # member 4's last finite weights are huge: float noise there is no signal
         _assert_trees_close(_member(packed.final.params, i), _member(unpacked.final.params, i))
+
+
+def test_layout_deals_members_to_devices_and_compaction_counts_live_chunks():
+    pos, real = packing.layout(np.array([3, 5, 7, 8, 9]), 8, devices=2)
+    assert list(real) == [True, True, True, False, True, True, False, False]  # 3 on device 0, 2 on device 1
+    assert list(pos[real]) == [3, 7, 9, 5, 8] and list(pos[~real]) == [3, 3, 3]  # padding: copies of the first
+    pos, real = packing.layout(np.array([3, 5]), 4, devices=2, spread=False)
+    assert list(pos) == [3, 5, 3, 3] and list(real) == [True, True, False, False]
+    busy = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1], bool)  # chunks of 2 on 2 devices: 2 live, 1 live
+    assert packing.live_chunks(busy, devices=2, chunk=2) == 2
+    assert packing.live_chunks(packing.layout(np.arange(3), 12, devices=2)[1], devices=2, chunk=2) == 1
+    with pytest.raises(ValueError, match="do not fit"):
+        packing.layout(np.arange(5), 4, devices=2)
+
+
+def test_idle_chunks_are_skipped_and_give_idle_outputs():
+    """member_map with `busy`: a chunk with no busy member runs `idle`, not `fn` (whose NaN would show)."""
+    fn = lambda x, b: x + jnp.nan  # noqa: E731
+    idle = lambda x, b: x * 2  # noqa: E731
+    x, busy = jnp.arange(6.0), jnp.array([False, False, True, False, False, False])
+    out = pop_lib.member_map(fn, (0, 0), 6, 2, busy=1, idle=idle)(x, busy)
+    assert np.isnan(out[2]) and np.isnan(out[3]) and list(np.asarray(out)[[0, 1, 4, 5]]) == [0.0, 2.0, 8.0, 10.0]
+    zeros = pop_lib.member_map(fn, (0, 0), 6, 2, busy=1)(x, busy)  # default idle outputs: zeros
+    assert list(np.asarray(zeros)[[0, 1, 4, 5]]) == [0.0] * 4
 
 
 def test_learning_rates_are_data_not_constants(small_data):

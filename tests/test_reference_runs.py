@@ -1,7 +1,8 @@
 """The command line gives the same members as before the library reshaping: six small
 configurations (tests/reference_runs.py: lr_valley, with successive halving, techniques, pbt,
 random_search, lr_finder), their statuses and steps to target against those recorded from lrlab
-0.1 (tests/data/reference_members.json). Started together, so the two cores overlap them."""
+0.1 (tests/data/reference_members.json); retirement, newer than the recording, may only end members
+that missed the target (exhausted) earlier. Started together, so the two cores overlap them."""
 
 import json
 import pathlib
@@ -27,4 +28,10 @@ def test_members_are_those_recorded_before(runs, name):
     root, procs = runs
     assert procs[name].returncode == 0, procs[name].stderr
     summary = json.loads((root / name / "results.json").read_text())
-    assert reference_runs.summarize(reference_runs.CONFIGS[name][0], summary) == RECORDED[name]
+    got = reference_runs.summarize(reference_runs.CONFIGS[name][0], summary)
+    assert len(got) == len(RECORDED[name])
+    for now, recorded in zip(got, RECORDED[name]):
+        if now.get("status") == "retired":  # retirement (newer than the recording) ends members that miss anyway
+            assert recorded["status"] == "exhausted" and now["steps_trained"] <= recorded["steps_trained"], now
+            now = {**now, "status": "exhausted", "steps_trained": recorded["steps_trained"]}
+        assert now == recorded
