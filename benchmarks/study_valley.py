@@ -82,8 +82,9 @@ def run_study(repack: str, workdir: pathlib.Path, root: pathlib.Path = ROOT) -> 
         "compile_seconds": compile_s, "train_seconds": train_s, "test_eval_seconds": test_s,
         # population set-up (initial parameters, their compilation) and result records
         "sweep_other_seconds": summary["stage_seconds"]["sweep"] - compile_s - train_s - test_s,
-        # results, Orbax and figures: the run's own time outside loading the data and the sweep
-        "save_seconds": summary["wall_seconds"] - sum(summary["stage_seconds"].values()),
+        # results, Orbax, figures and views: the run's own time outside loading the data and the sweep
+        "save_seconds": summary["wall_seconds"] - summary["stage_seconds"]["load_data"]
+        - summary["stage_seconds"]["sweep"],
         "per_optimizer": timing,
         "members": len(members),
         "member_steps_trained": sum(m["steps_trained"] for m in members),

@@ -71,7 +71,7 @@ def comparison_entry(record: dict[str, Any], lr_source: dict[str, Any], target: 
     if record["status"] == "diverged":
         status = "diverged"  # even after reaching the target: its steps to target are kept
     elif at is None and record["status"] == "retired":
-        status = "retired"  # at chance for long enough: stopped before the budget
+        status = "retired"  # at chance, or out of pace for the target: stopped before the budget
     else:
         status = "reached" if at is not None else "exhausted"
     return {

@@ -40,7 +40,7 @@ def valley(records: list[dict[str, Any]], path: str | os.PathLike, *, budget_ste
     """Steps to target against learning rate (log-log), one line per valley (optimizer).
 
     Runs that missed the target are gaps in the line, marked on the budget line: x for diverged,
-    o for exhausted, v for pruned (--prune), s for stopped (--early_stopping), < for retired at chance (--retire).
+    o for exhausted, v for pruned (--prune), s for stopped (--early_stopping), < for retired (at chance or out of pace, --retire).
     """
     fig, ax = plt.subplots(figsize=(8, 5))
     optimizers = list(dict.fromkeys(results_lib.group_of(r) for r in records))
@@ -198,7 +198,7 @@ def valleys_overlaid(records: list[dict[str, Any]], path: str | os.PathLike, *, 
     statuses = {r["status"] for r in records}
     for status, marker, label in (("diverged", "x", "diverged"), ("exhausted", "o", "exhausted the budget"),
                                   ("pruned", "v", "pruned"), ("stopped", "s", "stopped early"),
-                                  ("retired", "<", "retired at chance")):
+                                  ("retired", "<", "retired (hopeless)")):
         if status in statuses:
             ax.plot([], [], linestyle="none", marker=marker, markerfacecolor="none", color="grey",
                     label=f"{label} (above the budget line)")
@@ -442,7 +442,8 @@ def protocol_curves(records: list[dict[str, Any]], path: str | os.PathLike, *, g
         c = r["curve"]
         (line,) = ax.plot(c["step"], c["train_accuracy"], "-", marker=".", label=f"{r['learning_rate']:.3g}: subset")
         ax.plot(c["step"], c["train_streaming_accuracy"], "--", marker="x", color=line.get_color(),
-                label=f"{r['learning_rate']:.3g}: streaming mean (reached at {r['steps_to_target']})")
+                label=f"{r['learning_rate']:.3g}: streaming mean ("
+                + (f"reached at {r['steps_to_target']})" if r["steps_to_target"] is not None else "missed)"))
     ax.axhline(goal, color="grey", linestyle=":", label=f"target {goal:g}")
     ax.set_xlabel("step")
     ax.set_ylabel("training accuracy")

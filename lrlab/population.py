@@ -14,7 +14,7 @@ Member status:
   padding    fills the population to a multiple of the device count; trains nothing
   pruned     stopped at a rung of successive halving for ranking low (runner, --prune=sha)
   stopped    early stopping: no validation improvement for `patience` evaluations (best kept)
-  retired    at chance for several evaluations after a grace period: failed, stopped (runner, --retire)
+  retired    at chance, or out of pace for the target, for several evaluations: failed, stopped (--retire)
 
 Training techniques are static settings of the program (EngineConfig): the compute dtype (16-bit
 compute on float32 master weights, with dynamic loss scaling for float16), the task's augmentation
@@ -44,7 +44,7 @@ from lrlab.lr_schedules import ScheduleSpec
 from lrlab.tasks import Task
 
 RUNNING, REACHED, DIVERGED, EXHAUSTED, PADDING, PRUNED, STOPPED = 0, 1, 2, 3, 4, 5, 6
-RETIRED = 7  # at chance for several evaluations after a grace period (retirement.py, --retire)
+RETIRED = 7  # at chance or out of pace for several evaluations (retirement.py, --retire)
 STATUS_NAMES = ("running", "reached", "diverged", "exhausted", "padding", "pruned", "stopped", "retired")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 FLOAT16_INITIAL_SCALE = 2.0**15  # dynamic loss scaling (float16): the starting scale,

@@ -379,7 +379,7 @@ def summaries_table(summaries: dict[str, dict[str, Any]], label: str, eval_every
             f"{cell(best.get('seconds_to_target'), 8, '.1f')}  {cell(band.get('low'), 9, '.4g')}  "
             f"{cell(band.get('high'), 9, '.4g')}  {cell(band.get('decades'), 7, '.2f')}  "
             f"{(str(band['reached']) + '/' + str(band['rates_in_band'])) if band else '-':>7}")
-    lines.append(f"other: members pruned, stopped early or retired at chance; steps, examples, seconds: to the "
+    lines.append(f"other: members pruned, stopped early or retired; steps, examples, seconds: to the "
                  f"target at the best rate (steps resolved to {eval_every}); in band: rates that reached the target "
                  "/ rates tried between band low and high")
     return "\n".join(lines)

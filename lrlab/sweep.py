@@ -56,7 +56,7 @@ class SweepSettings:
     views: Views = Views()  # the Optuna study, TensorBoard runs and members.csv written at the end (views.py)
     protocol: str = protocols.DEFAULT  # how the target is measured (protocols.PROTOCOLS): subset, streaming, ...
     seeds: int = 1  # replicates of every member (replicates.py): seeds seed, seed + 1, ..., in one program
-    retire: RetireSpec | None = RetireSpec()  # retire members at chance (retirement.py); None: off
+    retire: RetireSpec | None = RetireSpec()  # retire hopeless members (retirement.py); None: off
 
     def __post_init__(self):
         if self.sequential and self.prune is not None:

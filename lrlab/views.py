@@ -36,7 +36,7 @@ TRIAL_STATES = {
     "stopped": "COMPLETE",   # early stopping without reaching the target: a miss
     "running": "COMPLETE",   # ended by a wall-clock budget or a whole-population stop (PBT): a miss
     "pruned": "PRUNED",      # successive halving stopped it; valued as a miss
-    "retired": "PRUNED",     # retired at chance accuracy (issue 14); valued as a miss
+    "retired": "PRUNED",     # retired: at chance or out of pace (issue 14); valued as a miss
     "diverged": "FAIL",      # non-finite loss or weights: no value
 }
 MISS_VALUE = ("steps_to_target when reached; a miss: max_steps * (1 + the shortfall of its best target value, in "
