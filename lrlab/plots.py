@@ -40,7 +40,8 @@ def valley(records: list[dict[str, Any]], path: str | os.PathLike, *, budget_ste
     """Steps to target against learning rate (log-log), one line per valley (optimizer).
 
     Runs that missed the target are gaps in the line, marked on the budget line: x for diverged,
-    o for exhausted, v for pruned (--prune), s for stopped (--early_stopping), < for retired (at chance or out of pace, --retire).
+    o for exhausted, v for pruned (--prune), s for stopped (--early_stopping), < for retired (at chance or
+    out of pace, --retire).
     """
     fig, ax = plt.subplots(figsize=(8, 5))
     optimizers = list(dict.fromkeys(results_lib.group_of(r) for r in records))

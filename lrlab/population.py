@@ -359,8 +359,9 @@ def make_member_step(cfg: EngineConfig) -> Callable:
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         loss_finite = jnp.isfinite(loss)
-        overflow = (loss_finite & ~tree_all_finite(grads) & (state.loss_scale > 1.0)) if dynamic_scale else jnp.bool_(
-            False)
+        overflow = jnp.bool_(False)  # a bool either way: the idle branch of member_map gives one
+        if dynamic_scale:
+            overflow = loss_finite & ~tree_all_finite(grads) & (state.loss_scale > 1.0)
         finite = loss_finite & tree_all_finite(new_params) & tree_all_finite(model_state)
         keep = active & finite & ~overflow
         diverged = active & ~finite & ~overflow

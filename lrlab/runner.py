@@ -232,8 +232,7 @@ class Loop:
             return self.sub
         if self.sub is None:
             return self.full
-        entries = np.flatnonzero(self.real)
-        return packing.scatter_members(self.full, self.pos[entries], self.sub, entries)
+        return packing.scatter_members(self.full, self.pos[self.entries], self.sub, self.entries)
 
     @property
     def entries(self) -> np.ndarray:
