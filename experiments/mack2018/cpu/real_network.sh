@@ -12,9 +12,9 @@ declare -A RATES=(
   [adagrad]=0.0681292,0.1,0.14678 [adadelta]=2.15443,3.16228,4.64159
   [momentum-below]=0.0464159,0.0681292,0.1 [sgd-above]=0.464159,0.681292
   [adadelta-above]=6.81292,10 [adagrad-2000]=0.0681292,0.1,0.14678
-  [rmsprop-4000]=0.0014678,0.00215443,0.00316228,0.00464159
+  [rmsprop-4000]=0.0014678,0.00215443,0.00316228,0.00464159 [rmsprop-above]=0.00681292,0.01
 )
-declare -A EXTRA=([adagrad-2000]=--max_steps=2000 [rmsprop-4000]=--max_steps=4000)
+declare -A EXTRA=([adagrad-2000]=--max_steps=2000 [rmsprop-4000]=--max_steps=4000 [rmsprop-above]=--max_steps=4000)
 for entry in ${@:-adam sgd momentum rmsprop adagrad adadelta}; do
   rates=${RATES[$entry]:?unknown entry $entry}
   python -m lrlab.experiments.lr_valley --flagfile=experiments/mack2018/cpu/real_network.flags \
