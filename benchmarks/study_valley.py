@@ -15,6 +15,7 @@ benchmarks/results/study_valley-<backend>.json.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -41,8 +42,9 @@ FLAGS = flags.FLAGS
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+@functools.lru_cache(maxsize=None)
 def defined_flags(root: pathlib.Path) -> set[str]:
-    """The flags lr_valley defines in the checkout at `root`."""
+    """The flags lr_valley defines in the checkout at `root` (asked once per checkout)."""
     out = subprocess.run([sys.executable, "-m", "lrlab.experiments.lr_valley", "--helpfull"], cwd=root,
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)}).stdout
     return set(re.findall(r"^\s+--(?:\[no\])?(\w+)", out, re.M))

@@ -258,10 +258,13 @@ def member_chunk_size(requested: int, k: int, weights_per_member: int, backend: 
     return max(d for d in range(1, min(target, k) + 1) if k % d == 0)
 
 
-def _members_and_chunk(cfg: EngineConfig, params_K: Any) -> tuple[int, int]:
+def members_and_chunk(cfg: EngineConfig, params_K: Any, per_device: int | None = None) -> tuple[int, int]:
+    """(members, members per vmap chunk) of the member loop over `params_K`; `per_device`: the
+    members one device's loop runs when params_K is the whole population (the host's view)."""
     leaves = jax.tree_util.tree_leaves(params_K)
     k = leaves[0].shape[0]
-    return k, member_chunk_size(cfg.member_chunk, k, sum(x.size for x in leaves) // k)
+    loop_k = per_device if per_device is not None else k
+    return loop_k, member_chunk_size(cfg.member_chunk, loop_k, sum(x.size for x in leaves) // k)
 
 
 def member_map(fn: Callable, in_axes: tuple, k: int, chunk: int, busy: int | None = None,
@@ -395,7 +398,7 @@ def make_metrics_fn(cfg: EngineConfig) -> Callable:
         arrays = jax.tree_util.tree_map(lambda a: a.reshape((n_chunks, chunk) + a.shape[1:]), arrays_E)
         weight = weight_E.reshape(n_chunks, chunk)
 
-        k, member_chunk = _members_and_chunk(cfg, variables_K["params"])
+        k, member_chunk = members_and_chunk(cfg, variables_K["params"])
         dtype = cfg.compute_dtype
 
         def outputs_fn(v, busy, x):
@@ -454,7 +457,7 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
         else:  # shared order: the batch is broadcast to all members, not copied
             idx_steps = data_lib.segment_batch_indices(data_key, step0, num_steps, n, cfg.batch_size)
             batch_axis = None
-        k, chunk = _members_and_chunk(cfg, pop.params)
+        k, chunk = members_and_chunk(cfg, pop.params)
         vstep = member_map(member_step, (0, 0, 0, batch_axis, None), k, chunk, busy=2, idle=member_idle)
 
         def body(carry, xs):

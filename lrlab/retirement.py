@@ -93,13 +93,14 @@ class Tracker:
         spec, target = self.spec, self.target
         steps, values = np.asarray(steps, np.float64), np.asarray(values, np.float64)
         decided = values if decided is None else np.asarray(decided, np.float64)
+        with np.errstate(invalid="ignore"):
+            score = np.asarray(target.score(decided), np.float64)
         retire = np.zeros(len(members), bool)
         if self.chance is not None:
             self.streak[members] = update_streak(self.streak[members], target, values, self.chance, spec.margin)
             retire |= due(spec, self.streak[members], steps)
         if spec.pace > 0:
             with np.errstate(invalid="ignore", divide="ignore"):
-                score = np.asarray(target.score(decided), np.float64)
                 old_step, old_score = self.recent[members, 0, 0], self.recent[members, 0, 1]
                 measured = self.seen[members] >= PACE_SPAN
                 pace = np.where(measured, (score - old_score) / (steps - old_step), np.nan)
@@ -110,7 +111,7 @@ class Tracker:
             self.pace_streak[members] = np.where(short, self.pace_streak[members] + 1, 0)
             retire |= (self.pace_streak[members] >= spec.pace_evaluations) & (steps >= spec.pace_grace_steps)
         self.recent[members, :-1] = self.recent[members, 1:]
-        self.recent[members, -1] = np.stack([steps, np.asarray(target.score(decided), np.float64)], axis=-1)
+        self.recent[members, -1] = np.stack([steps, score], axis=-1)
         self.seen[members] += 1
         return retire
 

@@ -86,9 +86,7 @@ class Programs:
 
     def member_chunk(self, pop: Population) -> int:
         """Members per vmap in each device's member loop for `pop` (as the segment program picks it)."""
-        per_device = pop.size // self.multiple
-        weights = sum(x.size for x in jax.tree_util.tree_leaves(pop.params)) // pop.size
-        return pop_lib.member_chunk_size(self.cfg.member_chunk, per_device, weights)
+        return pop_lib.members_and_chunk(self.cfg, pop.params, pop.size // self.multiple)[1]
 
     def skips_idle(self, pop: Population) -> bool:
         """Whether the member loop of `pop` runs in several chunks per device, so chunks without a
