@@ -15,29 +15,28 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lrlab import data as data_lib
-from lrlab import optimizers, packing, tasks
-from lrlab import population as pop_lib
-
+from lrlab.engine import config, placement, population
+from lrlab.optim import members, optimizers
+from lrlab.task import augment, classification, mnist, task
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
-def mnist_task(model) -> tasks.Task:
+def mnist_task(model) -> task.Task:
     """`model` classifying the shipped MNIST (the benchmarks' task)."""
-    return tasks.image_classification(model, data_lib.load_mnist())
+    return classification.image_classification(model, mnist.load_mnist())
 
 
-def engine_config(model, **kw: Any) -> pop_lib.EngineConfig:
+def engine_config(model, **kw: Any) -> config.EngineConfig:
     """Adam on `mnist_task(model)`, evaluating in chunks of 250 (the benchmarks' program)."""
-    return pop_lib.EngineConfig(task=mnist_task(model), optimizer=optimizers.get("adam"), eval_chunk=250, **kw)
+    return config.EngineConfig(task=mnist_task(model), optimizer=optimizers.get("adam"), eval_chunk=250, **kw)
 
 
-def benchmark_data(eval_examples: int = 250) -> pop_lib.TrainData:
+def benchmark_data(eval_examples: int = 250) -> population.TrainData:
     """MNIST on the device, with a fixed evaluation subset of `eval_examples` training images."""
-    ds = data_lib.load_mnist()
+    ds = mnist.load_mnist()
     train = {"image": ds.train_images, "label": ds.train_labels}
-    return pop_lib.make_train_data(train, tasks.take(train, np.arange(eval_examples)), min(250, eval_examples))
+    return population.make_train_data(train, task.take(train, np.arange(eval_examples)), min(250, eval_examples))
 
 
 def machine() -> dict[str, Any]:
@@ -56,7 +55,7 @@ def write_results(name: str, payload: dict[str, Any], out: str | None) -> pathli
     return path
 
 
-def prepare_adam_segment(cfg: pop_lib.EngineConfig, k: int, data: pop_lib.TrainData,
+def prepare_adam_segment(cfg: config.EngineConfig, k: int, data: population.TrainData,
                          steps: int) -> tuple[float, Callable[[], float], Any]:
     """(compile seconds, run-once timer, compiled program) for a segment of K Adam members.
 
@@ -64,11 +63,11 @@ def prepare_adam_segment(cfg: pop_lib.EngineConfig, k: int, data: pop_lib.TrainD
     ends with an evaluation. The timer runs one segment (state carried from call to call) and
     returns its seconds.
     """
-    hparams = optimizers.population_hparams("adam", np.geomspace(1e-4, 1e-1, k))
-    state = [pop_lib.init_population(cfg, hparams, 0)]
+    hparams = members.population_hparams("adam", np.geomspace(1e-4, 1e-1, k))
+    state = [population.init_population(cfg, hparams, 0)]
     args = (jnp.int32(0), jax.random.PRNGKey(1), jnp.float32(2.0), jnp.int32(10**9), jnp.bool_(True))
     start = time.perf_counter()
-    compiled = packing.make_segment_fn(cfg, steps).lower(state[0], data, *args).compile()
+    compiled = placement.make_segment_fn(cfg, steps).lower(state[0], data, *args).compile()
     compile_s = time.perf_counter() - start
 
     def run_once() -> float:
@@ -82,7 +81,7 @@ def prepare_adam_segment(cfg: pop_lib.EngineConfig, k: int, data: pop_lib.TrainD
     return compile_s, run_once, compiled
 
 
-def time_adam_segment(cfg: pop_lib.EngineConfig, k: int, data: pop_lib.TrainData, steps: int,
+def time_adam_segment(cfg: config.EngineConfig, k: int, data: population.TrainData, steps: int,
                       repeats: int) -> tuple[float, float, Any]:
     """(compile seconds, median seconds per segment, compiled program) for K Adam members."""
     compile_s, run_once, compiled = prepare_adam_segment(cfg, k, data, steps)
@@ -99,9 +98,9 @@ def make_user_step(model, batch_size: int = 100) -> Callable:
                                  labels.shape[0])
 
         def loss_fn(p):
-            logits = model.apply({"params": p}, data_lib.to_float(images[idx]), train=True,
+            logits = model.apply({"params": p}, augment.to_float(images[idx]), train=True,
                                  rngs={"dropout": jax.random.fold_in(jax.random.PRNGKey(2), step)})
-            return tasks.cross_entropy(logits, labels[idx]).mean()
+            return classification.cross_entropy(logits, labels[idx]).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -110,7 +109,7 @@ def make_user_step(model, batch_size: int = 100) -> Callable:
     return step
 
 
-def user_run(model, data: pop_lib.TrainData, lr: float, steps: int, step_fn: Callable) -> float:
+def user_run(model, data: population.TrainData, lr: float, steps: int, step_fn: Callable) -> float:
     """One user-style run: init, then a Python loop of jitted steps; returns its seconds."""
     tx = optimizers.get("adam").make_tx()
     images, labels = data.train["image"], data.train["label"]
@@ -124,7 +123,7 @@ def user_run(model, data: pop_lib.TrainData, lr: float, steps: int, step_fn: Cal
     return time.perf_counter() - start
 
 
-def step_flops(model, data: pop_lib.TrainData, batch_size: int = 100) -> float:
+def step_flops(model, data: population.TrainData, batch_size: int = 100) -> float:
     """FLOPs of one single-member training step, from XLA's cost analysis of the compiled step."""
     step = make_user_step(model, batch_size)
     tx = optimizers.get("adam").make_tx()

@@ -41,20 +41,21 @@ def child(devices: int) -> None:
     import numpy as np
     from _common import benchmark_data, engine_config
 
-    from lrlab import models, optimizers, packing
-    from lrlab import population as pop_lib
+    from lrlab.engine import placement, population
+    from lrlab.optim import members
+    from lrlab.task import models
 
     data = benchmark_data()
-    mesh = packing.make_mesh()
+    mesh = placement.make_mesh()
     out = {}
     for name in FLAGS.models:
         cfg = engine_config(models.make_model(name))
-        hparams = optimizers.population_hparams("adam", np.geomspace(1e-4, 1e-1, FLAGS.members))
-        pop = packing.place(pop_lib.init_population(cfg, hparams, 0), packing.member_sharding(mesh))
+        hparams = members.population_hparams("adam", np.geomspace(1e-4, 1e-1, FLAGS.members))
+        pop = placement.place(population.init_population(cfg, hparams, 0), placement.member_sharding(mesh))
         # an unreachable target: every member trains through every timed segment (one evaluation each)
-        args = (packing.place(data, packing.replicated(mesh)), jnp.int32(0), jax.random.PRNGKey(1),
+        args = (placement.place(data, placement.replicated(mesh)), jnp.int32(0), jax.random.PRNGKey(1),
                 jnp.float32(2.0), jnp.int32(10**9), jnp.bool_(True))
-        program = packing.make_segment_fn(cfg, FLAGS.steps, mesh).lower(pop, *args).compile()
+        program = placement.make_segment_fn(cfg, FLAGS.steps, mesh).lower(pop, *args).compile()
         seconds = []
         for _ in range(FLAGS.repeats + 1):  # the first is a warm-up
             start = time.perf_counter()

@@ -58,9 +58,9 @@ import optax
 from _common import benchmark_data, write_results
 from absl import app, flags
 
-from lrlab import data as data_lib
-from lrlab import models, optimizers, tasks
-from lrlab import population as pop_lib
+from lrlab.engine import member_map
+from lrlab.optim import optimizers
+from lrlab.task import augment, classification, conv, models
 
 flags.DEFINE_integer("members", 48, "Population size K.")
 flags.DEFINE_integer("steps", 20, "Steps per timed segment.")
@@ -76,15 +76,15 @@ BATCH = 100
 def lrlab_loss(model):
     """One member's mean cross-entropy with lrlab's model (the reference and the 'chunked' variant)."""
     def loss(params, x, y):
-        return tasks.cross_entropy(model.apply({"params": params}, x), y).mean()
+        return classification.cross_entropy(model.apply({"params": params}, x), y).mean()
     return loss
 
 
 def rest_loss(params, z_BHWC, y):
     """small_cnn after its first conv block: conv 3x3 -> ReLU -> pool -> dense, as lrlab computes it."""
-    z = nn_relu(models.conv_max_pool_matmul(z_BHWC, params["Conv_1"]["kernel"]) + params["Conv_1"]["bias"])
+    z = nn_relu(conv.max_pool_2x2(conv.conv2d_same(z_BHWC, params["Conv_1"]["kernel"], conv.MATMUL, tuple(n // 2 * 2 for n in z_BHWC.shape[1:3]))) + params["Conv_1"]["bias"])
     logits = z.reshape(z.shape[0], -1) @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"]
-    return tasks.cross_entropy(logits, y).mean()
+    return classification.cross_entropy(logits, y).mean()
 
 
 nn_relu = jax.nn.relu
@@ -93,17 +93,17 @@ nn_relu = jax.nn.relu
 def fused_grads(k: int, chunk: int):
     """grads_K of every member's loss, the first conv block computed once for all K members."""
     def loss_sum(params_K, x_BHWC, y):
-        x = models.max_pool_2x2(x_BHWC)  # small_cnn pools its input
+        x = conv.max_pool_2x2(x_BHWC)  # small_cnn pools its input
         kernel = params_K["Conv_0"]["kernel"]  # [K, kh, kw, 1, F]
         kh, kw, c_in, f = kernel.shape[1:]
         wide_hwio = jnp.moveaxis(kernel, 0, -2).reshape(kh, kw, c_in, k * f)  # output channel = member * F + f
         _, h, w, _ = x.shape
-        pooled = models.max_pool_2x2(models.conv2d_matmul(x, wide_hwio, (h // 2 * 2, w // 2 * 2)))
+        pooled = conv.max_pool_2x2(conv.conv2d_same(x, wide_hwio, conv.MATMUL, (h // 2 * 2, w // 2 * 2)))
         b, ph, pw, _ = pooled.shape
         z_KBHWF = jnp.moveaxis(pooled.reshape(b, ph, pw, k, f), 3, 0)
         z_KBHWF = nn_relu(z_KBHWF + params_K["Conv_0"]["bias"][:, None, None, None, :])
         rest_K = {name: v for name, v in params_K.items() if name != "Conv_0"}
-        losses_K = pop_lib.member_map(rest_loss, (0, 0, None), k, chunk)(rest_K, z_KBHWF, y)
+        losses_K = member_map.member_map(rest_loss, (0, 0, None), k, chunk)(rest_K, z_KBHWF, y)
         return losses_K.sum(), losses_K
 
     return jax.grad(loss_sum, has_aux=True)
@@ -111,14 +111,14 @@ def fused_grads(k: int, chunk: int):
 
 def shared_patches(x_BHWC, kernel_K):
     """small_cnn's pooled input as im2col patches [B*H*W, kh*kw] (built once for all members, as
-    lrlab's conv2d_matmul builds them: an identity kernel picks them out exactly), and (B, H, W)
+    lrlab's im2col convolution builds them: an identity kernel picks them out exactly), and (B, H, W)
     of the conv outputs its 'valid' pool reads."""
-    x = models.max_pool_2x2(x_BHWC)  # small_cnn pools its input
+    x = conv.max_pool_2x2(x_BHWC)  # small_cnn pools its input
     kh, kw, c_in, _ = kernel_K.shape[1:]
     p = kh * kw * c_in
     b, h, w, _ = x.shape
     oh, ow = h // 2 * 2, w // 2 * 2
-    return models.conv2d_matmul(x, jnp.eye(p).reshape(kh, kw, c_in, p), (oh, ow)).reshape(-1, p), (b, oh, ow)
+    return conv.conv2d_same(x, jnp.eye(p).reshape(kh, kw, c_in, p), conv.MATMUL, (oh, ow)).reshape(-1, p), (b, oh, ow)
 
 
 def fused_cf_grads(k: int, chunk: int):
@@ -133,7 +133,7 @@ def fused_cf_grads(k: int, chunk: int):
         z_KBHWF = jnp.moveaxis(pooled, 1, -1)
         z_KBHWF = nn_relu(z_KBHWF + params_K["Conv_0"]["bias"][:, None, None, None, :])
         rest_K = {name: v for name, v in params_K.items() if name != "Conv_0"}
-        losses_K = pop_lib.member_map(rest_loss, (0, 0, None), k, chunk)(rest_K, z_KBHWF, y)
+        losses_K = member_map.member_map(rest_loss, (0, 0, None), k, chunk)(rest_K, z_KBHWF, y)
         return losses_K.sum(), losses_K
 
     return jax.grad(loss_sum, has_aux=True)
@@ -149,11 +149,11 @@ def fused_vjp_grads(k: int, chunk: int):
         p, f = patches_NP.shape[1], kernel.shape[-1]
         wide_PM = jnp.moveaxis(kernel.reshape(k, p, f), 0, 1).reshape(p, k * f)  # column = member * F + f
         h_BHWM = (patches_NP @ wide_PM).reshape(b, oh, ow, k * f)
-        pooled, pool_vjp = jax.vjp(models.max_pool_2x2, h_BHWM)
+        pooled, pool_vjp = jax.vjp(conv.max_pool_2x2, h_BHWM)
         z_pre = jnp.moveaxis(pooled.reshape(b, oh // 2, ow // 2, k, f), 3, 0) + bias[:, None, None, None, :]
         rest_K = {name: v for name, v in params_K.items() if name != "Conv_0"}
         rest_grads = lambda prm, z, y: jax.value_and_grad(rest_loss, argnums=(0, 1))(prm, z, y)
-        loss_K, (g_rest, dz) = pop_lib.member_map(rest_grads, (0, 0, None), k, chunk)(rest_K, nn_relu(z_pre), y)
+        loss_K, (g_rest, dz) = member_map.member_map(rest_grads, (0, 0, None), k, chunk)(rest_K, nn_relu(z_pre), y)
         dz_pre = jnp.where(z_pre > 0, dz, 0.0)
         (dh,) = pool_vjp(jnp.moveaxis(dz_pre, 0, 3).reshape(pooled.shape))
         d_wide_PM = patches_NP.T @ dh.reshape(-1, k * f)
@@ -171,7 +171,7 @@ def chunked_grads(model, k: int, chunk: int):
     def one(params, x, y):
         loss, g = jax.value_and_grad(lrlab_loss(model))(params, x, y)
         return g, loss
-    return pop_lib.member_map(one, (0, None, None), k, chunk)
+    return member_map.member_map(one, (0, None, None), k, chunk)
 
 
 def make_segment(grads_fn, steps: int):
@@ -182,7 +182,7 @@ def make_segment(grads_fn, steps: int):
     def segment(params_K, opt_K, images, labels, idx_SB):
         def body(carry, idx):
             params_K, opt_K = carry
-            grads_K, loss_K = grads_fn(params_K, data_lib.to_float(images[idx]), labels[idx])
+            grads_K, loss_K = grads_fn(params_K, augment.to_float(images[idx]), labels[idx])
             updates, opt_K = jax.vmap(tx.update)(grads_K, opt_K, params_K)
             return (optax.apply_updates(params_K, updates), opt_K), loss_K
         (params_K, opt_K), loss_SK = jax.lax.scan(body, (params_K, opt_K), idx_SB)
@@ -221,7 +221,7 @@ def main(argv):
     idx = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (steps, BATCH), 0, labels.shape[0]))
     rows = []
     for chunk in (int(c) for c in FLAGS.chunks):
-        check = check_equal(model, k, chunk, params_K, data_lib.to_float(images[idx[0]]), labels[idx[0]])
+        check = check_equal(model, k, chunk, params_K, augment.to_float(images[idx[0]]), labels[idx[0]])
         variants = {"chunked": make_segment(chunked_grads(model, k, chunk), steps),
                     **{name: make_segment(FUSED[name](k, chunk), steps) for name in FLAGS.variants}}
         compile_s, times, finals = {}, {v: [] for v in variants}, {}

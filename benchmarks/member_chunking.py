@@ -18,7 +18,7 @@ import jax
 from _common import benchmark_data, engine_config, time_adam_segment
 from absl import app, flags
 
-from lrlab import models
+from lrlab.task import models
 
 flags.DEFINE_string("model", "small_cnn", "Model name.")
 flags.DEFINE_integer("members", 48, "Population size K.")

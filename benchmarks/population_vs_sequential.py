@@ -41,14 +41,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import user_loop
-from _common import (benchmark_data, engine_config, make_user_step, memory_bytes, prepare_adam_segment, user_run,
-                     write_results)
+from _common import (
+    benchmark_data,
+    engine_config,
+    make_user_step,
+    memory_bytes,
+    prepare_adam_segment,
+    user_run,
+    write_results,
+)
 from absl import app, flags
 
 import lrlab
-from lrlab import data as data_lib
-from lrlab import models, optimizers, tasks
-from lrlab import population as pop_lib
+from lrlab.engine import config, population, segment
+from lrlab.optim import members
+from lrlab.task import classification, dataset, mnist, models, sampling
 
 flags.DEFINE_list("models", ["small_cnn", "tutorial_cnn"], "Models to measure.")
 flags.DEFINE_list("members", ["1", "8", "48", "288"], "Population sizes K.")
@@ -68,7 +75,7 @@ STUDY_FLAGS = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "
 EVAL_EVERY = 50
 
 
-def user_loops(model_name: str, data: pop_lib.TrainData) -> dict[str, tuple]:
+def user_loops(model_name: str, data: population.TrainData) -> dict[str, tuple]:
     """Per lowering: (model, compiled user step, compile seconds)."""
     out = {}
     for impl in LOWERINGS:
@@ -80,13 +87,13 @@ def user_loops(model_name: str, data: pop_lib.TrainData) -> dict[str, tuple]:
     return out
 
 
-def eval_seconds(cfg: pop_lib.EngineConfig, k: int, data: pop_lib.TrainData) -> float:
+def eval_seconds(cfg: config.EngineConfig, k: int, data: population.TrainData) -> float:
     """Seconds to evaluate K members on 2000 images (the default --eval_examples), compiled, median of 3."""
-    hparams = optimizers.population_hparams("adam", np.geomspace(1e-4, 1e-1, k))
-    pop = pop_lib.init_population(cfg, hparams, 0)
-    arrays, weight = pop_lib.pad_to_chunks({name: np.asarray(v[:2000]) for name, v in data.train.items()},
+    hparams = members.population_hparams("adam", np.geomspace(1e-4, 1e-1, k))
+    pop = population.init_population(cfg, hparams, 0)
+    arrays, weight = population.pad_to_chunks({name: np.asarray(v[:2000]) for name, v in data.train.items()},
                                            cfg.eval_chunk)
-    evaluate = jax.jit(pop_lib.make_metrics_fn(cfg))
+    evaluate = jax.jit(segment.make_metrics_fn(cfg))
     jax.block_until_ready(evaluate(pop.variables, arrays, weight))
     times = []
     for _ in range(3):
@@ -96,7 +103,7 @@ def eval_seconds(cfg: pop_lib.EngineConfig, k: int, data: pop_lib.TrainData) -> 
     return statistics.median(times)
 
 
-def measure(model_name: str, k: int, loops: dict, data: pop_lib.TrainData, steps: int,
+def measure(model_name: str, k: int, loops: dict, data: population.TrainData, steps: int,
             seq_steps_per_s: dict[str, float]) -> dict:
     """One row: the population's segments interleaved with user-loop runs, medians of each.
 
@@ -138,26 +145,26 @@ def study_rates(n: int) -> list[float]:
     return rates[len(rates) - 1 - step * (n - 1)::step][:n]
 
 
-def user_valley(model_name: str, rates: list[float], ds: data_lib.Dataset, max_steps: int,
+def user_valley(model_name: str, rates: list[float], ds: dataset.Dataset, max_steps: int,
                 seed: int = 0) -> list[dict]:
     """The user's loop over the valley with lrlab's initial weights, batch order, dropout keys and
     evaluation subset (so the tables can be compared row by row); the data's move to the device counts."""
-    eval_idx = data_lib.eval_subset_indices(ds.train_images.shape[0], 2000, seed)
+    eval_idx = sampling.eval_subset_indices(ds.train_images.shape[0], 2000, seed)
     data = {"train_image": jnp.asarray(ds.train_images), "train_label": jnp.asarray(ds.train_labels),
             "eval_image": jnp.asarray(ds.train_images[eval_idx]), "eval_label": jnp.asarray(ds.train_labels[eval_idx])}
     root = jax.random.PRNGKey(seed)
-    keys = {"init": jax.random.fold_in(root, 0), "data": data_lib.data_key(seed),
-            "dropout": jax.random.fold_in(root, pop_lib.DROPOUT_SALT)}
+    keys = {"init": jax.random.fold_in(root, 0), "data": sampling.data_key(seed),
+            "dropout": jax.random.fold_in(root, population.DROPOUT_SALT)}
     runs = user_loop.valley(model_name, rates, data, keys, max_steps, EVAL_EVERY)
     return [{"learning_rate": r.learning_rate, "status": "reached" if r.reached else "diverged" if r.diverged
              else "exhausted", "steps_to_target": r.steps_to_target, "final_train_accuracy": r.final_accuracy}
             for r in runs]
 
 
-def lrlab_valley(model_name: str, rates: list[float], ds: data_lib.Dataset, max_steps: int,
+def lrlab_valley(model_name: str, rates: list[float], ds: dataset.Dataset, max_steps: int,
                  sequential: bool) -> list[dict]:
     """lrlab.lr_valley on the same valley (no test set: the user's loop evaluates none)."""
-    task = dataclasses.replace(tasks.image_classification(models.make_model(model_name), ds), test=None)
+    task = dataclasses.replace(classification.image_classification(models.make_model(model_name), ds), test=None)
     settings = lrlab.SweepSettings(budget=lrlab.Budget(max_steps, eval_every=EVAL_EVERY), progress=False,
                                    sequential=sequential)
     result = lrlab.lr_valley(task, lrlab.grid("adam", learning_rate=rates), settings)
@@ -176,7 +183,7 @@ def tables_agree(a: list[dict], b: list[dict]) -> dict:
             "differ": [x["learning_rate"] for x, ok in zip(a, rows) if not ok]}
 
 
-def valley_end_to_end(model_name: str, ds: data_lib.Dataset) -> dict:
+def valley_end_to_end(model_name: str, ds: dataset.Dataset) -> dict:
     """Wall time of each mode to the valley's table, compilation included, rounds interleaved."""
     rates = study_rates(FLAGS.valley_rates)
     runners = {"user": lambda: user_valley(model_name, rates, ds, FLAGS.valley_max_steps),
@@ -237,7 +244,7 @@ def main(argv):
                   f"{mb:>10} {r['eval_share']:>9.1%}", flush=True)
     valleys = []
     if FLAGS.valley_rates:
-        ds = data_lib.load_mnist()
+        ds = mnist.load_mnist()
         for name in FLAGS.models:
             valleys.append(valley_end_to_end(name, ds))
             print_valley(valleys[-1])

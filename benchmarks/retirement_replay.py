@@ -30,11 +30,13 @@ import sys
 from _common import write_results
 from absl import app, flags
 
-from lrlab import data as data_lib
-from lrlab import models, packing, retirement, tasks
+from lrlab.engine import placement
 from lrlab.examples import char_lm
-from lrlab.retirement import RetireSpec
-from lrlab.tasks import Target
+from lrlab.task import classification, mnist, models
+from lrlab.task import task as task_lib
+from lrlab.task.target import Target
+from lrlab.training import retirement
+from lrlab.training.retirement import RetireSpec
 
 flags.DEFINE_string("fresh_workdir", None, "Workdir of a fresh six-optimizer valley (run there unless it has results).")
 flags.DEFINE_list("fresh_flags", ["--optimizer=all", "--max_steps=800", "--seed=1", "--noretire", "--noprogress"],
@@ -52,8 +54,8 @@ CPU_CHUNK = 4  # members per chunk of small_cnn's member loop on CPU (population
 @functools.lru_cache(maxsize=None)
 def mnist_chance(eval_examples: int, seed: int, validation: int) -> float:
     """The accuracy of the best constant predictor on the run's evaluation subset (tasks.split)."""
-    task = tasks.image_classification(models.make_model("small_cnn", 1.0, 10, "auto"), data_lib.load_mnist())
-    return task.chance_value(tasks.split(task, eval_examples, seed, validation).eval)
+    task = classification.image_classification(models.make_model("small_cnn", 1.0, 10, "auto"), mnist.load_mnist())
+    return task.chance_value(task_lib.split(task, eval_examples, seed, validation).eval)
 
 
 def curves_of(path: pathlib.Path, summary: dict, source: str) -> list[dict]:
@@ -128,7 +130,7 @@ def population_steps(curves: list[dict], stops: list[int]) -> int:
     total, step = 0, 0
     while step < max(stops):
         running = sum(stop > step for stop in stops)
-        total += every * packing.round_up(running, CPU_CHUNK)
+        total += every * placement.round_up(running, CPU_CHUNK)
         step += every
     return total
 

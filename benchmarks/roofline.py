@@ -16,10 +16,16 @@ import time
 
 import jax
 import jax.numpy as jnp
-from _common import benchmark_data, engine_config, step_flops, time_adam_segment, write_results
+from _common import (
+    benchmark_data,
+    engine_config,
+    step_flops,
+    time_adam_segment,
+    write_results,
+)
 from absl import app, flags
 
-from lrlab import models
+from lrlab.task import models
 
 flags.DEFINE_list("models", ["small_cnn", "tutorial_cnn"], "Models to measure.")
 flags.DEFINE_list("members", ["1", "8", "48", "288"], "Population sizes K.")

@@ -14,12 +14,17 @@ import dataclasses
 import statistics
 
 import jax
-from _common import benchmark_data, engine_config, memory_bytes, prepare_adam_segment, write_results
+from _common import (
+    benchmark_data,
+    engine_config,
+    memory_bytes,
+    prepare_adam_segment,
+    write_results,
+)
 from absl import app, flags
 
-from lrlab import data as data_lib
-from lrlab import models
-from lrlab import population as pop_lib
+from lrlab.engine import config, population
+from lrlab.task import mnist, models
 
 flags.DEFINE_string("model", "small_cnn", "Model name.")
 flags.DEFINE_integer("members", 48, "Population size K.")
@@ -31,9 +36,9 @@ flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/techniqu
 FLAGS = flags.FLAGS
 
 
-def variant_config(name: str, base: pop_lib.EngineConfig) -> pop_lib.EngineConfig:
+def variant_config(name: str, base: config.EngineConfig) -> config.EngineConfig:
     """The engine configuration of one variant."""
-    if name in pop_lib.COMPUTE_DTYPES:
+    if name in config.COMPUTE_DTYPES:
         return dataclasses.replace(base, dtype=name)
     if name == "batch_norm":
         return engine_config(models.make_model(FLAGS.model, batch_norm=True))
@@ -47,8 +52,8 @@ def variant_config(name: str, base: pop_lib.EngineConfig) -> pop_lib.EngineConfi
 def main(argv):
     del argv
     data = benchmark_data(250)
-    ds = data_lib.load_mnist()
-    val, val_weight = pop_lib.pad_to_chunks({"image": ds.train_images[-2000:], "label": ds.train_labels[-2000:]}, 250)
+    ds = mnist.load_mnist()
+    val, val_weight = population.pad_to_chunks({"image": ds.train_images[-2000:], "label": ds.train_labels[-2000:]}, 250)
     base = engine_config(models.make_model(FLAGS.model))
     k, steps = FLAGS.members, FLAGS.steps
     timers, rows = {}, []

@@ -22,8 +22,8 @@ import tempfile
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-from lrlab import views  # noqa: E402
-from lrlab.workdir import MEMBERS_CSV, OPTUNA_DB, TENSORBOARD, Workdir  # noqa: E402
+from lrlab.store import views  # noqa: E402
+from lrlab.store.workdir import MEMBERS_CSV, OPTUNA_DB, TENSORBOARD, Workdir  # noqa: E402
 
 VALLEY = pathlib.Path(__file__).resolve().parents[1] / "experiments/mack2018/results/cpu-lr_valley.json.gz"
 VIEWS = {"members_csv": MEMBERS_CSV, "optuna": OPTUNA_DB, "tensorboard": TENSORBOARD}

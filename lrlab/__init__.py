@@ -11,25 +11,32 @@ techniques, random_search, bayes_search, pbt, lr_finder, model_scaling, optimize
 search_compare.
 """
 
-__version__ = "0.2.0"
-
-from lrlab.comparison import search_compare  # noqa: E402
-from lrlab.curves import optimizer_comparison  # noqa: E402
-from lrlab.lr_schedules import ScheduleSpec  # noqa: E402
-from lrlab.modules import LinenModel, NNXModel  # noqa: E402
-from lrlab.optimizers import HParam, Members, Optimizer, grid, optimizer  # noqa: E402
-from lrlab.population_based import PBTConfig, pbt  # noqa: E402
-from lrlab.pruning import PruneSpec  # noqa: E402
-from lrlab.range_test import lr_finder, lr_range_test  # noqa: E402
-from lrlab.retirement import RetireSpec  # noqa: E402
-from lrlab.runner import Budget  # noqa: E402
-from lrlab.scaling import model_scaling  # noqa: E402
-from lrlab.search import bayes_search, random_search  # noqa: E402
-from lrlab.sweep import SweepSettings  # noqa: E402
-from lrlab.tasks import Target, Task, classification, image_classification  # noqa: E402
-from lrlab.valley import lr_valley  # noqa: E402
-from lrlab.variants import schedules, techniques  # noqa: E402
-from lrlab.views import Views  # noqa: E402
+from lrlab.engine.loop import Budget
+from lrlab.optim.hparams import HParam
+from lrlab.optim.members import Members, grid
+from lrlab.optim.optimizers import Optimizer, optimizer
+from lrlab.optim.schedules import ScheduleSpec
+from lrlab.store.views import Views
+from lrlab.studies.bayes_search import bayes_search
+from lrlab.studies.lr_finder import lr_finder
+from lrlab.studies.lr_valley import lr_valley
+from lrlab.studies.model_scaling import model_scaling
+from lrlab.studies.optimizer_comparison import optimizer_comparison
+from lrlab.studies.pbt import pbt
+from lrlab.studies.random_search import random_search
+from lrlab.studies.schedules import schedules
+from lrlab.studies.search_compare import search_compare
+from lrlab.studies.techniques import techniques
+from lrlab.task.adapters import LinenModel, NNXModel
+from lrlab.task.classification import classification, image_classification
+from lrlab.task.target import Target
+from lrlab.task.task import Task
+from lrlab.training.exploit_explore import PBTConfig
+from lrlab.training.pruning import PruneSpec
+from lrlab.training.range_test import lr_range_test
+from lrlab.training.retirement import RetireSpec
+from lrlab.training.settings import SweepSettings
+from lrlab.version import __version__
 
 __all__ = ["Budget", "HParam", "LinenModel", "Members", "NNXModel", "Optimizer", "PBTConfig", "PruneSpec",
            "RetireSpec",

@@ -22,16 +22,28 @@ if "xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from lrlab import data as data_lib  # noqa: E402
-from lrlab import models, optimizers, runner, tasks  # noqa: E402
-from lrlab import population as pop_lib  # noqa: E402
+from lrlab.engine import (
+    config,
+    loop,
+    population,  # noqa: E402
+)
+from lrlab.optim import members, optimizers
+from lrlab.task import (
+    augment,
+    classification,
+    models,
+    sampling,  # noqa: E402
+    task,  # noqa: E402
+)
+from lrlab.task import mnist as mnist_lib
+from lrlab.task import target as target_lib
 
 N_TRAIN, N_EVAL = 1000, 200  # the slice: 1,000 training images, the first 200 of them the evaluation set
 
 
 @functools.lru_cache(maxsize=None)
 def load_mnist():
-    return data_lib.load_mnist()
+    return mnist_lib.load_mnist()
 
 
 @pytest.fixture(scope="session")
@@ -43,32 +55,32 @@ def image_task(model=None, target=1.0, n=N_TRAIN):
     """small_cnn (or `model`) on the first `n` MNIST training images, a 97%-style accuracy target."""
     ds = load_mnist()
     train = {"image": ds.train_images[:n], "label": ds.train_labels[:n]}
-    return tasks.classification(model or models.make_model("small_cnn"), train, inputs=tasks.image_inputs,
-                                target=tasks.Target("accuracy", target),
+    return classification.classification(model or models.make_model("small_cnn"), train, inputs=classification.image_inputs,
+                                target=target_lib.Target("accuracy", target),
                                 test={"image": ds.test_images[:500], "label": ds.test_labels[:500]},
-                                augment=lambda key, x: data_lib.augment_batch(key, x, 2.0, 10.0), name="mnist-slice")
+                                augment=lambda key, x: augment.augment_batch(key, x, 2.0, 10.0), name="mnist-slice")
 
 
 @pytest.fixture(scope="session")
 def small_data():
     """The slice on the device, its first 200 images the evaluation set (chunks of 100)."""
     train = image_task().train
-    return pop_lib.make_train_data(train, tasks.take(train, np.arange(N_EVAL)), eval_chunk=100)
+    return population.make_train_data(train, task.take(train, np.arange(N_EVAL)), eval_chunk=100)
 
 
 def make_cfg(optimizer="adam", batch_size=32, model=None, target=1.0, **kw):
-    return pop_lib.EngineConfig(task=image_task(model, target), optimizer=optimizers.get(optimizer),
+    return config.EngineConfig(task=image_task(model, target), optimizer=optimizers.get(optimizer),
                                 batch_size=batch_size, eval_chunk=100, **kw)
 
 
 def hparams(optimizer, lrs):
-    return optimizers.population_hparams(optimizer, lrs)
+    return members.population_hparams(optimizer, lrs)
 
 
 def run_population(cfg, lrs, data, budget, seed=0, repack=True, programs=None, **train_kw):
     """Trains one population of `cfg` at `lrs`; pass `programs` to reuse compilations across runs."""
-    pop = pop_lib.init_population(cfg, hparams(cfg.optimizer, lrs), seed)
-    return runner.train(pop, data, budget, data_lib.data_key(seed), programs or runner.Programs(cfg),
+    pop = population.init_population(cfg, hparams(cfg.optimizer, lrs), seed)
+    return loop.train(pop, data, budget, sampling.data_key(seed), programs or loop.Programs(cfg),
                         repack=repack, progress=False, **train_kw)
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lrlab import results
+from lrlab.store import files
 
 TINY = ["--num_lrs=3", "--lr_min=1e-4", "--lr_max=1e-1", "--max_steps=20", "--eval_every=10",
         "--eval_examples=250", "--batch_size=32", "--noprogress"]
@@ -34,7 +34,7 @@ def test_tiny_valley_end_to_end(tmp_path):
         assert (m["steps_to_target"] is None) == (m["status"] != "reached")
         assert set(m["curve"]) == {"step", "train_accuracy", "train_loss", "loss", "seconds"}
         assert 0 <= m["final_test_accuracy"] <= 1
-    restored = results.restore_orbax(workdir / "results_orbax")
+    restored = files.restore_orbax(workdir / "results_orbax")
     assert list(restored["sgd"]["learning_rate"]) == pytest.approx([m["learning_rate"] for m in members[3:]])
     assert (workdir / "valley.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (workdir / "envelope.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # two optimizers
@@ -77,7 +77,7 @@ def test_run_without_retirement_resumes_without_it(tmp_path):
 
 
 def test_cpu_devices_auto_is_one_per_core_and_one_per_process_when_distributed():
-    from lrlab import cli
+    from lrlab.experiments import cli
 
     assert cli.cpu_device_count("auto", distributed=False) == len(os.sched_getaffinity(0))
     assert cli.cpu_device_count("auto", distributed=True) == 1

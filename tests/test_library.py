@@ -16,12 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import run_together
 
 import lrlab
-from lrlab import data as data_lib
-from lrlab import population as pop_lib
-from lrlab import models, runner, tasks
-from conftest import run_together
+from lrlab.engine import loop, population
+from lrlab.optim import optimizers
+from lrlab.task import classification, models, sampling
+from lrlab.task import task as task_lib
+from lrlab.training import sweep
 
 N, D, C, B = 512, 12, 3, 32  # synthetic features: N examples of D floats, C classes, batch B
 STEPS, EVAL_EVERY, SEED = 12, 4, 0
@@ -53,7 +55,7 @@ def chain(learning_rate, weight_decay):
 def user_task(model=None):
     xent = lambda logits, batch: optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     return lrlab.Task(model=model or UserMLP(), train=synthetic_data(), inputs=lambda batch: batch["features"],
-                      loss=xent, metrics={"loss": xent, "accuracy": lambda logits, batch: tasks.correct(logits, batch["label"])},
+                      loss=xent, metrics={"loss": xent, "accuracy": lambda logits, batch: classification.correct(logits, batch["label"])},
                       target=lrlab.Target("loss", 0.0, "min"), name="synthetic")  # a goal of 0 nats: never reached
 
 
@@ -83,7 +85,7 @@ def plain_flax_run(lr, wd, order_key):
         return optax.apply_updates(params, updates), new["batch_stats"], opt_state
 
     for t in range(STEPS):
-        idx = data_lib.batch_indices(order_key, jnp.int32(t), N, B)
+        idx = sampling.batch_indices(order_key, jnp.int32(t), N, B)
         params, stats, opt_state = step(params, stats, opt_state, idx, t)
     return params, stats
 
@@ -95,18 +97,18 @@ def test_a_population_of_a_user_model_and_chain_equals_plain_flax_optax_runs():
     task = user_task()
     settings = lrlab.SweepSettings(budget=lrlab.Budget(STEPS, None, EVAL_EVERY), batch_size=B, eval_examples=128,
                                    seed=SEED, progress=False)
-    data, chunk = lrlab.sweep.sweep_data(task, settings)
-    cfg = lrlab.sweep.engine_config(task, opt, settings, chunk)
-    out = runner.train(pop_lib.init_population(cfg, members.hparams, SEED), data, settings.budget,
-                       data_lib.data_key(SEED), runner.Programs(cfg), progress=False)
-    assert list(out.final.status) == [pop_lib.EXHAUSTED] * 4 and list(out.final.steps_trained) == [STEPS] * 4
+    data, chunk = sweep.sweep_data(task, settings)
+    cfg = sweep.engine_config(task, opt, settings, chunk)
+    out = loop.train(population.init_population(cfg, members.hparams, SEED), data, settings.budget,
+                       sampling.data_key(SEED), loop.Programs(cfg), progress=False)
+    assert list(out.final.status) == [population.EXHAUSTED] * 4 and list(out.final.steps_trained) == [STEPS] * 4
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)  # vmap-width rounding, amplified by Adam
     for i, (lr, wd) in enumerate(LR_WD):
-        params, stats = plain_flax_run(np.float32(lr), np.float32(wd), data_lib.data_key(SEED))
+        params, stats = plain_flax_run(np.float32(lr), np.float32(wd), sampling.data_key(SEED))
         member = lambda tree: jax.tree_util.tree_map(lambda x: np.asarray(x)[i], tree)
         jax.tree_util.tree_map(close, member(out.final.params), params)
         jax.tree_util.tree_map(close, member(out.final.model_state["batch_stats"]), stats)
-    other, _ = plain_flax_run(np.float32(1e-2), np.float32(0.5), data_lib.data_key(SEED))  # member 1's rates
+    other, _ = plain_flax_run(np.float32(1e-2), np.float32(0.5), sampling.data_key(SEED))  # member 1's rates
     with pytest.raises(AssertionError):  # the comparison tells members 1 and 3 apart: weight decay matters
         jax.tree_util.tree_map(close, jax.tree_util.tree_map(lambda x: np.asarray(x)[3], out.final.params), other)
 
@@ -115,24 +117,24 @@ def test_one_compilation_serves_new_values_of_every_hyperparameter():
     opt = lrlab.optimizer(chain)
     task = user_task()
     settings = lrlab.SweepSettings(budget=lrlab.Budget(8, None, 4), batch_size=B, eval_examples=128, progress=False)
-    data, chunk = lrlab.sweep.sweep_data(task, settings)
-    cfg = lrlab.sweep.engine_config(task, opt, settings, chunk)
-    programs = runner.Programs(cfg)
+    data, chunk = sweep.sweep_data(task, settings)
+    cfg = sweep.engine_config(task, opt, settings, chunk)
+    programs = loop.Programs(cfg)
     finals = []
     for lrs, wds in (([1e-3, 1e-2], [0.0, 1e-4]), ([0.3, 3e-4], [0.5, 0.9])):
         hparams = {"learning_rate": np.array(lrs, np.float32), "weight_decay": np.array(wds, np.float32)}
-        out = runner.train(pop_lib.init_population(cfg, hparams, 0), data, settings.budget, data_lib.data_key(0),
+        out = loop.train(population.init_population(cfg, hparams, 0), data, settings.budget, sampling.data_key(0),
                            programs, progress=False, repack=False)
         finals.append(out.final)
         np.testing.assert_allclose(out.final.opt_state.hyperparams["weight_decay"], wds, rtol=1e-6)
     assert programs.compilations == 1  # (2 members, 4 steps): both runs, every hyperparameter new
     assert not np.allclose(jax.tree_util.tree_leaves(finals[0].params)[0], jax.tree_util.tree_leaves(finals[1].params)[0])
     mlp_task = lrlab.image_classification(models.make_model("mlp", 0.1))
-    data, chunk = lrlab.sweep.sweep_data(mlp_task, settings)
-    programs = runner.Programs(lrlab.sweep.engine_config(mlp_task, lrlab.optimizers.get("adam"), settings, chunk))
+    data, chunk = sweep.sweep_data(mlp_task, settings)
+    programs = loop.Programs(sweep.engine_config(mlp_task, optimizers.get("adam"), settings, chunk))
     for values in ({"b1": 0.9, "b2": 0.999, "eps": 1e-8}, {"b1": 0.5, "b2": 0.9, "eps": 1e-3}):
         hparams = lrlab.grid("adam", learning_rate=[1e-3, 1e-2], **values).hparams
-        runner.train(pop_lib.init_population(programs.cfg, hparams, 0), data, settings.budget, data_lib.data_key(0),
+        loop.train(population.init_population(programs.cfg, hparams, 0), data, settings.budget, sampling.data_key(0),
                      programs, progress=False, repack=False)
     assert programs.compilations == 1
 
@@ -164,16 +166,16 @@ def test_an_nnx_model_trains_as_a_plain_nnx_loop():
     task = user_task(UserNNX)
     settings = lrlab.SweepSettings(budget=lrlab.Budget(STEPS, None, EVAL_EVERY), batch_size=B, eval_examples=128,
                                    seed=SEED, progress=False)
-    data, chunk = lrlab.sweep.sweep_data(task, settings)
-    cfg = lrlab.sweep.engine_config(task, members.optimizer, settings, chunk)
-    out = runner.train(pop_lib.init_population(cfg, members.hparams, SEED), data, settings.budget,
-                       data_lib.data_key(SEED), runner.Programs(cfg), progress=False)
+    data, chunk = sweep.sweep_data(task, settings)
+    cfg = sweep.engine_config(task, members.optimizer, settings, chunk)
+    out = loop.train(population.init_population(cfg, members.hparams, SEED), data, settings.budget,
+                       sampling.data_key(SEED), loop.Programs(cfg), progress=False)
     raw = synthetic_data()
     for i, lr in enumerate(lrs):
         model = UserNNX(nnx.Rngs(jax.random.fold_in(jax.random.PRNGKey(SEED), 0)))
         optimizer = nnx.Optimizer(model, optax.sgd(np.float32(lr)), wrt=nnx.Param)
         for t in range(STEPS):
-            idx = data_lib.batch_indices(data_lib.data_key(SEED), jnp.int32(t), N, B)
+            idx = sampling.batch_indices(sampling.data_key(SEED), jnp.int32(t), N, B)
             x, y = raw["features"][np.asarray(idx)], raw["label"][np.asarray(idx)]
             loss = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
             grads = nnx.grad(loss)(model)
@@ -218,7 +220,7 @@ def test_the_language_model_reaches_its_target_at_a_sane_rate_and_misses_at_extr
 
 def test_task_errors_are_one_line():
     data = synthetic_data()
-    xent = lambda logits, batch: tasks.cross_entropy(logits, batch["label"])
+    xent = lambda logits, batch: classification.cross_entropy(logits, batch["label"])
     with pytest.raises(ValueError, match="target's metric 'accuracy' is not among the task's metrics"):
         lrlab.Task(UserMLP(), data, xent, {"loss": xent}, lrlab.Target("accuracy"))
     with pytest.raises(ValueError, match="must share one leading example axis"):
@@ -227,9 +229,9 @@ def test_task_errors_are_one_line():
     with pytest.raises(ValueError, match="target mode must be 'max' or 'min'"):
         lrlab.Target("loss", 1.0, "lower")
     with pytest.raises(ValueError, match="is not MODULE:NAME"):
-        tasks.load_task("no_colon")
+        task_lib.load_task("no_colon")
     with pytest.raises(ValueError, match="cannot import nothing_here"):
-        tasks.load_task("nothing_here.tasks:task")
+        task_lib.load_task("nothing_here.tasks:task")
 
 
 TASK_FLAGS = ["--max_steps=20", "--eval_every=10", "--batch_size=32", "--noprogress"]

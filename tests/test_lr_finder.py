@@ -13,9 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import image_task
-from lrlab import range_test as lr_finder, models, optimizers, lr_schedules as schedules, sweep
+
+from lrlab.optim import optimizers, schedules
+from lrlab.studies import lr_finder
+from lrlab.task import models
+from lrlab.training import range_test
+from lrlab.training import settings as settings_lib
 
 # The measured valley (runs/mack2018-cpu/lr_valley: small_cnn, Adam, MNIST, batch 100, seed 0, 48 rates
 # 1e-6..100, 97% training accuracy): fastest at 0.0147 and 0.0215 (550 steps); 0.01: 700, 0.00464:
@@ -100,7 +104,7 @@ def test_ramp_factor_is_geometric_from_lr_min_to_lr_max():
     np.testing.assert_allclose(lr_T[99], 10.0, rtol=1e-5)
     np.testing.assert_allclose(lr_T[100:], 10.0, rtol=1e-6)  # held at the peak after the ramp
     np.testing.assert_allclose(lr_T[1:100] / lr_T[:99], 1e8 ** (1 / 99), rtol=1e-4)
-    np.testing.assert_allclose(lr_T[:100], lr_finder.ramp_rates(1e-7, 10.0, 100), rtol=1e-4)
+    np.testing.assert_allclose(lr_T[:100], range_test.ramp_rates(1e-7, 10.0, 100), rtol=1e-4)
     with pytest.raises(ValueError):
         schedules.range_test_factor(1e-3, 1)
 
@@ -122,10 +126,10 @@ def test_ramped_optimizer_applies_each_members_peak_times_the_ramp():
 
 
 def test_smoothing_is_fastais_bias_corrected_average():
-    np.testing.assert_allclose(lr_finder.smooth(np.full(50, 2.3)), 2.3)  # bias correction: no ramp-up from 0
+    np.testing.assert_allclose(range_test.smooth(np.full(50, 2.3)), 2.3)  # bias correction: no ramp-up from 0
     x = np.array([1.0, 3.0])
-    np.testing.assert_allclose(lr_finder.smooth(x, beta=0.5)[1], (0.25 * 1 + 0.5 * 3) / 0.75)
-    s = lr_finder.smooth(np.array([[1.0, np.nan, 1.0], [1.0, 1.0, 1.0]]))
+    np.testing.assert_allclose(range_test.smooth(x, beta=0.5)[1], (0.25 * 1 + 0.5 * 3) / 0.75)
+    s = range_test.smooth(np.array([[1.0, np.nan, 1.0], [1.0, 1.0, 1.0]]))
     assert np.isnan(s[0, 1:]).all() and np.isfinite(s[1]).all()  # NaN stays in its own row, and stays
 
 
@@ -152,9 +156,9 @@ def test_rules_on_a_synthetic_curve():
     loss = np.where(x <= -1, 1.3 - np.tanh(2 * (x + 3)), 1.3 - np.tanh(4) + 3 * (x + 1) ** 2)
     lo = int(np.argmin(loss))
     np.testing.assert_allclose(lr[lo], 0.1, rtol=0.01)
-    np.testing.assert_allclose(lr[lr_finder.steep(lr, loss)], 1e-3, rtol=0.15)
-    assert lr_finder.minimum(loss) == lo
-    v = lr_finder.valley(loss)
+    np.testing.assert_allclose(lr[range_test.steep(lr, loss)], 1e-3, rtol=0.15)
+    assert range_test.minimum(loss) == lo
+    v = range_test.valley(loss)
     assert v == fastai_valley(list(loss))
     assert 0 < v < lo and loss[0] > loss[v] > loss[lo]  # on the way down the longest descent
 
@@ -163,8 +167,8 @@ def test_valley_matches_fastais_loops_on_random_walks():
     rng = np.random.default_rng(0)
     for _ in range(20):
         loss = np.cumsum(rng.normal(size=60)) + 100
-        assert lr_finder.valley(loss) == fastai_valley(list(loss))
-    assert lr_finder.valley(np.arange(5.0)) == 0  # all rising: fastai's index -1 would wrap to the end
+        assert range_test.valley(loss) == fastai_valley(list(loss))
+    assert range_test.valley(np.arange(5.0)) == 0  # all rising: fastai's index -1 would wrap to the end
 
 
 def test_suggest_trims_the_start_and_ignores_what_follows_divergence():
@@ -173,31 +177,31 @@ def test_suggest_trims_the_start_and_ignores_what_follows_divergence():
     loss[:5] = [9.0, 6.0, 4.0, 3.0, 2.4]  # a steep start: inside the first num_steps // 10, left out
     loss[60:] = 10.0  # diverged (> 4x the minimum so far)...
     loss[80:] = 0.01  # ... so this later dip is not the minimum
-    assert lr_finder.divergence_step(loss) == 60
-    picks = lr_finder.suggest(lr, loss, num_steps=100)
+    assert range_test.divergence_step(loss) == 60
+    picks = range_test.suggest(lr, loss, num_steps=100)
     assert 10 <= picks["steep"]["step"] < 56
     assert picks["minimum"]["step"] == 55  # the last point kept: divergence at 60, 5 more trimmed before it
     assert picks["minimum"]["learning_rate"] == pytest.approx(lr[55] / 10)
     assert 10 <= picks["valley"]["step"] < 55
-    assert lr_finder.suggest(lr[:8], loss[:8], num_steps=100) == {r: None for r in lr_finder.RULES}
+    assert range_test.suggest(lr[:8], loss[:8], num_steps=100) == {r: None for r in range_test.RULES}
 
 
 def test_divergence_rule():
-    assert lr_finder.divergence_step(np.array([2.0, 1.0, 3.9, 4.1])) == 3
-    assert lr_finder.divergence_step(np.array([2.0, 1.0, 3.9])) is None
-    assert lr_finder.divergence_step(np.array([2.0, np.nan, 1.0])) == 1
-    assert not lr_finder.all_diverged(np.array([[2.0, 1.0, 5.0], [2.0, 1.0, 3.0]]))
-    assert lr_finder.all_diverged(np.array([[2.0, 1.0, 5.0], [2.0, np.nan, np.nan]]))
+    assert range_test.divergence_step(np.array([2.0, 1.0, 3.9, 4.1])) == 3
+    assert range_test.divergence_step(np.array([2.0, 1.0, 3.9])) is None
+    assert range_test.divergence_step(np.array([2.0, np.nan, 1.0])) == 1
+    assert not range_test.all_diverged(np.array([[2.0, 1.0, 5.0], [2.0, 1.0, 3.0]]))
+    assert range_test.all_diverged(np.array([[2.0, 1.0, 5.0], [2.0, np.nan, np.nan]]))
 
 
 def test_range_test_stops_once_every_seed_diverged():
     """SGD ramped to 1e6 on an MLP: every seed's loss blows up well before the ramp ends."""
-    settings = sweep.SweepSettings(batch_size=32, progress=False)
-    res = lr_finder.lr_range_test(image_task(models.make_model("mlp")), "sgd", 1e-2, 1e6, 60, 2, settings,
+    settings = settings_lib.SweepSettings(batch_size=32, progress=False)
+    res = range_test.lr_range_test(image_task(models.make_model("mlp")), "sgd", 1e-2, 1e6, 60, 2, settings,
                                   segment_steps=5)
     assert res.stopped_early and res.steps_run < 60 and res.steps_run % 5 == 0
-    assert lr_finder.all_diverged(res.smoothed_KS)
-    assert not lr_finder.all_diverged(res.smoothed_KS[:, : res.steps_run - 5])  # not one segment earlier
+    assert range_test.all_diverged(res.smoothed_KS)
+    assert not range_test.all_diverged(res.smoothed_KS[:, : res.steps_run - 5])  # not one segment earlier
     assert res.loss_KS.shape == (2, res.steps_run) and res.model_steps == 2 * res.steps_run
     np.testing.assert_allclose(res.lr_S, np.geomspace(1e-2, 1e6, 60)[: res.steps_run])
     assert not np.array_equal(res.loss_KS[0], res.loss_KS[1])  # distinct seeds

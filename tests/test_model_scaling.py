@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from lrlab import scaling
+from lrlab.studies import model_scaling
 
 FLAGFILE = pathlib.Path(__file__).parent.parent / "experiments" / "mack2018" / "model_scaling.flags"
 TINY = ["--model=mlp", "--widths=0.25,0.5", "--lrs=0.001,0.01", "--max_steps=20", "--eval_every=10",
@@ -28,7 +28,7 @@ def member(width, lr, steps, parameters=None, seconds=None):
 
 def test_linear_fit_recovers_an_exact_line():
     n = np.array([3.2e6, 5.0e6, 7.2e6, 12.8e6, 30e6])
-    fit = scaling.linear_fit(n, 4.5 + 2e-6 * n)
+    fit = model_scaling.linear_fit(n, 4.5 + 2e-6 * n)
     assert fit["points"] == 5
     assert fit["c"] == pytest.approx(4.5, rel=1e-9) and fit["k"] == pytest.approx(2e-6, rel=1e-9)
     assert fit["r2"] == pytest.approx(1.0, abs=1e-12)
@@ -37,7 +37,7 @@ def test_linear_fit_recovers_an_exact_line():
 def test_linear_fit_of_noisy_data_has_r2_below_one():
     n = np.linspace(1e6, 3e7, 20)
     t = 10 + 1e-6 * n + np.random.default_rng(0).normal(0, 2.0, n.size)
-    fit = scaling.linear_fit(n, t)
+    fit = model_scaling.linear_fit(n, t)
     assert 0.5 < fit["r2"] < 1.0
     assert fit["k"] == pytest.approx(1e-6, rel=0.2)
     residual = t - (fit["c"] + fit["k"] * n)
@@ -47,11 +47,11 @@ def test_linear_fit_of_noisy_data_has_r2_below_one():
 @pytest.mark.parametrize("n,t", [([], []), ([1.0], [2.0]), ([1.0, 2.0], [3.0, 5.0]),
                                  ([5.0, 5.0, 5.0], [1.0, 2.0, 3.0])])
 def test_linear_fit_is_null_with_too_few_points_or_one_size(n, t):
-    assert scaling.linear_fit(n, t) == {"c": None, "k": None, "r2": None, "points": len(n)}
+    assert model_scaling.linear_fit(n, t) == {"c": None, "k": None, "r2": None, "points": len(n)}
 
 
 def test_linear_fit_of_constant_time_is_exact():
-    fit = scaling.linear_fit([1e3, 2e3, 4e3], [50.0, 50.0, 50.0])
+    fit = model_scaling.linear_fit([1e3, 2e3, 4e3], [50.0, 50.0, 50.0])
     assert fit["k"] == pytest.approx(0, abs=1e-12) and fit["c"] == pytest.approx(50.0) and fit["r2"] == 1.0
 
 
@@ -61,33 +61,33 @@ def test_best_rate_per_width_fewest_steps_ties_to_the_lower_rate():
         member(2, 0.001, 250), member(2, 0.01, 250), member(2, 0.1, 400),  # a tie: the lower rate wins
         member(4, 0.001, None), member(4, 0.01, None), member(4, 0.1, None),  # none reached
     ]
-    best = scaling.best_rate_per_width(members[::-1])  # any order in, widths ascending out
+    best = model_scaling.best_rate_per_width(members[::-1])  # any order in, widths ascending out
     assert best == [
         {"width": 1, "parameters": 1000, "learning_rate": 0.01, "steps_to_target": 200},
         {"width": 2, "parameters": 2000, "learning_rate": 0.001, "steps_to_target": 250},
         {"width": 4, "parameters": 4000, "learning_rate": None, "steps_to_target": None},
     ]
-    assert scaling.transfer(best) == {"distinct_best_rates": 2, "best_rates": [0.001, 0.01],
+    assert model_scaling.transfer(best) == {"distinct_best_rates": 2, "best_rates": [0.001, 0.01],
                                       "widths_without_a_best_rate": 1, "same_best_rate_at_every_width": False}
-    assert scaling.transfer(best[:1])["same_best_rate_at_every_width"] is True
+    assert model_scaling.transfer(best[:1])["same_best_rate_at_every_width"] is True
 
 
 def test_rate_fits_use_only_the_widths_that_reached():
     members = [member(w, 0.01, 100 * w, parameters=1000 * w, seconds=2.0 + 0.5 * w) for w in (1, 2, 3, 4)]
     members += [member(w, 0.1, 50 if w < 3 else None, parameters=1000 * w, seconds=1.0) for w in (1, 2, 3, 4)]
-    fits = scaling.rate_fits(members)
+    fits = model_scaling.rate_fits(members)
     assert [f["learning_rate"] for f in fits] == [0.01, 0.1]
     assert fits[0]["seconds"]["c"] == pytest.approx(2.0) and fits[0]["seconds"]["k"] == pytest.approx(5e-4)
     assert fits[0]["steps"]["k"] == pytest.approx(0.1) and fits[0]["steps"]["points"] == 4
     assert fits[1]["steps"] == {"c": None, "k": None, "r2": None, "points": 2}
-    report = scaling.format_report(members, fits, scaling.best_rate_per_width(members),
-                                   scaling.transfer(scaling.best_rate_per_width(members)), 50)
+    report = model_scaling.format_report(members, fits, model_scaling.best_rate_per_width(members),
+                                   model_scaling.transfer(model_scaling.best_rate_per_width(members)), 50)
     assert "seconds: too few points (2); steps: too few points (2)" in report.splitlines()[-2]
 
 
 def test_parse_widths():
-    assert scaling.parse_widths(["2", "1", "0.5"]) == [0.5, 1.0, 2.0]
-    assert len(scaling.STUDY_WIDTHS) == 36 and scaling.STUDY_WIDTHS[-1] == 9.75
+    assert model_scaling.parse_widths(["2", "1", "0.5"]) == [0.5, 1.0, 2.0]
+    assert len(model_scaling.STUDY_WIDTHS) == 36 and model_scaling.STUDY_WIDTHS[-1] == 9.75
 
 
 @pytest.mark.parametrize("values,needle", [
@@ -96,13 +96,13 @@ def test_parse_widths():
 ])
 def test_parse_widths_refuses(values, needle):
     with pytest.raises(ValueError, match=needle):
-        scaling.parse_widths(values)
+        model_scaling.parse_widths(values)
 
 
 def test_study_flagfile_holds_the_study_sweep():
     settings = dict(line.split("=", 1) for line in FLAGFILE.read_text().splitlines() if line.startswith("--"))
-    assert [float(w) for w in settings["--widths"].split(",")] == list(scaling.STUDY_WIDTHS)
-    assert [float(lr) for lr in settings["--lrs"].split(",")] == list(scaling.STUDY_LRS)
+    assert [float(w) for w in settings["--widths"].split(",")] == list(model_scaling.STUDY_WIDTHS)
+    assert [float(lr) for lr in settings["--lrs"].split(",")] == list(model_scaling.STUDY_LRS)
     assert settings["--model"] == "tutorial_cnn" and settings["--target_accuracy"] == "0.96"
 
 

@@ -10,12 +10,12 @@ import re
 import sys
 
 import pytest
-
-from lrlab import results
-from lrlab import curves as comparison
-from lrlab.experiments.optimizer_comparison import parse_rate_pairs
-from lrlab.tasks import Target
 from conftest import run_together
+
+from lrlab.experiments.optimizer_comparison import parse_rate_pairs
+from lrlab.store import ranking, records
+from lrlab.studies import optimizer_comparison
+from lrlab.task.target import Target
 
 TARGET = Target("accuracy", 0.6)
 
@@ -87,11 +87,11 @@ def test_lrs_end_to_end(runs):
         assert curve["seconds"] == train["seconds"] == sorted(curve["seconds"])  # the training clock
         assert all(0 <= acc <= 1 for acc in curve["test_accuracy"])
         assert 0 <= e["final_test_accuracy"] <= 1 and e["final_test_subset_accuracy"] == curve["test_accuracy"][-1]
-        at = comparison.first_at_target(train["train_accuracy"], TARGET)
+        at = optimizer_comparison.first_at_target(train["train_accuracy"], TARGET)
         assert e["status"] == ("exhausted" if at is None else "reached")
         assert e["steps_to_target"] == (None if at is None else train["step"][at])
         assert e["seconds_to_target"] == (None if at is None else train["seconds"][at])
-        drops, largest = comparison.drops(curve["test_accuracy"], 0.01)
+        drops, largest = optimizer_comparison.drops(curve["test_accuracy"], 0.01)
         assert e["instability"] == {"drops": drops, "largest_drop": largest, "threshold": 0.01}
 
 
@@ -111,10 +111,10 @@ def test_from_valley_takes_each_optimizers_best_rate(runs):
 
 
 def test_best_rates_and_read_valley(tmp_path):
-    path, members = results.read_valley(write_valley(tmp_path / "valley"))
+    path, members = records.read_valley(write_valley(tmp_path / "valley"))
     assert path == tmp_path / "valley" / "results.json" and members == VALLEY_MEMBERS
-    assert results.read_valley(path)[1] == VALLEY_MEMBERS
-    best = results.best_rates(members, ["sgd", "adam", "momentum"])
+    assert records.read_valley(path)[1] == VALLEY_MEMBERS
+    best = ranking.best_rates(members, ["sgd", "adam", "momentum"])
     assert list(best) == ["sgd", "adam", "momentum"]
     assert best["adam"]["learning_rate"] == 0.003 and best["sgd"]["learning_rate"] == 0.1 and best["momentum"] is None
 
@@ -128,24 +128,24 @@ def test_read_valley_refuses_what_lr_valley_did_not_write(tmp_path):
                          (tmp_path / "list.json", "not lr_valley's results of schema version 1 or 2 (a JSON list)"),
                          (tmp_path / "no_members", "its members lack some of")]:
         with pytest.raises(ValueError, match=re.escape(needle)):
-            results.read_valley(path)
+            records.read_valley(path)
 
 
 def test_accuracy_drops_counts_evaluations_below_the_best_so_far():
     accuracy = [0.5, 0.9, 0.885, 0.95, 0.93, 0.7, 0.96, 0.955, 0.945]
     # best before each: -, 0.5, 0.9, 0.9, 0.95, 0.95, 0.95, 0.96, 0.96 -> drops 0.015, 0.02, 0.25, 0.015
-    drops, largest = comparison.drops(accuracy, 0.01)
+    drops, largest = optimizer_comparison.drops(accuracy, 0.01)
     assert drops == 4 and largest == pytest.approx(0.25)
-    assert comparison.drops(accuracy, 0.1) == (1, pytest.approx(0.25))
-    assert comparison.drops([0.1, 0.5, 0.9], 0.01) == (0, 0.0)
-    assert comparison.drops([], 0.01) == (0, 0.0)
+    assert optimizer_comparison.drops(accuracy, 0.1) == (1, pytest.approx(0.25))
+    assert optimizer_comparison.drops([0.1, 0.5, 0.9], 0.01) == (0, 0.0)
+    assert optimizer_comparison.drops([], 0.01) == (0, 0.0)
 
 
 def test_comparison_entry_keeps_steps_to_target_of_a_member_that_diverged_after():
     record = {**member("adam", 0.01, "diverged"), "steps_trained": 35,
               "curve": {"step": [10, 20, 30, 35], "train_accuracy": [0.5, 0.97, 0.98, 0.4], "loss": [1, 1, 1, 9],
                         "seconds": [1.0, 2.0, 3.0, 3.5], "test_accuracy": [0.5, 0.96, 0.97, 0.3]}}
-    e = comparison.comparison_entry(record, {"from": "lrs"}, Target("accuracy", 0.97), "train_accuracy", 0.01, 100)
+    e = optimizer_comparison.comparison_entry(record, {"from": "lrs"}, Target("accuracy", 0.97), "train_accuracy", 0.01, 100)
     assert e["status"] == "diverged" and e["steps_to_target"] == 20 and e["examples_to_target"] == 2000
     assert e["seconds_to_target"] == 2.0 and e["instability"]["drops"] == 1
     assert e["test_curve"] == {"step": [10, 20, 30, 35], "seconds": [1.0, 2.0, 3.0, 3.5],

@@ -6,14 +6,15 @@ import numpy as np
 import optax
 import pytest
 
-from lrlab import optimizers
+from lrlab.optim import members as members_lib
+from lrlab.optim import optimizers
 
 
 def _one_step(name, grad, lr, **hp):
     opt = optimizers.get(name)
     tx = opt.make_tx()
     params = {"w": jnp.zeros(3)}
-    hparams = optimizers.population_hparams(name, [lr], hp)
+    hparams = members_lib.population_hparams(name, [lr], hp)
     state = opt.init_state(jax.tree_util.tree_map(lambda x: x[None], params), hparams)
     state = jax.tree_util.tree_map(lambda x: x[0], state)
     updates, state = tx.update({"w": grad}, state, params)
@@ -55,13 +56,13 @@ def test_adadelta_matches_tf1_first_step():
 
 
 def test_adam_defaults_are_tf1():
-    assert optimizers.default_hparams("adam") == {"b1": 0.9, "b2": 0.999, "eps": 1e-8}
+    assert members_lib.default_hparams("adam") == {"b1": 0.9, "b2": 0.999, "eps": 1e-8}
     update, _ = _one_step("adam", G, 0.001)
     np.testing.assert_allclose(update, -0.001 * np.sign(G) * np.abs(G) / (np.abs(G) + 1e-8), rtol=1e-4)
 
 
 def test_flag_override_changes_hyperparameter():
-    assert optimizers.default_hparams("momentum", {"momentum": 0.9, "b1": 0.1}) == {"momentum": 0.9}
+    assert members_lib.default_hparams("momentum", {"momentum": 0.9, "b1": 0.1}) == {"momentum": 0.9}
 
 
 @pytest.mark.parametrize("text,expected", [("adam", ["adam"]), ("sgd, adam", ["sgd", "adam"]),
@@ -79,7 +80,7 @@ def test_parse_optimizer_list_rejects(text):
 def test_adagrad_initial_accumulator_is_per_member():
     """A hyperparameter used only at initialisation still differs per member (vmapped init)."""
     opt = optimizers.get("adagrad")
-    hparams = optimizers.population_hparams("adagrad", [0.1, 0.1])
+    hparams = members_lib.population_hparams("adagrad", [0.1, 0.1])
     hparams["initial_accumulator"] = np.array([0.1, 2.0], np.float32)
     state = opt.init_state({"w": jnp.zeros((2, 3))}, hparams)
     updates, _ = jax.vmap(opt.make_tx().update)({"w": jnp.ones((2, 3))}, state, {"w": jnp.zeros((2, 3))})
@@ -91,7 +92,7 @@ def test_any_factory_of_named_floats_is_an_optimizer():
                                                                                     weight_decay=weight_decay),
                                name="adamw")
     assert opt.names == ("learning_rate", "weight_decay") and opt.defaults() == {"weight_decay": 1e-4}
-    members = optimizers.grid(opt, learning_rate=[1e-3, 1e-2], weight_decay=[0.0, 0.1, 0.2])
+    members = members_lib.grid(opt, learning_rate=[1e-3, 1e-2], weight_decay=[0.0, 0.1, 0.2])
     assert members.size == 6 and members.varying() == ["learning_rate", "weight_decay"]
     np.testing.assert_allclose(members.hparams["weight_decay"], [0.0, 0.1, 0.2] * 2, rtol=1e-6)
     np.testing.assert_allclose(members.hparams["learning_rate"], [1e-3] * 3 + [1e-2] * 3, rtol=1e-6)
@@ -100,21 +101,21 @@ def test_any_factory_of_named_floats_is_an_optimizer():
     with pytest.raises(ValueError, match="learning_rate"):
         optimizers.optimizer(lambda lr: optax.sgd(lr))
     with pytest.raises(ValueError, match="give weight_decay"):
-        optimizers.grid(optimizers.optimizer(lambda learning_rate, weight_decay: optax.adamw(learning_rate)),
+        members_lib.grid(optimizers.optimizer(lambda learning_rate, weight_decay: optax.adamw(learning_rate)),
                         learning_rate=[0.1])
 
 
 def test_bad_values_are_refused_by_the_range_table():
     with pytest.raises(ValueError, match=r"b1 must be finite and in \[0, 1\), got 1.5"):
-        optimizers.grid("adam", learning_rate=[1e-3], b1=1.5)
+        members_lib.grid("adam", learning_rate=[1e-3], b1=1.5)
     with pytest.raises(ValueError, match="learning_rate must be finite and in"):
-        optimizers.grid("sgd", learning_rate=[-1.0])
+        members_lib.grid("sgd", learning_rate=[-1.0])
     with pytest.raises(ValueError, match="adam has no hyperparameter momentum"):
-        optimizers.grid("adam", learning_rate=[1e-3], momentum=0.9)
+        members_lib.grid("adam", learning_rate=[1e-3], momentum=0.9)
 
 
 def test_the_command_line_flags_are_the_registry():
-    from lrlab import cli
+    from lrlab.experiments import cli
 
     for flag, (opt, hp) in cli.HPARAM_FLAGS.items():
         assert optimizers.REGISTRY[opt].hparams[hp].default is not None
@@ -133,7 +134,7 @@ def test_new_learning_rates_do_not_recompile():
 
     for lrs in ([1e-3, 1e-2, 0.1, 1.0], [5.0, 6.0, 7.0, 8.0]):
         hp = {"learning_rate": np.array(lrs, np.float32)}
-        state = opt.init_state(params_K, {**optimizers.population_hparams("adam", lrs), **hp})
+        state = opt.init_state(params_K, {**members_lib.population_hparams("adam", lrs), **hp})
         updates, _ = step(state, {"w": jnp.ones((4, 3))})
         np.testing.assert_allclose(updates["w"][:, 0], -np.array(lrs), rtol=1e-4)
     assert step._cache_size() == 1

@@ -12,16 +12,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import hparams, make_cfg
-from lrlab import checkpoints, models, optimizers, population_based as pbt, results, runner, sweep, tasks
-from lrlab import population as pop_lib
-from lrlab.workdir import Workdir
+
+from lrlab.engine import loop, population, stop
+from lrlab.optim import members as members_lib
+from lrlab.optim import optimizers
+from lrlab.store import files
+from lrlab.store.workdir import Workdir
+from lrlab.studies import pbt
+from lrlab.task import classification, models
+from lrlab.training import exploit_explore
+from lrlab.training import settings as settings_lib
 
 K = 10
 LR_K = np.geomspace(1e-4, 1.0, K).astype(np.float32)
 SCORE_K = np.array([0.5, 0.9, 0.1, 0.8, 0.3, 0.95, 0.2, 0.7, 0.6, 0.4], np.float32)  # top: 5, 1; bottom: 2, 6
-LR_BOUND = pbt.Bound("learning_rate", 1e-6, 100.0, True)
+LR_BOUND = exploit_explore.Bound("learning_rate", 1e-6, 100.0, True)
 TINY = ["--model=mlp", "--num_lrs=4", "--lr_min=1e-4", "--lr_max=1", "--max_steps=40", "--eval_every=10",
         "--ready_steps=10", "--eval_examples=250", "--batch_size=32", "--target_accuracy=0.99", "--noprogress"]
 
@@ -48,7 +54,7 @@ def cli_runs(tmp_path_factory):
 def toy(cli_runs):
     """A population of K MLPs whose every leaf differs between members (so a copy shows)."""
     cfg = make_cfg("adam", model=models.make_model("mlp"), distinct_seeds=True)
-    pop = pop_lib.init_population(cfg, hparams("adam", LR_K), seed=0)
+    pop = population.init_population(cfg, hparams("adam", LR_K), seed=0)
 
     def distinct(x):
         offset = jnp.arange(K).reshape((K,) + (1,) * (x.ndim - 1))
@@ -63,13 +69,13 @@ def toy(cli_runs):
 
 
 def explore(truncation=0.2, resample=0.0, bounds=(LR_BOUND,), factors=(0.8, 1.2)):
-    return pbt.explore_arrays(pbt.PBTConfig(ready_steps=10, truncation=truncation, perturb_factors=factors,
+    return exploit_explore.explore_arrays(exploit_explore.PBTConfig(ready_steps=10, truncation=truncation, perturb_factors=factors,
                                             resample_probability=resample, explore=tuple(bounds)))
 
 
 @functools.lru_cache(maxsize=None)
 def exploit_fn(names=("learning_rate",)):
-    return jax.jit(functools.partial(pbt.exploit_explore, names=names))
+    return jax.jit(functools.partial(exploit_explore.exploit_explore, names=names))
 
 
 def leaves_by_path(pop):
@@ -87,7 +93,7 @@ def check_copies(old, new, source_K, explored=("learning_rate",)):
         if path in (".member", ".rng"):
             np.testing.assert_array_equal(y, x, err_msg=path)
         elif path == ".status":
-            np.testing.assert_array_equal(y, np.where(replaced, pop_lib.RUNNING, x))
+            np.testing.assert_array_equal(y, np.where(replaced, population.RUNNING, x))
         elif any(f"'{name}'" in path for name in explored):
             np.testing.assert_array_equal(y[~replaced], x[~replaced], err_msg=path)
         else:
@@ -116,20 +122,20 @@ def test_bottom_members_copy_top_members_and_perturb_their_rate(toy):
 
 def test_diverged_members_are_always_replaced(toy):
     status = np.zeros(K, np.int32)
-    status[[3, 5, 9]] = pop_lib.DIVERGED  # 5 had the best score: a diverged member scores -inf
+    status[[3, 5, 9]] = population.DIVERGED  # 5 had the best score: a diverged member scores -inf
     pop = toy.replace(status=jnp.asarray(status))
     new, source_K = exploit_fn()(pop, jnp.asarray(SCORE_K), jax.random.PRNGKey(0), explore())
     source_K = np.asarray(source_K)
     replaced = np.flatnonzero(source_K != np.arange(K))
     assert replaced.tolist() == [3, 5, 9]  # more than the bottom 20%: every diverged one (2 and 6 stay)
     assert set(source_K[replaced]) <= {1, 7}  # the best healthy members
-    assert (np.asarray(new.status)[replaced] == pop_lib.RUNNING).all()
+    assert (np.asarray(new.status)[replaced] == population.RUNNING).all()
     check_copies(pop, new, source_K)
 
 
 def test_padding_takes_no_part_and_truncation_is_data(toy):
     status = np.zeros(K, np.int32)
-    status[[5, 1]] = pop_lib.PADDING  # the two best scores, but padding
+    status[[5, 1]] = population.PADDING  # the two best scores, but padding
     pop = toy.replace(status=jnp.asarray(status))
     fn = exploit_fn()
     new, source_K = fn(pop, jnp.asarray(SCORE_K), jax.random.PRNGKey(0), explore(truncation=0.5))
@@ -145,11 +151,11 @@ def test_padding_takes_no_part_and_truncation_is_data(toy):
 def test_resampled_and_clipped_hyperparameters_stay_in_bounds(toy):
     scores = SCORE_K.copy()
     scores[9] = 0.99  # the top member now has lr 1.0; lr x1.2 is clipped to a bound of 1.1
-    b1 = pbt.Bound("b1", 0.0, 0.99, False)
+    b1 = exploit_explore.Bound("b1", 0.0, 0.99, False)
     fn = exploit_fn(("learning_rate", "b1"))
     for seed in range(4):
         new, source_K = fn(toy, jnp.asarray(scores), jax.random.PRNGKey(seed),
-                           explore(bounds=(pbt.Bound("learning_rate", 1e-3, 1.1, True), b1)))
+                           explore(bounds=(exploit_explore.Bound("learning_rate", 1e-3, 1.1, True), b1)))
         source_K = np.asarray(source_K)
         replaced = source_K != np.arange(K)
         lr, beta1 = (np.asarray(new.opt_state.hyperparams[n]) for n in ("learning_rate", "b1"))
@@ -161,7 +167,7 @@ def test_resampled_and_clipped_hyperparameters_stay_in_bounds(toy):
                 beta1[m], b1_src[m] * 0.8, rtol=1e-6)
         check_copies(toy, new, source_K, ("learning_rate", "b1"))
     new, source_K = fn(toy, jnp.asarray(scores), jax.random.PRNGKey(0),
-                       explore(resample=1.0, bounds=(pbt.Bound("learning_rate", 1e-3, 1e-2, True), b1)))
+                       explore(resample=1.0, bounds=(exploit_explore.Bound("learning_rate", 1e-3, 1e-2, True), b1)))
     replaced = np.asarray(source_K) != np.arange(K)
     lr = np.asarray(new.opt_state.hyperparams["learning_rate"])[replaced]
     assert ((lr >= 1e-3) & (lr <= 1e-2)).all() and len(set(lr)) == replaced.sum()  # fresh draws within bounds
@@ -170,26 +176,26 @@ def test_resampled_and_clipped_hyperparameters_stay_in_bounds(toy):
 def test_lineage_follows_sources_back():
     sources = np.array([[0, 1, 1, 3], [2, 1, 2, 3], [0, 1, 2, 0]])  # events at steps 10, 20, 30
     # slot 3 copied slot 0 at the last event, which had copied slot 2, which had copied slot 1
-    assert pbt.lineage(sources, 3).tolist() == [1, 2, 0, 3]
-    assert pbt.lineage(sources, 1).tolist() == [1, 1, 1, 1]
-    assert pbt.lineage(np.zeros((0, 4), int), 2).tolist() == [2]
+    assert exploit_explore.lineage(sources, 3).tolist() == [1, 2, 0, 3]
+    assert exploit_explore.lineage(sources, 1).tolist() == [1, 1, 1, 1]
+    assert exploit_explore.lineage(np.zeros((0, 4), int), 2).tolist() == [2]
     lr = np.array([[1, 2, 3, 4], [1, 2, 2.4, 4], [2.4, 2, 2.4, 4], [2.4, 2, 2.4, 3]])
-    assert pbt.lineage_values(lr, pbt.lineage(sources, 3)).tolist() == [2, 2.4, 2.4, 3]
-    assert pbt.interval_of([10, 20, 25, 30, 40], [10, 20, 30]).tolist() == [0, 1, 2, 2, 3]  # eval, then event
+    assert exploit_explore.lineage_values(lr, exploit_explore.lineage(sources, 3)).tolist() == [2, 2.4, 2.4, 3]
+    assert exploit_explore.interval_of([10, 20, 25, 30, 40], [10, 20, 30]).tolist() == [0, 1, 2, 2, 3]  # eval, then event
 
 
 def test_parse_explore():
     adam = optimizers.get("adam")
-    assert pbt.parse_explore(["learning_rate"], adam) == (LR_BOUND,)
-    assert pbt.parse_explore(["b1:0.5:0.95", "eps"], adam) == (pbt.Bound("b1", 0.5, 0.95, False),
-                                                               pbt.Bound("eps", 1e-10, 1e-4, True))
+    assert exploit_explore.parse_explore(["learning_rate"], adam) == (LR_BOUND,)
+    assert exploit_explore.parse_explore(["b1:0.5:0.95", "eps"], adam) == (exploit_explore.Bound("b1", 0.5, 0.95, False),
+                                                               exploit_explore.Bound("eps", 1e-10, 1e-4, True))
     for entries, needle in [(["momentum"], "adam has no hyperparameter 'momentum'"), (["b1", "b1"], "twice"),
                             (["b1:0.9"], "is not NAME or NAME:LOW:HIGH"), (["b1:0.9:0.5"], "low < high"),
                             (["learning_rate:0:1"], r"learning_rate must be finite and in \(0, inf\]"),
                             (["b1:0.5:1.5"], r"b1 must be finite and in \[0, 1\), got 1.5"),
                             (["b1:a:1"], "could not convert"), ([], "at least")]:
         with pytest.raises(ValueError, match=needle):
-            pbt.parse_explore(entries, adam)
+            exploit_explore.parse_explore(entries, adam)
 
 
 class StopAfter:
@@ -227,7 +233,7 @@ def check_lineage(r):
     schedule = r.schedule_of("learning_rate")
     assert schedule["step"] == [0, *r.event_steps.tolist()] and schedule["slot"] == slots.tolist()
     assert schedule["learning_rate"] == [float(lr[i, s]) for i, s in enumerate(slots)]
-    interval = pbt.interval_of(r.step_T, r.event_steps)
+    interval = exploit_explore.interval_of(r.step_T, r.event_steps)
     assert r.lineage_values().tolist() == [r.value_TK[t, slots[i]] for t, i in enumerate(interval)]
 
 
@@ -235,16 +241,16 @@ def test_command_and_a_resumed_run_agree_on_a_consistent_lineage(cli_runs, mnist
     """The command's run (uninterrupted) against the same run in process, stopped by SIGTERM after
     two segments and resumed from its checkpoint: the same curves, events, rates and lineage."""
     root, procs = cli_runs
-    settings = sweep.SweepSettings(budget=runner.Budget(40, None, 10), batch_size=32, eval_examples=250,
+    settings = settings_lib.SweepSettings(budget=loop.Budget(40, None, 10), batch_size=32, eval_examples=250,
                                    progress=False)
-    task = tasks.image_classification(models.make_model("mlp"), mnist, target_accuracy=0.99)
-    cfg = pbt.PBTConfig(ready_steps=10)
-    members = optimizers.grid("adam", learning_rate=np.geomspace(1e-4, 1.0, 4))
+    task = classification.image_classification(models.make_model("mlp"), mnist, target_accuracy=0.99)
+    cfg = exploit_explore.PBTConfig(ready_steps=10)
+    members = members_lib.grid("adam", learning_rate=np.geomspace(1e-4, 1.0, 4))
     hp = members.hparams
-    with Workdir(tmp_path, "pbt", checkpoint_every=1) as run, pytest.raises(checkpoints.Interrupted):
-        pbt.run_pbt(task, members, cfg, settings, scope=run.scope(), stop=StopAfter(2))  # after 2 ready events
+    with Workdir(tmp_path, "pbt", checkpoint_every=1) as run, pytest.raises(stop.Interrupted):
+        exploit_explore.run_pbt(task, members, cfg, settings, scope=run.scope(), stop=StopAfter(2))  # after 2 ready events
     with Workdir(tmp_path, "pbt", checkpoint_every=1) as run:
-        r = pbt.run_pbt(task, members, cfg, settings, scope=run.scope())
+        r = exploit_explore.run_pbt(task, members, cfg, settings, scope=run.scope())
     assert r.step_T.tolist() == [10, 20, 30, 40] and r.event_steps.tolist() == [10, 20, 30]
     assert r.model_steps == 4 * 40 and r.stopped_by == "max_steps" and r.steps_to_target is None
     np.testing.assert_array_equal(r.hparams_E1K["learning_rate"][0], hp["learning_rate"])
@@ -259,7 +265,7 @@ def test_command_and_a_resumed_run_agree_on_a_consistent_lineage(cli_runs, mnist
     s = json.loads((workdir / "results.json").read_text())
     assert s["experiment"] == "pbt" and s["members"] == 4 and s["steps_run"] == 40 and s["model_steps"] == 160
     assert s["stopped_by"] == "max_steps" and s["steps_to_target"] is None  # 99%: out of reach in 40 steps
-    mine = json.loads(json.dumps(results.finite_or_none(pbt.result_json(r, "train_accuracy", None, 32))))
+    mine = json.loads(json.dumps(files.finite_or_none(exploit_explore.result_json(r, "train_accuracy", None, 32))))
     for key in ("initial_hyperparameters", "events", "curves", "hyperparameter_schedules", "steps_run"):
         assert s[key] == mine[key], key  # as written there
     for key in ("final_test_accuracy", "final_test_loss"):

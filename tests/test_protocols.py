@@ -4,11 +4,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import make_cfg, run_population
-from lrlab import checkpoints as ckpt_lib
-from lrlab import optimizers, protocols, runner, sweep, tasks
-from lrlab import population as pop_lib
+
+from lrlab.engine import loop, population, protocols, stop
+from lrlab.optim import optimizers
+from lrlab.store import checkpoints
+from lrlab.task import target as target_lib
+from lrlab.task import task as task_lib
+from lrlab.training import settings as settings_lib
+from lrlab.training import sweep
 
 BATCH = 4
 # A hand-made training accuracy per step (step 1 first): the model below reads it off a table.
@@ -44,8 +48,8 @@ def table_task(goal):
     table = jnp.asarray(ACCURACY)
     lookup = lambda out, batch: table[jnp.clip(jnp.round(out[:, 0]).astype(jnp.int32), 0, len(ACCURACY) - 1)]
     train = {"x": np.zeros((40, 1), np.float32)}
-    return tasks.Task(model=StepCounter(), train=train, loss=lambda out, batch: -out[:, 0],
-                      metrics={"accuracy": lookup}, target=tasks.Target("accuracy", goal), eval=train)
+    return task_lib.Task(model=StepCounter(), train=train, loss=lambda out, batch: -out[:, 0],
+                      metrics={"accuracy": lookup}, target=target_lib.Target("accuracy", goal), eval=train)
 
 
 @pytest.mark.parametrize("protocol,check_every,goal", [
@@ -59,13 +63,13 @@ def table_task(goal):
 def test_streaming_rule_fires_where_the_study_hook_would(protocol, check_every, goal):
     expected = study_hook_stop(ACCURACY, check_every, goal, protocol == "streaming_every_step")
     task = table_task(goal)
-    settings = sweep.SweepSettings(budget=runner.Budget(max_steps=len(ACCURACY), eval_every=check_every),
+    settings = settings_lib.SweepSettings(budget=loop.Budget(max_steps=len(ACCURACY), eval_every=check_every),
                                    batch_size=BATCH, progress=False, protocol=protocol)
     cfg = sweep.engine_config(task, optimizers.get("sgd"), settings, eval_chunk=40)
-    data = pop_lib.make_train_data(task.train, task.eval, 40)
+    data = population.make_train_data(task.train, task.eval, 40)
     out = run_population(cfg, [1.0], data, settings.budget)
     steps = int(out.final.steps_to_target[0])
-    assert (steps if steps != pop_lib.NO_STEP else None) == expected
+    assert (steps if steps != population.NO_STEP else None) == expected
     mean = out.curves[0]["validation_streaming_accuracy"][-1]  # the running mean at the last check
     last = expected or len(ACCURACY)
     taken = ACCURACY[:last] if protocol == "streaming_every_step" else ACCURACY[check_every - 1:last:check_every]
@@ -87,15 +91,15 @@ class StopAfter:
 def test_streaming_mean_resumes_through_a_checkpoint(tmp_path, monkeypatch):
     """Stopped at step 7 (between checks at 5 and 10) and resumed: the running mean still holds steps
     1-7, so it passes 0.65 at step 15 as uninterrupted (a mean restarted at 8 would pass at 10)."""
-    monkeypatch.setattr(runner, "STOP_CHECK_SECONDS", 0.0)
-    monkeypatch.setattr(runner, "PROBE_STEPS", 1)
+    monkeypatch.setattr(loop, "STOP_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(loop, "PROBE_STEPS", 1)
     task = table_task(0.65)
-    settings = sweep.SweepSettings(budget=runner.Budget(max_steps=len(ACCURACY), eval_every=5), batch_size=BATCH,
+    settings = settings_lib.SweepSettings(budget=loop.Budget(max_steps=len(ACCURACY), eval_every=5), batch_size=BATCH,
                                    progress=False, protocol="streaming_every_step")
     cfg = sweep.engine_config(task, optimizers.get("sgd"), settings, eval_chunk=40)
-    data = pop_lib.make_train_data(task.train, task.eval, 40)
-    manager = lambda: ckpt_lib.RunCheckpoints(tmp_path, {"run": "test"}, every=1, notify=lambda line: None)
-    with pytest.raises(ckpt_lib.Interrupted) as stopped:
+    data = population.make_train_data(task.train, task.eval, 40)
+    manager = lambda: checkpoints.RunCheckpoints(tmp_path, {"run": "test"}, every=1, notify=lambda line: None)
+    with pytest.raises(stop.Interrupted) as stopped:
         run_population(cfg, [1.0], data, settings.budget, checkpoints=manager(), stop=StopAfter(7))
     assert stopped.value.step == 7
     resumed = run_population(cfg, [1.0], data, settings.budget, checkpoints=manager())
@@ -107,21 +111,21 @@ def test_streaming_needs_at_least_the_subset_protocols_steps(small_data):
     """A cumulative mean of training batches (dropout on) crosses the goal no earlier than the
     instantaneous accuracy on the evaluation subset, on a tiny real run."""
     lrs = [3e-3, 1e-2]
-    budget = runner.Budget(max_steps=120, eval_every=10)
+    budget = loop.Budget(max_steps=120, eval_every=10)
     subset = run_population(make_cfg(target=0.8), lrs, small_data, budget, repack=False)
     streaming = run_population(make_cfg(target=0.8, stream_every=10), lrs, small_data, budget, repack=False)
     s_sub, s_str = subset.final.steps_to_target, streaming.final.steps_to_target
-    assert (s_sub != pop_lib.NO_STEP).all()  # the comparison is not vacuous
+    assert (s_sub != population.NO_STEP).all()  # the comparison is not vacuous
     for a, b in zip(s_sub, s_str):
-        assert b == pop_lib.NO_STEP or (a != pop_lib.NO_STEP and b >= a)
-    assert (s_str > s_sub).any() or (s_str == pop_lib.NO_STEP).any()
+        assert b == population.NO_STEP or (a != population.NO_STEP and b >= a)
+    assert (s_str > s_sub).any() or (s_str == population.NO_STEP).any()
     # the subset protocol's program carries no streaming state
     assert subset.final.stream_sum is None and streaming.final.stream_count[0] > 0
 
 
 def test_protocol_is_validated_and_default_settings_unchanged():
     with pytest.raises(ValueError, match="protocol must be one of subset, streaming, streaming_every_step"):
-        sweep.SweepSettings(protocol="study")
-    assert "protocol" not in sweep.SweepSettings().to_json()  # runs from before the field resume
-    assert sweep.SweepSettings(protocol="streaming").to_json()["protocol"] == "streaming"
+        settings_lib.SweepSettings(protocol="study")
+    assert "protocol" not in settings_lib.SweepSettings().to_json()  # runs from before the field resume
+    assert settings_lib.SweepSettings(protocol="streaming").to_json()["protocol"] == "streaming"
     assert protocols.stream_every("streaming", 50) == 50 and protocols.stream_every("streaming_every_step", 50) == 1

@@ -8,7 +8,6 @@ import json
 import pathlib
 
 import pytest
-
 import reference_runs
 from conftest import run_together
 

@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 from conftest import hparams, make_cfg
 
-from lrlab import checkpoints as ckpt_lib
-from lrlab import data as data_lib
-from lrlab import population as pop_lib
-from lrlab import runner
+from lrlab.engine import loop, population, stop
+from lrlab.store import checkpoints
+from lrlab.task import sampling
 
 VALLEY = [sys.executable, "-m", "lrlab.experiments.lr_valley"]
 
@@ -39,23 +38,23 @@ class StopAfter:
 def test_stop_between_evaluations_resumes_exactly(small_data, tmp_path, monkeypatch):
     """Chunks of one step (a stop check after every step): stopped at step 13 of an interval of 20,
     resumed from that checkpoint, the run equals the uninterrupted one."""
-    monkeypatch.setattr(runner, "STOP_CHECK_SECONDS", 0.0)
-    monkeypatch.setattr(runner, "PROBE_STEPS", 1)
+    monkeypatch.setattr(loop, "STOP_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(loop, "PROBE_STEPS", 1)
     cfg = make_cfg("adam", target=0.5)
-    budget = runner.Budget(max_steps=40, eval_every=20)
+    budget = loop.Budget(max_steps=40, eval_every=20)
     lrs = [1e-3, 3e-3, 1e-2]
 
     def run(**kw):
-        pop = pop_lib.init_population(cfg, hparams("adam", lrs), 0)
-        return runner.train(pop, small_data, budget, data_lib.data_key(0), runner.Programs(cfg), progress=False, **kw)
+        pop = population.init_population(cfg, hparams("adam", lrs), 0)
+        return loop.train(pop, small_data, budget, sampling.data_key(0), loop.Programs(cfg), progress=False, **kw)
 
     reference = run()
-    manager = ckpt_lib.RunCheckpoints(tmp_path / "ckpt", {"run": "test"}, every=1, notify=lambda line: None)
-    with pytest.raises(ckpt_lib.Interrupted) as stopped:
+    manager = checkpoints.RunCheckpoints(tmp_path / "ckpt", {"run": "test"}, every=1, notify=lambda line: None)
+    with pytest.raises(stop.Interrupted) as stopped:
         run(checkpoints=manager, stop=StopAfter(13))
     assert stopped.value.step == 13  # not an evaluation step: the stop did not wait for the interval
     lines = []
-    resumed = run(checkpoints=ckpt_lib.RunCheckpoints(tmp_path / "ckpt", {"run": "test"}, every=1,
+    resumed = run(checkpoints=checkpoints.RunCheckpoints(tmp_path / "ckpt", {"run": "test"}, every=1,
                                                       notify=lines.append))
     assert lines == [f"lrlab: resuming from step 13 (checkpoint {tmp_path / 'ckpt' / '13'})"]
     np.testing.assert_array_equal(resumed.final.status, reference.final.status)

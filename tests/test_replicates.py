@@ -7,12 +7,16 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-
 from conftest import image_task
-from lrlab import data as data_lib
-from lrlab import optimizers, replicates, results, runner, sweep
-from lrlab import population as pop_lib
-from lrlab.valley import lr_valley
+
+from lrlab.engine import config, loop, population
+from lrlab.optim import members as members_lib
+from lrlab.optim import optimizers
+from lrlab.store import valleys
+from lrlab.studies.lr_valley import lr_valley
+from lrlab.task import sampling
+from lrlab.training import replicates
+from lrlab.training import settings as settings_lib
 
 
 class TinyDropoutNet(nn.Module):
@@ -25,16 +29,16 @@ class TinyDropoutNet(nn.Module):
 
 
 def test_replicate_r_is_the_one_seed_run_of_seed_plus_r(small_data):
-    cfg = pop_lib.EngineConfig(task=image_task(TinyDropoutNet()), optimizer=optimizers.get("adam"), batch_size=32,
+    cfg = config.EngineConfig(task=image_task(TinyDropoutNet()), optimizer=optimizers.get("adam"), batch_size=32,
                                eval_chunk=100)
-    budget = runner.Budget(max_steps=20, eval_every=10)
-    hp = optimizers.population_hparams(cfg.optimizer, [3e-3, 3e-3, 1e-2, 1e-2])
-    pop = pop_lib.init_population(cfg, hp, 5, seed_K=np.array([5, 6, 5, 6]))
-    together = runner.train(pop, small_data, budget, data_lib.data_key(5), runner.Programs(cfg), progress=False)
-    programs = runner.Programs(cfg)
+    budget = loop.Budget(max_steps=20, eval_every=10)
+    hp = members_lib.population_hparams(cfg.optimizer, [3e-3, 3e-3, 1e-2, 1e-2])
+    pop = population.init_population(cfg, hp, 5, seed_K=np.array([5, 6, 5, 6]))
+    together = loop.train(pop, small_data, budget, sampling.data_key(5), loop.Programs(cfg), progress=False)
+    programs = loop.Programs(cfg)
     for i, (lr, seed) in enumerate([(3e-3, 5), (3e-3, 6), (1e-2, 5), (1e-2, 6)]):
-        one = pop_lib.init_population(cfg, optimizers.population_hparams(cfg.optimizer, [lr]), seed)
-        alone = runner.train(one, small_data, budget, data_lib.data_key(seed), programs, progress=False)
+        one = population.init_population(cfg, members_lib.population_hparams(cfg.optimizer, [lr]), seed)
+        alone = loop.train(one, small_data, budget, sampling.data_key(seed), programs, progress=False)
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a)[i], np.asarray(b)[0], rtol=2e-5,
                                                                        atol=2e-6), together.final.params,
                                alone.final.params)
@@ -69,17 +73,17 @@ def test_article_envelope_puts_the_slowest_at_the_cap_where_any_optimizer_missed
     records = [_record(0.1, 200, 0, "adam"), _record(0.1, 400, 0, "sgd"),
                _record(1.0, 300, 0, "adam"), _record(1.0, None, 0, "sgd"),
                _record(10.0, None, 0, "adam"), _record(10.0, None, 0, "sgd")]
-    rows = results.envelope(records, cap=3000)
+    rows = valleys.envelope(records, cap=3000)
     assert [r["slowest_steps"] for r in rows] == [400, 300, None]  # ours: the slowest that reached
     assert [r["article_slowest_steps"] for r in rows] == [400, 3000, 3000]
-    assert "article_slowest_steps" not in results.envelope(records)[0]
+    assert "article_slowest_steps" not in valleys.envelope(records)[0]
 
 
 def test_valley_with_seeds_trains_replicates_and_writes_aggregates(tmp_path):
     task = image_task(TinyDropoutNet(), target=0.6)
-    settings = sweep.SweepSettings(budget=runner.Budget(max_steps=60, eval_every=20), batch_size=32, eval_examples=200,
+    settings = settings_lib.SweepSettings(budget=loop.Budget(max_steps=60, eval_every=20), batch_size=32, eval_examples=200,
                                    seeds=3, progress=False)
-    members = [optimizers.grid("adam", learning_rate=[1e-4, 1e-2]), optimizers.grid("sgd", learning_rate=[0.1])]
+    members = [members_lib.grid("adam", learning_rate=[1e-4, 1e-2]), members_lib.grid("sgd", learning_rate=[0.1])]
     result = lr_valley(task, members, settings, workdir=tmp_path / "run")
     records = result.records
     assert [(r["optimizer"], r["seed"]) for r in records[:3]] == [("adam", s) for s in (0, 1, 2)]
@@ -93,4 +97,4 @@ def test_valley_with_seeds_trains_replicates_and_writes_aggregates(tmp_path):
     assert (tmp_path / "run" / "valley.png").stat().st_size > 0 and (tmp_path / "run" / "envelope.png").exists()
     assert result.summary["settings"]["seeds"] == 3
     with pytest.raises(ValueError, match="seeds=2"):
-        sweep.SweepSettings(seeds=2, distinct_seeds=True)
+        settings_lib.SweepSettings(seeds=2, distinct_seeds=True)

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from lrlab import results
+from lrlab.store import files, ranking, valleys
+from lrlab.store import records as records_lib
 
 
 def _record(opt, lr, status, steps, seconds=None):
@@ -30,35 +31,35 @@ RECORDS = [
 
 
 def test_best_and_band():
-    best, band = results.best_and_band(RECORDS[:5])
+    best, band = ranking.best_and_band(RECORDS[:5])
     assert best["learning_rate"] == 1e-2  # fewest steps; tie broken by the lower rate (not the seconds)
     assert band == (1e-3, 1e-1)
-    assert results.best_and_band(RECORDS[5:]) == (None, None)
+    assert ranking.best_and_band(RECORDS[5:]) == (None, None)
 
 
 def test_every_consumer_of_the_best_rate_picks_the_same_member():
     """One rule: lr_valley's table, optimizer_comparison --from_valley, model_scaling's best rate per
     width and search_compare's scoring agree on tied members (here: 0.01 and 0.1 at 100 steps)."""
-    from lrlab import comparison, scaling
-    from lrlab.curves import rates_from_valley
-    from lrlab.valley import ValleyResult
+    from lrlab.studies import model_scaling, search_compare
+    from lrlab.studies.lr_valley import ValleyResult
+    from lrlab.studies.optimizer_comparison import rates_from_valley
 
     valley = RECORDS[:5]
     expected = 1e-2
-    assert results.best_member(valley)["learning_rate"] == expected
-    assert results.best_rates(valley, ["adam"])["adam"]["learning_rate"] == expected
+    assert ranking.best_member(valley)["learning_rate"] == expected
+    assert ranking.best_rates(valley, ["adam"])["adam"]["learning_rate"] == expected
     assert rates_from_valley(valley, ["adam"])[0] == {"adam": expected}
-    assert scaling.best_rate_per_width([{**r, "width": 1.0, "parameters": 10} for r in valley])[0]["learning_rate"] \
+    assert model_scaling.best_rate_per_width([{**r, "width": 1.0, "parameters": 10} for r in valley])[0]["learning_rate"] \
         == expected
-    assert comparison.score_members("grid48", 1, valley, 100)["found_lr"] == expected
+    assert search_compare.score_members("grid48", 1, valley, 100)["found_lr"] == expected
     assert ValleyResult({"members": valley}).best()["learning_rate"] == expected
-    assert f"best learning rate {expected:.4g} " in results.format_table(valley, 50)
+    assert f"best learning rate {expected:.4g} " in valleys.format_table(valley, 50)
 
 
 def test_orbax_round_trip(tmp_path):
-    tree = results.orbax_tree(RECORDS)
-    results.save_orbax(tmp_path / "r", tree)
-    restored = results.restore_orbax(tmp_path / "r")
+    tree = records_lib.orbax_tree(RECORDS)
+    files.save_orbax(tmp_path / "r", tree)
+    restored = files.restore_orbax(tmp_path / "r")
     assert set(restored) == {"adam", "sgd"}
     jax.tree_util.tree_map(np.testing.assert_array_equal, restored, tree)
     np.testing.assert_array_equal(restored["adam"]["hyperparameters"]["learning_rate"], [1e-4, 1e-3, 1e-2, 0.1, 10.0])
@@ -69,8 +70,8 @@ def test_orbax_round_trip(tmp_path):
 
 def test_json_round_trip_writes_nan_as_null(tmp_path):
     path = tmp_path / "results.json"
-    results.write_json(path, {"members": RECORDS})
-    back = results.read_json(path)["members"]
+    files.write_json(path, {"members": RECORDS})
+    back = files.read_json(path)["members"]
     assert back[4]["final_test_accuracy"] is None and back[4]["curve"]["loss"] == [2.0, None]
     assert back[1] == RECORDS[1]
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left
@@ -78,17 +79,17 @@ def test_json_round_trip_writes_nan_as_null(tmp_path):
 
 def test_failed_write_leaves_old_file_intact(tmp_path):
     path = tmp_path / "results.json"
-    results.write_json(path, {"a": 1})
+    files.write_json(path, {"a": 1})
     try:
-        results.write_json(path, {"a": object()})
+        files.write_json(path, {"a": object()})
     except TypeError:
         pass
-    assert results.read_json(path) == {"a": 1}
+    assert files.read_json(path) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
 def test_table_names_best_rate_and_band():
-    text = results.format_table(RECORDS, eval_every=50)
+    text = valleys.format_table(RECORDS, eval_every=50)
     assert "adam: best learning rate 0.01 (100 steps, 10000 examples, 2.5 s)" in text
     assert "band that reached the target: 0.001 to 0.1 (3 of 5 rates)" in text
     assert "sgd: no learning rate reached the target" in text
@@ -99,21 +100,21 @@ def test_disk_full_while_writing_fails_with_one_line_and_leaves_nothing_half(tmp
     """ENOSPC in the middle of a write: one clear error line, exit 1, the old file intact, no temp file."""
     import errno
 
-    from lrlab import cli
+    from lrlab.experiments import cli
 
     path = tmp_path / "results.json"
-    results.write_json(path, {"old": True})
+    files.write_json(path, {"old": True})
 
     def fill_disk(f):
         f.write(b'{"new": ')
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(SystemExit) as exit_info, cli.writing(f"results to {tmp_path}"):
-        results.atomic_write(path, fill_disk)
+        files.atomic_write(path, fill_disk)
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == (f"lrlab: error: cannot write results to {tmp_path}: No space left on "
                                        "device (nothing half-written is left behind)\n")
-    assert results.read_json(path) == {"old": True}
+    assert files.read_json(path) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
@@ -121,12 +122,12 @@ def test_envelope_names_fastest_and_slowest_and_the_band():
     records = [_record("adam", 0.01, "reached", 300), _record("sgd", 0.01, "reached", 900),
                _record("rmsprop", 0.01, "diverged", None), _record("adam", 1.0, "diverged", None),
                _record("sgd", 1.0, "reached", 500), _record("adam", 1e-5, "exhausted", None)]
-    rows = results.envelope(records)
+    rows = valleys.envelope(records)
     assert [r["learning_rate"] for r in rows] == [1e-5, 0.01, 1.0]
     assert rows[0] == {"learning_rate": 1e-5, "optimizers": 1, "reached": 0, "fastest": None,
                        "fastest_steps": None, "slowest": None, "slowest_steps": None}
     assert (rows[1]["fastest"], rows[1]["fastest_steps"], rows[1]["slowest"], rows[1]["slowest_steps"]) == \
         ("adam", 300, "sgd", 900)
     assert (rows[2]["fastest"], rows[2]["slowest"], rows[2]["reached"]) == ("sgd", "sgd", 1)
-    assert results.trained_band(rows) == (0.01, 1.0)
-    assert results.trained_band(rows[:1]) is None
+    assert valleys.trained_band(rows) == (0.01, 1.0)
+    assert valleys.trained_band(rows[:1]) is None

@@ -7,12 +7,14 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import make_cfg, run_population
-from lrlab import population as pop_lib
-from lrlab import models, packing, retirement, runner, sweep, tasks
-from lrlab.retirement import RetireSpec
-from lrlab.tasks import Target
+
+from lrlab.engine import loop, placement, population
+from lrlab.task import classification, models
+from lrlab.task import task as task_lib
+from lrlab.task.target import Target
+from lrlab.training import retirement, settings
+from lrlab.training.retirement import RetireSpec
 
 ACC, LOSS = Target("accuracy", 0.97), Target("loss", 2.0, "min")
 
@@ -20,17 +22,17 @@ ACC, LOSS = Target("accuracy", 0.97), Target("loss", 2.0, "min")
 def test_label_chance_is_the_best_constant_predictor():
     labels = np.array([0, 1, 1, 2, 2, 2, 2, 3])
     freq = np.array([1, 2, 4, 1]) / 8
-    chance = tasks.label_chance(labels)
+    chance = classification.label_chance(labels)
     assert chance["accuracy"] == 0.5  # always predicting class 2
     assert chance["loss"] == pytest.approx(-sum(p * math.log(p) for p in freq))  # predicting the frequencies
 
 
 def test_classification_task_gives_chance_of_its_target_metric():
     train = {"x": np.zeros((10, 2), np.float32), "label": np.array([0] * 7 + [1] * 3)}
-    task = tasks.classification(models.make_model("mlp"), train)
+    task = classification.classification(models.make_model("mlp"), train)
     assert task.chance_value(train) == pytest.approx(0.7)
     assert task.with_target(0.9).chance_value(train) == pytest.approx(0.7)
-    assert tasks.Task(model=task.model, train=train, loss=task.loss, metrics=task.metrics,
+    assert task_lib.Task(model=task.model, train=train, loss=task.loss, metrics=task.metrics,
                       target=ACC).chance_value(train) is None  # a task without it: never retired
 
 
@@ -81,20 +83,20 @@ def test_members_at_chance_are_retired_and_repacked_the_others_unchanged(small_d
     train exactly as without retirement; the population shrinks to the learners."""
     cfg = make_cfg(target=0.9)
     lrs = np.array([1e-7, 3e-3, 1e-2, 30.0])
-    budget = runner.Budget(max_steps=60, eval_every=10)
+    budget = loop.Budget(max_steps=60, eval_every=10)
     spec = RetireSpec(grace_steps=20, evaluations=2, margin=0.02, pace=0)
-    programs = runner.Programs(cfg)
+    programs = loop.Programs(cfg)
     chance = retirement.chance_of(cfg.task, small_data)
     assert chance == pytest.approx(np.bincount(np.asarray(small_data.eval["label"])[:200]).max() / 200)
     hook = retirement.Retirement(spec, cfg.task.target, chance, budget.max_steps, lrs.size)
     retired = run_population(cfg, lrs, small_data, budget, programs=programs, hooks=[hook])
     plain = run_population(cfg, lrs, small_data, budget, programs=programs)
     status = retired.final.status
-    assert [pop_lib.STATUS_NAMES[s] for s in status] == ["retired", *[pop_lib.STATUS_NAMES[s] for s in
+    assert [population.STATUS_NAMES[s] for s in status] == ["retired", *[population.STATUS_NAMES[s] for s in
                                                                        plain.final.status[1:3]], "retired"]
-    assert plain.final.status[0] == plain.final.status[3] == pop_lib.EXHAUSTED
+    assert plain.final.status[0] == plain.final.status[3] == population.EXHAUSTED
     assert list(retired.final.steps_trained[[0, 3]]) == [20, 20]
-    assert packing.live_chunks(np.isin(np.arange(4), [1, 2]), 1, programs.member_chunk(plain.final)) <= 2
+    assert placement.live_chunks(np.isin(np.arange(4), [1, 2]), 1, programs.member_chunk(plain.final)) <= 2
     for m in (1, 2):  # the learners: the same curve, status and steps
         assert retired.curves[m]["train_accuracy"] == plain.curves[m]["train_accuracy"]
         assert retired.final.steps_to_target[m] == plain.final.steps_to_target[m]
@@ -103,11 +105,11 @@ def test_members_at_chance_are_retired_and_repacked_the_others_unchanged(small_d
 
 
 def test_settings_without_retirement_save_as_runs_made_before_it():
-    on, off = sweep.SweepSettings(), sweep.SweepSettings(retire=None)
+    on, off = settings.SweepSettings(), settings.SweepSettings(retire=None)
     assert on.to_json()["retire"] == {"grace_steps": 300, "evaluations": 5, "margin": 0.02, "pace": 1.0,
                                       "pace_grace_steps": 100, "pace_evaluations": 3}
     assert "retire" not in off.to_json()  # the identity an older checkpoint saved
-    no_pace = sweep.SweepSettings(retire=RetireSpec(pace=0))
+    no_pace = settings.SweepSettings(retire=RetireSpec(pace=0))
     assert no_pace.to_json()["retire"] == {"grace_steps": 300, "evaluations": 5, "margin": 0.02}  # as before it
 
 

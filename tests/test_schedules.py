@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from lrlab import optimizers
-from lrlab.lr_schedules import ScheduleSpec, factor_schedule
+from lrlab.optim import members, optimizers
+from lrlab.optim.schedules import ScheduleSpec, factor_schedule
 
 STEPS = np.arange(0, 120)
 
@@ -44,7 +44,7 @@ def test_each_members_rate_is_its_peak_times_the_factor(optimizer):
     opt = optimizers.get(optimizer)
     tx = opt.make_tx(schedule=spec)
     peaks = np.array([0.1, 1.0, 3.0], np.float32)
-    hparams = optimizers.population_hparams(optimizer, peaks, {"momentum": 0.0})
+    hparams = members.population_hparams(optimizer, peaks, {"momentum": 0.0})
     params = {"w": jnp.zeros((3, 2))}
     state = opt.init_state(params, hparams, schedule=spec)
     grads = {"w": jnp.ones((3, 2))}

@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
-
-from lrlab import plots, results
 from conftest import run_together
+
+from lrlab.store import plots, valleys
 
 TINY = ["--model=mlp", "--lrs=0.0001,0.001,0.01", "--schedules=constant,step", "--max_steps=40", "--eval_every=10",
         "--decay_steps=20", "--eval_examples=250", "--batch_size=32", "--target_accuracy=0.6", "--noprogress"]
@@ -35,7 +35,7 @@ TOY = [
 
 
 def test_summaries_find_best_rate_and_band_with_its_gaps():
-    s = results.valley_summaries(TOY, "schedule")
+    s = valleys.valley_summaries(TOY, "schedule")
     assert list(s) == ["constant", "step", "none"]
     assert s["constant"]["best"] == {"learning_rate": 0.1, "steps_to_target": 300, "examples_to_target": 30000,
                                      "seconds_to_target": 30.0}
@@ -46,10 +46,10 @@ def test_summaries_find_best_rate_and_band_with_its_gaps():
     assert s["step"]["band"]["reached"] == 4 == s["step"]["band"]["rates_in_band"]
     np.testing.assert_allclose(s["step"]["band"]["decades"], 3.0)
     assert s["none"]["best"] is None and s["none"]["band"] is None
-    table = results.summaries_table(s, "schedule", 25).splitlines()
+    table = valleys.summaries_table(s, "schedule", 25).splitlines()
     assert table[1].split()[:6] == ["constant", "2", "1", "2", "0", "0.1"] and table[1].split()[-1] == "2/3"
     assert table[3].split()[:5] == ["none", "0", "1", "1", "0"] and table[3].split()[5:] == ["-"] * 8
-    matrix = results.valley_matrix(TOY, "schedule").splitlines()
+    matrix = valleys.valley_matrix(TOY, "schedule").splitlines()
     assert matrix[0].split() == ["lr", "constant", "step", "none"]
     assert matrix[3].split() == ["0.01", "exhausted", "200"]  # "none" has no member at 0.01: blank
     assert matrix[5].split() == ["1", "diverged", "exhausted", "diverged"]
@@ -98,7 +98,7 @@ def test_tiny_run_trains_each_schedule(runs):
     assert abs(step[-1] - const[-1]) > 1e-4 * abs(const[-1])
     for name, s in summary["schedules"].items():
         rows = [m for m in summary["members"] if m["schedule"] == name]
-        assert s["summary"] == results.valley_summary(rows)
+        assert s["summary"] == valleys.valley_summary(rows)
     table = [line.split() for line in proc.stdout.splitlines()]
     header = next(i for i, row in enumerate(table) if row[:3] == ["schedule", "reached", "diverged"])
     assert [row[0] for row in table[header + 1:header + 3]] == ["constant", "step"]

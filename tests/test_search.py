@@ -7,17 +7,19 @@ import json
 import math
 import subprocess
 import sys
-
 import types
 
 import numpy as np
 import pytest
 
-from lrlab import optimizers, runner, search, sweep
-from lrlab.tasks import Target
-from lrlab.workdir import Workdir
+from lrlab.engine import loop
+from lrlab.optim import optimizers
+from lrlab.store.workdir import Workdir
+from lrlab.task.target import Target
+from lrlab.training import search
+from lrlab.training import settings as settings_lib
 
-BUDGET = runner.Budget(max_steps=1000, eval_every=10)
+BUDGET = loop.Budget(max_steps=1000, eval_every=10)
 TARGET = Target("accuracy", 0.97)
 TASK = types.SimpleNamespace(target=TARGET, target_key="train_accuracy")  # what the searches read of a task
 LR = (1e-6, 100.0, True)
@@ -103,7 +105,7 @@ def synthetic_sweep(calls):
     return run_sweep
 
 
-SETTINGS = sweep.SweepSettings(budget=BUDGET)
+SETTINGS = settings_lib.SweepSettings(budget=BUDGET)
 
 
 @needs_optuna

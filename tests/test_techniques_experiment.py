@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import run_together
 
 TINY = ["--model=small_cnn", "--lrs=0.001,0.01", "--techniques=baseline,bfloat16,batch_norm,early_stopping",

@@ -14,7 +14,8 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 PIL_Image = pytest.importorskip("PIL.Image")  # tfds encodes/decodes PNG with PIL when TF is absent
 
-from lrlab.data import DatasetError, load_dataset  # noqa: E402
+from lrlab.task.dataset import DatasetError
+from lrlab.task.datasets import load_dataset  # noqa: E402
 
 NAME = "lrlab_tiny_images"
 SIZES = {"train": 36, "test": 12}

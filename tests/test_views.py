@@ -12,14 +12,15 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from conftest import image_task
 from tensorboard.backend.event_processing import event_accumulator
 
 import lrlab
-from lrlab import models, search, views
-from lrlab import population as pop_lib
-from lrlab.workdir import MEMBERS_CSV, OPTUNA_DB, TENSORBOARD, Workdir
-
-from conftest import image_task
+from lrlab.engine import population
+from lrlab.store import views
+from lrlab.store.workdir import MEMBERS_CSV, OPTUNA_DB, TENSORBOARD, Workdir
+from lrlab.task import models
+from lrlab.training import search
 
 # sgd on an MLP: 0.1 reaches 80% in 20 steps, 1 misses (exhausted), 1e30 diverges, 0.001 and 0.01
 # are pruned at the rung of 30 steps (successive halving, eta 3).
@@ -52,7 +53,7 @@ def run(tmp_path_factory):
 
 
 def test_every_status_has_a_trial_state():
-    assert set(pop_lib.STATUS_NAMES) - {"padding"} <= set(views.TRIAL_STATES)
+    assert set(population.STATUS_NAMES) - {"padding"} <= set(views.TRIAL_STATES)
     assert views.TRIAL_STATES["retired"] == "PRUNED" and views.TRIAL_STATES["diverged"] == "FAIL"
 
 
@@ -143,7 +144,8 @@ def test_a_bad_storage_fails_in_one_line_before_any_work(run):
 def test_bayes_search_exports_its_own_study_once(monkeypatch, tmp_path):
     """bayes_search's study (asked and told by TPE) is the exported one: the same trials, numbers,
     params and values, each once, with the members' curves and fields."""
-    from test_search import SETTINGS as SEARCH_SETTINGS, TASK, synthetic_sweep
+    from test_search import SETTINGS as SEARCH_SETTINGS
+    from test_search import TASK, synthetic_sweep
 
     monkeypatch.setattr(search, "run_sweep", synthetic_sweep([]))
     ranges = {"learning_rate": (1e-6, 100.0, True)}

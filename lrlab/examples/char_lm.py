@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import lrlab
-from lrlab import tasks
+from lrlab.task import classification
 
 CONTEXT, TRAIN_BYTES, VAL_BYTES = 16, 1_000_000, 5_000
 GOAL_NATS = 2.0  # validation cross-entropy per character counted as trained
@@ -69,10 +69,10 @@ def task(goal_nats: float = GOAL_NATS, context: int = CONTEXT, train_bytes: int 
     """The task: windows of the text, the model, cross-entropy in nats, the target validation loss."""
     tokens = np.frombuffer(stdlib_text(train_bytes + val_bytes + context), np.uint8)
     train, val = windows(tokens[:train_bytes + context], context), windows(tokens[train_bytes:], context)
-    xent = lambda logits, batch: tasks.cross_entropy(logits, batch["next"].astype(jnp.int32))
+    xent = lambda logits, batch: classification.cross_entropy(logits, batch["next"].astype(jnp.int32))
     return lrlab.Task(
         model=CharMLP(), train=train, eval=val, name="stdlib-chars",
         inputs=lambda batch: batch["context"].astype(jnp.int32),
-        loss=xent, metrics={"loss": xent, "accuracy": lambda logits, batch: tasks.correct(logits, batch["next"])},
-        target=lrlab.Target("loss", goal_nats, "min"), chance=lambda arrays: tasks.label_chance(arrays["next"]),
+        loss=xent, metrics={"loss": xent, "accuracy": lambda logits, batch: classification.correct(logits, batch["next"])},
+        target=lrlab.Target("loss", goal_nats, "min"), chance=lambda arrays: classification.label_chance(arrays["next"]),
         info={"model_name": "CharMLP", "text": f"{train_bytes:,} + {val_bytes:,} bytes of the standard library"})

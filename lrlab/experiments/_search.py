@@ -7,7 +7,11 @@ from typing import Any
 
 from absl import flags
 
-from lrlab import __version__, cli, optimizers, search
+from lrlab.experiments import cli
+from lrlab.optim import optimizers
+from lrlab.studies import bayes_search, random_search
+from lrlab.training import search
+from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
 
@@ -59,7 +63,7 @@ def run(argv: list[str], method: str, **options: Any) -> None:
           + ", ".join(f"{n} {lo:g}..{hi:g} ({'log' if log else 'linear'})" for n, (lo, hi, log) in ranges.items())
           + f"; {cli.describe_budget(task)} per candidate", flush=True)
     with cli.resumable(experiment, run_dir) as stop:
-        run_search = search.random_search if method == "random" else search.bayes_search
+        run_search = random_search.random_search if method == "random" else bayes_search.bayes_search
         result = run_search(task, opt, ranges, settings=cli.settings(), workdir=run_dir, seed=FLAGS.search_seed,
                             overrides=cli.hparam_overrides(opt.name), stop=stop, info=cli.info(), **options)
     print(result.report())

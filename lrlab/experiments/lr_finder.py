@@ -15,15 +15,19 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from lrlab import __version__, cli, range_test as lr_finder, results
+from lrlab.experiments import cli
+from lrlab.store import records
+from lrlab.studies import lr_finder
+from lrlab.training import range_test
+from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
 cli.define_flags("adam", rate_grid=False)
-flags.DEFINE_float("lr_min", lr_finder.LR_MIN, "The ramp's first learning rate.")
-flags.DEFINE_float("lr_max", lr_finder.LR_MAX, "The ramp's last learning rate.")
-flags.DEFINE_integer("num_steps", lr_finder.NUM_STEPS, "Steps of the ramp (one rate each); the run stops "
+flags.DEFINE_float("lr_min", range_test.LR_MIN, "The ramp's first learning rate.")
+flags.DEFINE_float("lr_max", range_test.LR_MAX, "The ramp's last learning rate.")
+flags.DEFINE_integer("num_steps", range_test.NUM_STEPS, "Steps of the ramp (one rate each); the run stops "
                      "earlier once every seed's smoothed loss exceeds 4x its minimum.")
-flags.DEFINE_integer("num_seeds", lr_finder.NUM_SEEDS, "Seeds (members of the population: each its own "
+flags.DEFINE_integer("num_seeds", range_test.NUM_SEEDS, "Seeds (members of the population: each its own "
                      "initialisation, batch order and dropout); the rules read their mean loss.")
 flags.DEFINE_string("valley", None, "An lr_valley results.json (or its --workdir): compare each suggestion "
                     "with the valley's best rate.")
@@ -49,7 +53,7 @@ def main(argv: list[str]) -> None:
     valley_members = None
     if FLAGS.valley is not None:
         try:
-            _, valley_members = results.read_valley(FLAGS.valley)
+            _, valley_members = records.read_valley(FLAGS.valley)
         except ValueError as e:
             cli.fail(f"--valley={FLAGS.valley}: {e}")
     task = cli.task()

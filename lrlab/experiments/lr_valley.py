@@ -17,8 +17,9 @@ import time
 import jax
 from absl import app, flags
 
-from lrlab import __version__, cli
-from lrlab.valley import ValleyResult, lr_valley
+from lrlab.experiments import cli
+from lrlab.studies.lr_valley import ValleyResult, lr_valley
+from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
 cli.define_flags()

@@ -15,18 +15,20 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 
-from lrlab import __version__, cli, scaling
+from lrlab.experiments import cli
+from lrlab.studies import model_scaling
+from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
 cli.define_flags()
 FLAGS.set_default("target_accuracy", 0.96)
-FLAGS.set_default("lrs", [f"{lr:g}" for lr in scaling.STUDY_LRS])
-flags.DEFINE_list("widths", [f"{w:g}" for w in scaling.STUDY_WIDTHS],
+FLAGS.set_default("lrs", [f"{lr:g}" for lr in model_scaling.STUDY_LRS])
+flags.DEFINE_list("widths", [f"{w:g}" for w in model_scaling.STUDY_WIDTHS],
                   "Width multipliers of the model (comma list; the study: 1 to 9.75 in steps of 0.25). "
                   "All --lrs of one width train as one population.")
 GRID_FLAGS = ("lr_min", "lr_max", "num_lrs")
 
-cli.validate_with("widths", scaling.parse_widths)
+cli.validate_with("widths", model_scaling.parse_widths)
 cli.require_one_optimizer("model_scaling")
 cli.refuse_flags({"task": "model_scaling grows lrlab's models (--model, --widths); from Python, give "
                           "lrlab.model_scaling a task per width",
@@ -43,14 +45,14 @@ def main(argv: list[str]) -> None:
     start = cli.start(argv)
     choose_learning_rates()
     dataset = cli.load_dataset()
-    widths = scaling.parse_widths(FLAGS.widths)
+    widths = model_scaling.parse_widths(FLAGS.widths)
     width_tasks = {w: cli.task(width=w, dataset=dataset) for w in widths}
     cli.check_data(width_tasks[widths[0]])
     lrs = cli.learning_rates()
     (members,) = cli.populations(lrs)
     run = cli.workdir("model_scaling")
     if run.finished:
-        print(scaling.ScalingRun(run.read_results()).report())
+        print(model_scaling.ScalingRun(run.read_results()).report())
         return
     params = {w: t.count_parameters() for w, t in width_tasks.items()}
     first, last = widths[0], widths[-1]
@@ -61,7 +63,7 @@ def main(argv: list[str]) -> None:
           f"{'sequential' if FLAGS.sequential else 'vectorized'} on {jax.default_backend()}; "
           + cli.describe_budget(width_tasks[first]), flush=True)
     with cli.resumable("model_scaling", run) as stop:
-        result = scaling.model_scaling(width_tasks, members, cli.settings(), run, stop=stop, info=cli.info())
+        result = model_scaling.model_scaling(width_tasks, members, cli.settings(), run, stop=stop, info=cli.info())
     print(result.report())
     cli.print_saved(result.paths, start)
 

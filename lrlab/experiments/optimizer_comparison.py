@@ -17,8 +17,11 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from lrlab import __version__, cli, optimizers, results
-from lrlab import curves as comparison
+from lrlab.experiments import cli
+from lrlab.optim import optimizers
+from lrlab.store import records
+from lrlab.studies import optimizer_comparison
+from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
 cli.define_flags(default_optimizer="all", rate_grid=False)
@@ -77,7 +80,7 @@ def choose_rates() -> tuple[dict[str, float], dict[str, dict[str, Any]], dict[st
         available, where = list(given), "--lrs"
     else:
         try:
-            path, members = results.read_valley(FLAGS.from_valley)
+            path, members = records.read_valley(FLAGS.from_valley)
         except ValueError as e:
             cli.fail(f"--from_valley={FLAGS.from_valley}: {e}")
         available, where = list(dict.fromkeys(m["optimizer"] for m in members)), str(path)
@@ -90,7 +93,7 @@ def choose_rates() -> tuple[dict[str, float], dict[str, dict[str, Any]], dict[st
                      f"(it has {', '.join(available) or 'no optimizer'})")
     if FLAGS.lrs is not None:
         return {n: given[n] for n in names}, {n: {"from": "lrs"} for n in names}, {}
-    rates, sources, skipped = comparison.rates_from_valley(members, names, str(path))
+    rates, sources, skipped = optimizer_comparison.rates_from_valley(members, names, str(path))
     if not rates:
         cli.fail(f"--from_valley={FLAGS.from_valley}: no learning rate of {', '.join(names) or 'any optimizer'} "
                  "reached the target there: nothing to compare")
@@ -106,7 +109,7 @@ def main(argv: list[str]) -> None:
     cli.check_data(task)
     run = cli.workdir("optimizer_comparison")
     if run.finished:
-        print(comparison.ComparisonRun(run.read_results()).report())
+        print(optimizer_comparison.ComparisonRun(run.read_results()).report())
         return
     if task.test is None:
         cli.fail(f"--task={FLAGS.task}: the task has no test set to draw the curves on")
@@ -115,7 +118,7 @@ def main(argv: list[str]) -> None:
           f"budget {FLAGS.max_steps} steps" + (f" / {FLAGS.max_seconds:g} s" if FLAGS.max_seconds else "")
           + (", stopping at the target" if FLAGS.stop_at_target else ""), flush=True)
     with cli.resumable("optimizer_comparison", run) as stop:
-        result = comparison.optimizer_comparison(
+        result = optimizer_comparison.optimizer_comparison(
             task, rates, cli.settings(stop_at_target=FLAGS.stop_at_target), run, sources=sources,
             overrides={n: cli.hparam_overrides(n) for n in rates}, test_examples=FLAGS.test_examples,
             drop_threshold=FLAGS.drop_threshold, skipped=skipped, stop=stop, info=cli.info())

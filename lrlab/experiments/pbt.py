@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from lrlab import __version__, cli, population_based as pbt
+from lrlab.experiments import cli
+from lrlab.studies import pbt
+from lrlab.training import exploit_explore
+from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
 cli.define_flags("adam", rate_grid=True)
@@ -45,15 +48,15 @@ cli.refuse_flags({"sequential": "not with PBT (members are ranked against each o
                   "prune": "not with PBT (it replaces weak members instead)"})
 
 
-def pbt_config(optimizer) -> pbt.PBTConfig:
+def pbt_config(optimizer) -> exploit_explore.PBTConfig:
     """The PBT settings of the flags; one clear line on a bad combination."""
     if len(cli.learning_rates()) < 2:
         cli.fail("--num_lrs / --lrs: PBT needs at least 2 members")
     try:
-        explore = pbt.parse_explore(FLAGS.explore, optimizer)
+        explore = exploit_explore.parse_explore(FLAGS.explore, optimizer)
     except ValueError as e:
         cli.fail(f"--explore: {e}")
-    return pbt.PBTConfig(FLAGS.ready_steps, FLAGS.truncation, resample_probability=FLAGS.resample_probability,
+    return exploit_explore.PBTConfig(FLAGS.ready_steps, FLAGS.truncation, resample_probability=FLAGS.resample_probability,
                          explore=explore, stop_at_target=FLAGS.stop_at_target)
 
 

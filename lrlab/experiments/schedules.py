@@ -20,8 +20,11 @@ import dataclasses
 import jax
 from absl import app, flags
 
-from lrlab import __version__, cli, variants
-from lrlab.lr_schedules import SCHEDULES, ScheduleSpec
+from lrlab.experiments import cli
+from lrlab.optim.schedules import SCHEDULES, ScheduleSpec
+from lrlab.studies import schedules
+from lrlab.training import variants
+from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
 cli.define_flags("adam")
@@ -70,7 +73,7 @@ def main(argv: list[str]) -> None:
           + f"; {'sequential' if FLAGS.sequential else 'vectorized'} on {jax.default_backend()}; "
           + cli.describe_budget(task), flush=True)
     with cli.resumable("schedules", run) as stop:
-        result = variants.schedules(task, members, schedule_specs(names, flag_template()), cli.settings(), run,
+        result = schedules.schedules(task, members, schedule_specs(names, flag_template()), cli.settings(), run,
                                     stop=stop, info=cli.info())
     print(result.report())
     cli.print_saved(result.paths, start)

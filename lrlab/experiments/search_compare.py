@@ -14,15 +14,17 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from lrlab import __version__, cli, comparison
+from lrlab.experiments import cli
+from lrlab.studies import search_compare
+from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
 cli.define_flags("adam", rate_grid=False)
 flags.DEFINE_integer("method_seeds", 3, "Seeds of each method's own randomness (1..N); training seed: --seed.")
-flags.DEFINE_list("methods", ["all"], f"Comma list of {', '.join(comparison.METHODS)}, or all.")
+flags.DEFINE_list("methods", ["all"], f"Comma list of {', '.join(search_compare.METHODS)}, or all.")
 flags.register_validator("method_seeds", lambda v: v >= 1, "must be at least 1")
 
-cli.validate_with("methods", comparison.parse_methods)
+cli.validate_with("methods", search_compare.parse_methods)
 cli.require_one_optimizer("search_compare")
 cli.refuse_flags({name: "not with search_compare: it sets pruning per method and trains each method as populations"
                   for name in ("prune", "early_stopping", "sequential")})
@@ -35,17 +37,17 @@ def main(argv: list[str]) -> None:
     cli.check_data(task)
     run = cli.workdir("search_compare")
     if run.finished:
-        print(comparison.CompareRun(run.read_results()).report())
+        print(search_compare.CompareRun(run.read_results()).report())
         return
     opt = cli.optimizer(cli.optimizer_names()[0])
-    methods = comparison.parse_methods(FLAGS.methods)
+    methods = search_compare.parse_methods(FLAGS.methods)
     print(f"lrlab {__version__}: search_compare, {opt.name} on {cli.describe_task(task)}; methods "
           f"{', '.join(methods)} x {FLAGS.method_seeds} method seeds; training seed {FLAGS.seed}, "
           f"{cli.describe_budget(task)}", flush=True)
 
     def on_valley(s_star: int, best: dict) -> None:
         print(f"valley: S* = {s_star} steps at learning rate {best['learning_rate']:.4g}; good: <= "
-              f"{comparison.GOOD_FACTOR * s_star:g} steps", flush=True)
+              f"{search_compare.GOOD_FACTOR * s_star:g} steps", flush=True)
 
     def on_row(row: dict, i: int, n: int) -> None:
         print(f"[{i}/{n}] {row['method']} seed {row['seed']}: {row['trainings']} trainings, "
@@ -56,11 +58,11 @@ def main(argv: list[str]) -> None:
 
     with cli.resumable("search_compare", run) as stop:
         try:
-            result = comparison.search_compare(task, opt, cli.settings(), run, methods=methods,
+            result = search_compare.search_compare(task, opt, cli.settings(), run, methods=methods,
                                                method_seeds=FLAGS.method_seeds,
                                                overrides=cli.hparam_overrides(opt.name), stop=stop, on_row=on_row,
                                                on_valley=on_valley, info=cli.info())
-        except comparison.NoReference as e:
+        except search_compare.NoReference as e:
             cli.fail(str(e))
     print(result.report())
     cli.print_saved(result.paths, start)

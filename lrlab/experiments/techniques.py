@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from lrlab import __version__, cli, variants
+from lrlab.experiments import cli
+from lrlab.studies import techniques
+from lrlab.training import variants
+from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
 cli.define_flags("adam")
@@ -57,7 +60,7 @@ def main(argv: list[str]) -> None:
           f"{lrs.min():.3g}..{lrs.max():.3g} x techniques {', '.join(names)}; {cli.describe_budget(task)}", flush=True)
     batch_norm_task = cli.task(batch_norm=True, dataset=dataset) if "batch_norm" in names else None
     with cli.resumable("techniques", run) as stop:
-        result = variants.techniques(task, members, names, cli.settings(), run, batch_norm_task=batch_norm_task,
+        result = techniques.techniques(task, members, names, cli.settings(), run, batch_norm_task=batch_norm_task,
                                      patience=FLAGS.patience, stop=stop, info=cli.info())
     print(result.report())
     cli.print_saved(result.paths, start)

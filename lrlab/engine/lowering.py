@@ -1,0 +1,228 @@
+"""How a population program is lowered, chosen by measuring it on the machine at hand.
+
+Two choices decide how fast one program trains K members, and the best of each depends on the
+backend, the model and K, not on a rule: how many members one vmap takes in each device's member
+loop (`member_map`: chunks of 1 are a loop over members, a chunk of K one vmap), and how the model's
+convolutions are formulated (`conv.FORMULATIONS`: as written, or as im2col matmuls, which the
+adapters put in place of `nn.Conv` / `nnx.Conv` / lrlab's conv blocks). `choose` times a few
+training steps of each candidate on a slice of the population: both formulations at the prior chunk
+size, then chunk sizes up and down from it while they get faster, then the other formulation at the
+winner. A run too small to pay for it keeps the prior; the measurement stops once it has cost
+`MAX_SHARE` of the run's estimated training time. Every candidate computes the same function (within
+float rounding), so the choice changes speed, never results beyond that; a resumed run reuses the
+choice it saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from lrlab.engine import placement
+from lrlab.engine.config import EngineConfig
+from lrlab.engine.member_map import member_chunk_size
+from lrlab.engine.population import Population, TrainData
+from lrlab.task import adapters
+from lrlab.task import conv as conv_lib
+
+AUTO = "auto"
+CHOICES = (AUTO,) + conv_lib.FORMULATIONS  # what a run may ask for its convolutions
+MEASURE_ABOVE = 1e10  # a run of fewer weight-examples (weights x members x steps x batch) keeps the prior
+MAX_SHARE = 0.05  # measuring stops once it has cost this share of the run's estimated training time
+PROBE_STEPS = 4  # training steps per timed call of a candidate
+TIMED_CALLS = 2  # timed calls per candidate (the fastest counts), after one untimed call
+
+
+@dataclasses.dataclass(frozen=True)
+class Lowering:
+    """One way to lower the program: the convolutions' formulation and the members per vmap."""
+
+    conv: str
+    member_chunk: int
+
+    def describe(self) -> str:
+        return f"{self.conv} convolutions, {self.member_chunk} member{'s' if self.member_chunk > 1 else ''} per vmap"
+
+
+@dataclasses.dataclass
+class Choice:
+    """The lowering a population trains with, how it was chosen, and what choosing cost.
+
+    how: "measured", "given" (the settings fixed both), "reused" (saved by the run being resumed) or
+    "prior" (the run is too small to measure). candidates: the measured ones, in the order timed
+    ({conv, member_chunk, compile_seconds, member_step_ms}). layers: each conv layer of the model ->
+    lowered or as written (and why).
+    """
+
+    lowering: Lowering
+    how: str
+    candidates: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0  # spent measuring (compilation included)
+    estimate_seconds: float | None = None  # the run's training time at the chosen lowering, estimated
+    layers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"conv": self.lowering.conv, "member_chunk": self.lowering.member_chunk, "how": self.how,
+                "candidates": self.candidates, "seconds": self.seconds, "estimate_seconds": self.estimate_seconds,
+                "layers": self.layers}
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> "Choice":
+        return cls(Lowering(saved["conv"], int(saved["member_chunk"])), saved["how"], saved.get("candidates", []),
+                   saved.get("seconds", 0.0), saved.get("estimate_seconds"), saved.get("layers", {}))
+
+    def summary(self) -> str:
+        """One line: the lowering, how it was chosen, which layers were lowered, the cost."""
+        lowered = [p for p, s in self.layers.items() if s == adapters.LOWERED]
+        others = {p: s for p, s in self.layers.items() if s != adapters.LOWERED}
+        layers = ("no convolution" if not self.layers else
+                  f"{len(lowered)} of {len(self.layers)} conv layers lowerable"
+                  + (f" ({'; '.join(f'{p}: {s}' for p, s in others.items())})" if others else ""))
+        cost = ""
+        if self.how == "measured":
+            share = f", {self.seconds / self.estimate_seconds:.1%} of the run's estimate" if self.estimate_seconds else ""
+            cost = f"; {len(self.candidates)} candidates measured in {self.seconds:.1f} s{share}"
+        return f"lowering: {self.lowering.describe()} ({self.how}); {layers}{cost}"
+
+    def table(self) -> str:
+        """The measured candidates, fastest marked."""
+        rows = [f"{'conv':>6}  {'per vmap':>8}  {'compile s':>9}  {'ms per member-step':>18}"]
+        for c in self.candidates:
+            mark = " *" if (c["conv"], c["member_chunk"]) == (self.lowering.conv, self.lowering.member_chunk) else ""
+            rows.append(f"{c['conv']:>6}  {c['member_chunk']:>8}  {c['compile_seconds']:>9.1f}  "
+                        f"{c['member_step_ms']:>18.3f}{mark}")
+        return "\n".join(rows)
+
+
+def chunk_candidates(k: int) -> list[int]:
+    """Members per vmap worth trying in a member loop of k: the powers of two that divide k, and k."""
+    return sorted({c for c in (2 ** i for i in range(int(math.log2(k)) + 1)) if k % c == 0} | {k})
+
+
+def weight_examples(cfg: EngineConfig, weights: int, members: int, max_steps: int) -> float:
+    """The size of a run in weight-examples: what decides whether measuring can pay."""
+    return float(weights) * members * max_steps * cfg.batch_size
+
+
+class _Probe:
+    """Times training steps of `cfg` under candidate lowerings, on a slice of the population."""
+
+    def __init__(self, cfg: EngineConfig, pop: Population, data: TrainData, data_key: jax.Array,
+                 mesh: jax.sharding.Mesh):
+        self.cfg, self.pop, self.data, self.data_key, self.mesh = cfg, pop, data, data_key, mesh
+        self.timed: dict[tuple[str, int], dict[str, Any]] = {}
+        self.seconds = 0.0
+
+    def member_step_seconds(self, conv: str, chunk: int) -> float:
+        """Seconds per member-step of one device's member loop at `chunk` members per vmap: a
+        population of one chunk per device trains PROBE_STEPS steps, the fastest of TIMED_CALLS calls."""
+        key = (conv, chunk)
+        if key not in self.timed:
+            start = time.perf_counter()
+            devices = self.mesh.size
+            sub = placement.place(placement.gather_members(self.pop, np.arange(chunk * devices) % self.pop.size),
+                                  placement.member_sharding(self.mesh))
+            cfg = dataclasses.replace(self.cfg, conv=conv, member_chunk=chunk)
+            args = (sub, self.data, np.int32(0), self.data_key)
+            compile_start = time.perf_counter()
+            program = placement.make_training_fn(cfg, PROBE_STEPS, self.mesh).lower(*args).compile()
+            compile_seconds = time.perf_counter() - compile_start
+            jax.block_until_ready(program(*args))
+            calls = []
+            for _ in range(TIMED_CALLS):
+                call_start = time.perf_counter()
+                jax.block_until_ready(program(*args))
+                calls.append(time.perf_counter() - call_start)
+            seconds = _agreed(min(calls)) / (PROBE_STEPS * chunk)
+            self.timed[key] = {"conv": conv, "member_chunk": chunk, "compile_seconds": compile_seconds,
+                               "member_step_ms": 1000 * seconds, "cost_seconds": time.perf_counter() - start}
+            self.seconds += self.timed[key]["cost_seconds"]
+        return self.timed[key]["member_step_ms"] / 1000
+
+    def cost_of(self, chunk: int) -> float:
+        """What timing a candidate at `chunk` is expected to cost: its compilation and its calls at
+        the best speed seen so far, and no less than a third of the slowest candidate's cost."""
+        best = min(t["member_step_ms"] for t in self.timed.values()) / 1000
+        compile_seconds = max(t["compile_seconds"] for t in self.timed.values())
+        return compile_seconds + (1 + TIMED_CALLS) * PROBE_STEPS * chunk * best
+
+
+def _agreed(value: float) -> float:
+    """Process 0's measurement on every process (each process follows the same path of candidates)."""
+    if jax.process_count() == 1:
+        return value
+    return float(multihost_utils.broadcast_one_to_all(np.float64(value)))
+
+
+def choose(cfg: EngineConfig, pop: Population, data: TrainData, data_key: jax.Array, max_steps: int,
+           mesh: jax.sharding.Mesh, *, conv: str = AUTO, member_chunk: int = 0,
+           saved: dict[str, Any] | None = None) -> Choice:
+    """The lowering for training `pop` (K members, on `mesh`) for up to `max_steps` steps.
+
+    `conv` (a formulation, or auto) and `member_chunk` (0: measured) fix what the settings give;
+    `saved` is the choice a resumed run saved (reused when it fits this population). Logs the
+    measured candidates and a summary line.
+    """
+    if conv not in CHOICES:
+        raise ValueError(f"conv must be one of {', '.join(CHOICES)}, got {conv!r}")
+    k = placement.round_up(pop.size, mesh.size) // mesh.size  # each device's member loop (padding included)
+    layers = adapters.conv_layers(cfg.task.model, cfg.task.example_input())
+    lowerable = any(s == adapters.LOWERED for s in layers.values())
+    convs = [conv] if conv != AUTO else [conv_lib.MATMUL, conv_lib.XLA] if lowerable else [conv_lib.XLA]
+    chunks = [member_chunk_size(member_chunk, k)] if member_chunk else chunk_candidates(k)
+    prior = Lowering(convs[0], member_chunk_size(member_chunk, k))
+    if saved is not None:
+        reused = Choice.from_json(saved)
+        if reused.lowering.conv in convs and reused.lowering.member_chunk in chunks:
+            reused.how = "reused"
+            return _logged(reused)
+    if len(convs) * len(chunks) == 1:
+        return _logged(Choice(prior, "given", layers=layers))
+    weights = sum(x.size for x in jax.tree_util.tree_leaves(pop.params)) // pop.size
+    if weight_examples(cfg, weights, pop.size, max_steps) < MEASURE_ABOVE:
+        return _logged(Choice(prior, "prior", layers=layers))
+
+    probe = _Probe(cfg, pop, data, data_key, mesh)
+    speed = probe.member_step_seconds  # (conv, chunk) -> seconds per member-step
+
+    def affordable(chunk: int) -> bool:
+        """Whether timing one more candidate at `chunk` keeps the measurement within MAX_SHARE of
+        the run's training time at the best lowering found so far."""
+        best_run = min(t["member_step_ms"] for t in probe.timed.values()) / 1000 * k * max_steps
+        return probe.seconds + probe.cost_of(chunk) <= MAX_SHARE * best_run
+
+    best = prior
+    speed(*dataclasses.astuple(best))
+    for other in convs[1:]:  # the formulations at the prior chunk size
+        if affordable(best.member_chunk) and speed(other, best.member_chunk) < speed(*dataclasses.astuple(best)):
+            best = Lowering(other, best.member_chunk)
+    for step in (1, -1):  # chunk sizes up from the prior while they get faster, then down
+        i = chunks.index(prior.member_chunk) + step
+        while 0 <= i < len(chunks) and affordable(chunks[i]):
+            if speed(best.conv, chunks[i]) >= speed(*dataclasses.astuple(best)):
+                break
+            best = Lowering(best.conv, chunks[i])
+            i += step
+        if best.member_chunk != prior.member_chunk:
+            break
+    for other in convs:  # the formulations may rank otherwise at another chunk size
+        if (other, best.member_chunk) not in probe.timed and affordable(best.member_chunk):
+            if speed(other, best.member_chunk) < speed(*dataclasses.astuple(best)):
+                best = Lowering(other, best.member_chunk)
+    candidates = [{name: v for name, v in t.items() if name != "cost_seconds"} for t in probe.timed.values()]
+    return _logged(Choice(best, "measured", candidates, probe.seconds, speed(*dataclasses.astuple(best)) * k * max_steps,
+                          layers))
+
+
+def _logged(choice: Choice) -> Choice:
+    if choice.candidates:
+        logging.info("lowering candidates (ms per member-step, compile seconds):\n%s", choice.table())
+    logging.info("%s", choice.summary())
+    return choice

@@ -1,0 +1,215 @@
+"""A segment: `lax.scan` over steps of the member-mapped step, then a vectorized evaluation of the
+task's metrics and the status update (reached, exhausted, early stopping).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lrlab.engine import protocols
+from lrlab.engine.config import EngineConfig
+from lrlab.engine.member_map import member_map, members_and_chunk
+from lrlab.engine.population import (
+    BATCH_ORDER_SALT,
+    DIVERGED,
+    EXHAUSTED,
+    REACHED,
+    RUNNING,
+    STOPPED,
+    Population,
+    TrainData,
+)
+from lrlab.engine.step import MemberState, cast_floats, make_member_step
+from lrlab.task import sampling
+
+
+class SegmentMetrics(NamedTuple):
+    """What a segment measured besides the new population."""
+
+    metrics: dict[str, jax.Array]  # name -> float32[K]: the task's metrics on its evaluation set
+    step_loss: jax.Array  # float32[K, S]: each step's training loss (NaN where the member did not step)
+    val: dict[str, jax.Array]  # name -> float32[K] on the validation set (early stopping), else empty
+
+
+def make_metrics_fn(cfg: EngineConfig) -> Callable:
+    """metrics(variables_K, arrays_E, weight_E, busy_K=None) -> {name: float32[K]}: each of the
+    task's metrics, the weighted mean over the examples, vectorized over members, chunked over
+    examples.
+
+    variables_K is what the model's apply takes, per member: {"params": ..., and any model state}.
+    With `busy_K` (bool[K]), chunks of members none of which is busy are not evaluated (their
+    metrics are meaningless; see `member_map`).
+    """
+    task = cfg.task
+    names = tuple(task.metrics)
+
+    def evaluate(variables_K, arrays_E, weight_E, busy_K=None):
+        chunk = cfg.eval_chunk
+        n_chunks = weight_E.shape[0] // chunk
+        arrays = jax.tree_util.tree_map(lambda a: a.reshape((n_chunks, chunk) + a.shape[1:]), arrays_E)
+        weight = weight_E.reshape(n_chunks, chunk)
+
+        k, member_chunk = members_and_chunk(cfg, variables_K["params"])
+        dtype = cfg.compute_dtype
+
+        def outputs_fn(v, busy, x):
+            del busy  # only member_map reads it
+            variables = {**v, "params": cast_floats(v["params"], dtype)}
+            outputs, _ = task.model.apply(variables, cast_floats(x, dtype), False, conv=cfg.conv)
+            return cast_floats(outputs, jnp.float32)
+
+        skips = busy_K is not None
+        apply_K = member_map(outputs_fn, (0, 0, None), k, member_chunk, busy=1 if skips else None)
+        busy = busy_K if skips else jnp.ones((k,), bool)
+
+        def chunk_sums(xs):
+            batch, w = xs
+            outputs_K = apply_K(variables_K, busy, task.inputs(batch))
+            per_example = lambda fn: jax.vmap(lambda out: fn(out, batch))(outputs_K)  # [K, B]
+            return jnp.stack([jnp.sum(per_example(task.metrics[name]) * w, axis=-1) for name in names])  # [M, K]
+
+        sums_MK = jax.lax.map(chunk_sums, (arrays, weight)).sum(0)
+        means_MK = sums_MK / jnp.sum(weight_E)
+        return {name: means_MK[i] for i, name in enumerate(names)}
+
+    return evaluate
+
+
+def make_training(cfg: EngineConfig, num_steps: int) -> Callable:
+    """Builds train(pop, data, step0, data_key) -> (pop, loss_SK), unjitted: `num_steps` optimizer
+    steps for every running member, one `lax.scan` of the member-mapped step, with each step's
+    training loss (float32[S, K], NaN where a member did not step). The part of a segment that
+    trains, and what `lowering` times."""
+    member_step = make_member_step(cfg)
+
+    def member_idle(state: MemberState, rng, active, batch, step):
+        """What member_step gives a member that does not train (a chunk with none running)."""
+        del rng, active, batch, step
+        return state, jnp.float32(jnp.nan), jnp.bool_(False), jnp.float32(0.0)
+
+    def train(pop: Population, data: TrainData, step0, data_key):
+        n = data.num_train
+        if cfg.distinct_seeds or pop.batch_key is not None:  # each member its own batch order: idx[K, S, B]
+            member_keys = pop.batch_key if pop.batch_key is not None else jax.vmap(
+                lambda r: jax.random.fold_in(r, BATCH_ORDER_SALT))(pop.rng)
+            idx = jax.vmap(lambda key: sampling.segment_batch_indices(key, step0, num_steps, n, cfg.batch_size))(
+                member_keys
+            )
+            idx_steps = jnp.swapaxes(idx, 0, 1)
+            batch_axis = 0
+        else:  # shared order: the batch is broadcast to all members, not copied
+            idx_steps = sampling.segment_batch_indices(data_key, step0, num_steps, n, cfg.batch_size)
+            batch_axis = None
+        k, chunk = members_and_chunk(cfg, pop.params)
+        vstep = member_map(member_step, (0, 0, 0, batch_axis, None), k, chunk, busy=2, idle=member_idle)
+
+        def body(carry, xs):
+            state, status, steps_trained, loss_sum, stream = carry
+            t, idx = xs
+            active = status == RUNNING
+            batch = jax.tree_util.tree_map(lambda a: a[idx], data.train)
+            state, loss, diverged, metric_sum = vstep(state, pop.rng, active, batch, step0 + t)
+            status = jnp.where(diverged, DIVERGED, status)
+            stepped = active & ~diverged
+            steps_trained = steps_trained + stepped.astype(jnp.int32)
+            loss_sum = loss_sum + jnp.where(stepped, loss, 0.0)
+            if cfg.stream_every:
+                stream = protocols.stream_update(*stream, metric_sum, cfg.batch_size, stepped, steps_trained,
+                                                 cfg.stream_every)
+            return (state, status, steps_trained, loss_sum, stream), jnp.where(stepped, loss, jnp.nan)
+
+        state0 = MemberState(pop.params, pop.opt_state, pop.model_state, pop.loss_scale, pop.scale_steps)
+        stream0 = (pop.stream_sum, pop.stream_count) if cfg.stream_every else ()
+        carry = (state0, pop.status, pop.steps_trained, jnp.zeros((k,), jnp.float32), stream0)
+        (state, status, steps_trained, loss_sum, stream), loss_SK = jax.lax.scan(
+            body, carry, (jnp.arange(num_steps), idx_steps)
+        )
+        n_stepped = steps_trained - pop.steps_trained
+        trained = pop.replace(params=state.params, opt_state=state.opt_state, model_state=state.model_state,
+                              loss_scale=state.loss_scale, scale_steps=state.scale_steps, status=status,
+                              steps_trained=steps_trained,
+                              loss=jnp.where(n_stepped > 0, loss_sum / jnp.maximum(n_stepped, 1), pop.loss))
+        if cfg.stream_every:
+            trained = trained.replace(stream_sum=stream[0], stream_count=stream[1])
+        return trained, loss_SK
+
+    return train
+
+
+def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
+    """Builds segment(pop, data, step0, data_key, goal, max_steps, evaluate) -> (pop, SegmentMetrics),
+    unjitted.
+
+    `num_steps` optimizer steps for every running member (`make_training`), then, when `evaluate`
+    (a boolean array: data, so one program serves both), the task's metrics for all members and
+    reached / stopped / exhausted marking; otherwise the segment only trains (a chunk between two
+    evaluations: the loop checks for a stop signal between chunks, and the metrics come back NaN).
+    Hyperparameters, goal and budget are data too: changing them never recompiles (a goal of the
+    target's `unreachable` value freezes no member).
+    """
+    train = make_training(cfg, num_steps)
+    metrics_fn = make_metrics_fn(cfg)
+    target = cfg.task.target
+
+    def segment(pop: Population, data: TrainData, step0, data_key, goal, max_steps, evaluate):
+        trained, loss_SK = train(pop, data, step0, data_key)
+        k = pop.size
+        stream_name = protocols.stream_name(target.metric)  # the running mean joins the metrics (and the curves)
+        names = tuple(cfg.task.metrics) + ((stream_name,) if cfg.stream_every else ())
+        nan_K = jnp.full((k,), jnp.nan, jnp.float32)
+
+        def evaluated(trained: Population):
+            variables = trained.variables
+            was_running = pop.status == RUNNING  # every member whose evaluation is recorded
+            metrics_K = metrics_fn(variables, data.eval, data.eval_weight, was_running)
+            running = trained.status == RUNNING
+            if cfg.stream_every:  # the study's rule: the running mean, strictly above the goal
+                value_K = metrics_K[stream_name] = protocols.stream_mean(trained.stream_sum, trained.stream_count)
+                reached = running & protocols.exceeds(target.mode, value_K, goal)
+            else:
+                value_K = metrics_K[target.metric]
+                reached = running & target.reached(value_K, goal)
+            new_pop = trained.replace(status=jnp.where(reached, REACHED, trained.status),
+                                      steps_to_target=jnp.where(reached, trained.steps_trained, pop.steps_to_target),
+                                      target_value=jnp.where(pop.status == RUNNING, value_K, pop.target_value))
+            val_K = {}
+            if cfg.patience:
+                val_K = metrics_fn(variables, data.val, data.val_weight, was_running)
+                new_pop = early_stopping_update(new_pop, variables, target.score(val_K[target.metric]), running,
+                                                cfg.patience)
+            exhausted = (new_pop.status == RUNNING) & (new_pop.steps_trained >= max_steps)
+            return new_pop.replace(status=jnp.where(exhausted, EXHAUSTED, new_pop.status)), metrics_K, val_K
+
+        def skipped(trained: Population):
+            val_K = {name: nan_K for name in cfg.task.metrics} if cfg.patience else {}
+            return trained, {name: nan_K for name in names}, val_K
+
+        new_pop, metrics_K, val_K = jax.lax.cond(evaluate, evaluated, skipped, trained)
+        return new_pop, SegmentMetrics(metrics_K, loss_SK.T, val_K)
+
+    return segment
+
+
+def early_stopping_update(pop: Population, variables_K: Any, val_score_K: jax.Array, evaluated_K: jax.Array,
+                          patience: int) -> Population:
+    """After an evaluation of the members in `evaluated_K`: keep the variables of each one whose
+    validation score (higher is better) improved, and stop (STOPPED) a still-running member after
+    `patience` evaluations without improvement."""
+    improved = evaluated_K & (val_score_K > pop.best_score)
+    keep_new = lambda best, new: jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, best)
+    evals_since = jnp.where(improved, 0, pop.evals_since_best + evaluated_K.astype(jnp.int32))
+    stop = (pop.status == RUNNING) & (evals_since >= patience)
+    return pop.replace(best=jax.tree_util.tree_map(keep_new, pop.best, variables_K),
+                       best_score=jnp.where(improved, val_score_K, pop.best_score),
+                       evals_since_best=evals_since, status=jnp.where(stop, STOPPED, pop.status))
+
+
+def restore_best(pop: Population) -> Population:
+    """Early stopping's result: every member's variables at its best validation score."""
+    if pop.best is None:
+        return pop
+    best = dict(pop.best)
+    return pop.replace(params=best.pop("params"), model_state=best)

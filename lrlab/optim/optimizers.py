@@ -1,0 +1,230 @@
+"""Optimizers as Optax factories of named float hyperparameters, each of them per-member data.
+
+Any function `f(learning_rate, other_float, ...) -> optax.GradientTransformation` is an optimizer
+(`optimizer(f)`): every argument becomes a hyperparameter injected with `optax.inject_hyperparams`,
+so it lives in the optimizer state as an array on the population axis. A new value never
+recompiles, and population-based methods can overwrite it between segments. Hyperparameters used
+only at initialisation (Adagrad's initial accumulator) are per member too: the state is
+initialised under `vmap` with each member's values.
+
+The study's six (Mack 2018) are registry entries with TensorFlow 1's defaults, which it used:
+  sgd       tf.train.GradientDescentOptimizer    w -= lr * g
+  momentum  tf.train.MomentumOptimizer(lr, 0.5)  a = 0.5 a + g; w -= lr * a (no Nesterov)
+  adam      tf.train.AdamOptimizer               b1 0.9, b2 0.999, eps 1e-8 (TF adds eps to the
+            uncorrected sqrt(v); Optax to the bias-corrected one: the two differ by a factor
+            sqrt(1 - b2^t) on eps alone, immaterial at 1e-8)
+  adagrad   tf.train.AdagradOptimizer            accumulator starts at 0.1, no epsilon
+  adadelta  tf.train.AdadeltaOptimizer           rho 0.95, eps 1e-8
+  rmsprop   tf.train.RMSPropOptimizer            decay 0.9, eps 1e-10 inside the sqrt, mean
+            square starts at 1.0 (TF1 initialises it to ones), no momentum, not centred
+Each hyperparameter's default, valid range, search range and help live once, in its `HParam`:
+the command-line flags, the searches and PBT read them from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+import optax
+
+from lrlab.by_name import load_callable
+from lrlab.optim.hparams import LEARNING_RATE, POSITIVE, RATE, UNIT, HParam
+from lrlab.optim.schedules import ScheduleSpec, factor_schedule
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Optimizer:
+    """An optimizer family: an Optax factory whose arguments are all float hyperparameters."""
+
+    name: str
+    factory: Callable[..., optax.GradientTransformation]
+    hparams: Mapping[str, HParam]  # every argument of `factory`, the learning rate first
+
+    def __post_init__(self):
+        if LEARNING_RATE not in self.hparams:
+            raise ValueError(f"optimizer {self.name}: its factory must take a `learning_rate` argument")
+        if self.hparams[LEARNING_RATE].default is not None:
+            raise ValueError(f"optimizer {self.name}: the learning rate has no default (each member gives its own)")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.hparams)
+
+    def defaults(self) -> dict[str, float]:
+        """The hyperparameters that have a default (all but the learning rate, for the registry)."""
+        return {k: h.default for k, h in self.hparams.items() if h.default is not None}
+
+    def check(self, values: Mapping[str, float]) -> dict[str, float]:
+        """`values` checked against this optimizer: known names, valid values; ValueError otherwise."""
+        unknown = sorted(set(values) - set(self.hparams))
+        if unknown:
+            raise ValueError(f"{self.name} has no hyperparameter {', '.join(unknown)} "
+                             f"(it has {', '.join(self.hparams)})")
+        return {k: self.hparams[k].check(k, v) for k, v in values.items()}
+
+    def _injected(self, schedule: ScheduleSpec | None):
+        factory = self.factory
+        if schedule is not None and (schedule.name != "constant" or schedule.warmup_steps):
+            factory = _scheduled(factory, factor_schedule(schedule))
+        return optax.inject_hyperparams(factory)
+
+    def make_tx(self, schedule: ScheduleSpec | None = None) -> optax.GradientTransformation:
+        """The transformation whose update reads every hyperparameter from the state (the values
+        given here are placeholders), the learning rate (the peak, with a schedule) multiplied by
+        the schedule's factor of the member's own step count."""
+        placeholders = {k: (0.0 if h.default is None else h.default) for k, h in self.hparams.items()}
+        return self._injected(schedule)(**placeholders)
+
+    def init_state(self, params_K: Any, hparams_K: Mapping[str, Any],
+                   schedule: ScheduleSpec | None = None) -> optax.OptState:
+        """Each member's optimizer state from its own hyperparameters (vmapped init: values used
+        only at initialisation, such as an initial accumulator, are per member too)."""
+        missing = [k for k in self.hparams if k not in hparams_K]
+        if missing:
+            raise KeyError(f"{self.name}: no values for {', '.join(missing)}")
+        hparams_K = {k: np.asarray(hparams_K[k], np.float32) for k in self.hparams}
+        injected = self._injected(schedule)
+        return jax.vmap(lambda p, h: injected(**h).init(p))(params_K, hparams_K)
+
+
+def _scheduled(factory: Callable[..., optax.GradientTransformation],
+               factor: optax.Schedule) -> Callable[..., optax.GradientTransformation]:
+    """`factory` whose learning rate becomes the schedule `learning_rate * factor(count)` (so the
+    factory's learning_rate must accept an Optax schedule, as every Optax optimizer's does).
+
+    The signature is kept (functools.wraps), so inject_hyperparams still injects `learning_rate`:
+    the peak stays per-member state, the schedule counts each member's own steps.
+    """
+    @functools.wraps(factory)
+    def build(learning_rate, **kwargs):
+        return factory(learning_rate=lambda count: learning_rate * factor(count), **kwargs)
+
+    return build
+
+
+def optimizer(factory: Callable[..., optax.GradientTransformation], name: str | None = None,
+              **hparams: float | HParam) -> Optimizer:
+    """An `Optimizer` of any factory of named float hyperparameters, for example
+    `optimizer(lambda learning_rate, weight_decay: optax.adamw(learning_rate, weight_decay=weight_decay))`.
+
+    Every argument of the factory is a hyperparameter; its default is the factory's own default,
+    or the value (or `HParam`) given here; one without either must be given by every population.
+    """
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        raise ValueError(f"cannot read the arguments of {factory!r}") from None
+    specs: dict[str, HParam] = {}
+    for arg in signature.parameters.values():
+        if arg.kind in (arg.VAR_POSITIONAL, arg.VAR_KEYWORD):
+            raise ValueError(f"{getattr(factory, '__name__', factory)}: name every hyperparameter "
+                             f"(no *{arg.name} / **{arg.name})")
+        given = hparams.pop(arg.name, None)
+        if arg.name == LEARNING_RATE:
+            specs[arg.name] = given if isinstance(given, HParam) else RATE
+        elif isinstance(given, HParam):
+            specs[arg.name] = given
+        else:
+            default = given if given is not None else (None if arg.default is arg.empty else arg.default)
+            if default is not None and not isinstance(default, (int, float)):
+                raise ValueError(f"{arg.name}: hyperparameters are floats; close over other arguments "
+                                 f"(got a default of type {type(default).__name__})")
+            specs[arg.name] = HParam(None if default is None else float(default))
+    if hparams:
+        raise ValueError(f"the factory has no argument {', '.join(hparams)}")
+    label = name or getattr(factory, "__name__", "optimizer")
+    if label == "<lambda>":
+        label = "custom"
+    if LEARNING_RATE not in specs:
+        raise ValueError(f"{label}: the factory must take a `learning_rate` argument")
+    return Optimizer(label, factory, {LEARNING_RATE: specs.pop(LEARNING_RATE), **specs})
+
+
+def _momentum(learning_rate, momentum):
+    return optax.sgd(learning_rate, momentum=momentum, nesterov=False)
+
+
+def _adam(learning_rate, b1, b2, eps):
+    return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+
+
+def _adagrad(learning_rate, initial_accumulator):
+    return optax.adagrad(learning_rate, initial_accumulator_value=initial_accumulator, eps=0.0)
+
+
+def _adadelta(learning_rate, rho, eps):
+    return optax.adadelta(learning_rate, rho=rho, eps=eps)
+
+
+def _rmsprop(learning_rate, decay, eps, initial_scale):
+    return optax.rmsprop(learning_rate, decay=decay, eps=eps, initial_scale=initial_scale)
+
+
+def _sgd(learning_rate):
+    return optax.sgd(learning_rate)
+
+
+REGISTRY: dict[str, Optimizer] = {
+    "sgd": Optimizer("sgd", _sgd, {LEARNING_RATE: RATE}),
+    "momentum": Optimizer("momentum", _momentum, {LEARNING_RATE: RATE, "momentum": HParam(
+        0.5, **UNIT, search=(0.0, 0.99, False),
+        help="Momentum coefficient (TF1 MomentumOptimizer as the study used: 0.5).")}),
+    "adam": Optimizer("adam", _adam, {
+        LEARNING_RATE: RATE,
+        "b1": HParam(0.9, **UNIT, search=(0.0, 0.99, False), help="Adam beta1 (TF1 default 0.9)."),
+        "b2": HParam(0.999, **UNIT, search=(0.9, 0.9999, False),
+                     help="Adam beta2 (TF1 default 0.999)."),
+        "eps": HParam(1e-8, **POSITIVE, search=(1e-10, 1e-4, True), help="Adam epsilon (TF1 default 1e-8).")}),
+    "adagrad": Optimizer("adagrad", _adagrad, {LEARNING_RATE: RATE, "initial_accumulator": HParam(
+        0.1, **POSITIVE, search=(1e-3, 1.0, True), help="Adagrad initial accumulator (TF1 default 0.1).")}),
+    "adadelta": Optimizer("adadelta", _adadelta, {
+        LEARNING_RATE: RATE,
+        "rho": HParam(0.95, **UNIT, search=(0.5, 0.999, False), help="Adadelta rho (TF1 default 0.95)."),
+        "eps": HParam(1e-8, **POSITIVE, search=(1e-10, 1e-4, True), help="Adadelta epsilon (TF1 default 1e-8).")}),
+    "rmsprop": Optimizer("rmsprop", _rmsprop, {
+        LEARNING_RATE: RATE,
+        "decay": HParam(0.9, **UNIT, search=(0.5, 0.999, False), help="RMSProp decay (TF1 default 0.9)."),
+        "eps": HParam(1e-10, **POSITIVE, search=(1e-10, 1e-4, True),
+                      help="RMSProp epsilon, inside the sqrt (TF1 default 1e-10)."),
+        "initial_scale": HParam(1.0, **POSITIVE, search=(0.0, 1.0, False),
+                                help="RMSProp initial mean square (TF1 initialises it to 1.0).")}),
+}
+OPTIMIZERS = tuple(REGISTRY)
+
+
+def get(spec: str | Optimizer | Callable) -> Optimizer:
+    """A registry name, an `Optimizer`, a factory (wrapped by `optimizer`), or `module:name`
+    naming either; ValueError if unknown."""
+    if isinstance(spec, Optimizer):
+        return spec
+    if isinstance(spec, str):
+        if spec in REGISTRY:
+            return REGISTRY[spec]
+        if ":" not in spec:
+            raise ValueError(f"unknown optimizer {spec}: choose from {', '.join(OPTIMIZERS)}, or name a "
+                             "factory as MODULE:NAME")
+        obj = load_callable(spec, "optimizer factory")
+        return obj if isinstance(obj, Optimizer) else optimizer(obj, name=spec.rpartition(":")[2])
+    if callable(spec):
+        return optimizer(spec)
+    raise ValueError(f"not an optimizer: {spec!r}")
+
+
+def parse_optimizer_list(text: str) -> list[str]:
+    """'adam', 'sgd,adam', 'all' or MODULE:NAME entries -> names, in registry order for 'all';
+    ValueError if unknown or listed twice."""
+    if text.strip() == "all":
+        return list(OPTIMIZERS)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in REGISTRY and ":" not in n]
+    if not names or unknown:
+        raise ValueError(f"unknown optimizer {', '.join(unknown) or repr(text)}: "
+                         f"choose from {', '.join(OPTIMIZERS)} or 'all'")
+    if len(set(names)) != len(names):
+        raise ValueError(f"optimizer listed twice in {text!r}")
+    return names
