@@ -13,6 +13,8 @@ this order (a stage that runs out of time is recorded as such and the next one s
                 end-to-end valley against the user's plain Flax loop and lrlab's sequential mode
   pvs_tutorial  the same on tutorial_cnn (the valley smaller: the user's loop runs rate after rate)
   roofline      benchmarks/roofline.py, both models, K up to 288
+  own_model     benchmarks/own_model.py: a user's own Flax models (CNN, residual block with batch norm,
+                MLP, character LM) against the user's loop, K 1 to 48, every lowering candidate timed
 Each writes its JSON under --out_dir (the device named in it); this script adds
 accelerator-<backend>.json with every stage's result, its log's last lines, and the table it prints
 last: six files in all. With the device tool: `python3 benchmarks/accelerator.py --out_dir=$OUT`,
@@ -49,7 +51,8 @@ flags.DEFINE_bool("smoke", False, "Every stage at tiny sizes (a CPU check of the
 flags.DEFINE_string("out_dir", None, "Where the JSON goes (default benchmarks/results; --smoke: a temp folder).")
 flags.DEFINE_float("deadline_s", None, "All stages together stop by this many seconds after the start "
                    "(default 530; --smoke: 1800).")
-flags.DEFINE_list("stages", ["tests", "study", "pvs_small", "pvs_tutorial", "roofline"], "Stages to run, in order.")
+flags.DEFINE_list("stages", ["tests", "own_model", "study", "pvs_small", "pvs_tutorial", "roofline"],
+                  "Stages to run, in order.")
 flags.DEFINE_list("caps", [], "Per-stage time caps in seconds overriding the defaults, e.g. tests=200,study=150.")
 flags.DEFINE_integer("test_workers", 8, "pytest-xdist workers for the test suite.")
 flags.DEFINE_float("study_max_seconds", 20.0, "Training seconds per optimizer in the study sweep (0: steps only).")
@@ -69,6 +72,7 @@ def stage_specs(smoke: bool, out: pathlib.Path, backend: str) -> dict[str, dict]
         roof = ["--models=small_cnn,tutorial_cnn", "--members=1,2", "--steps=2", "--repeats=1", "--matmul_size=256"]
         study = ["--model=small_cnn", "--max_steps=100", "--optimizer=adam,sgd", "--repack=true"]
         tests = ["tests/test_user_loop.py"]
+        own = ["--models=flax_cnn,mlp", "--members=1,2", "--steps=5", "--repeats=1", "--end_to_end=2x10"]
     else:
         small = ["--models=small_cnn", "--members=1,8,48,288", "--steps=50", "--repeats=3", "--skip_over_seconds=30",
                  "--valley_rates=16", "--valley_max_steps=1000"]
@@ -80,9 +84,13 @@ def stage_specs(smoke: bool, out: pathlib.Path, backend: str) -> dict[str, dict]
         if FLAGS.study_max_seconds:
             study.append(f"--max_seconds={FLAGS.study_max_seconds:g}")
         tests = ["-m", "not slow", "-n", str(FLAGS.test_workers), "--dist", "loadfile", "tests"]
+        own = ["--models=flax_cnn,resnet_bn", "--members=1,48", "--steps=50", "--repeats=1", "--candidates",
+               "--end_to_end=8x200"]
     return {
         "tests": {"argv": [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                   "cap": 170 if not smoke else 150, "json": None},
+        "own_model": {"argv": [py, str(BENCH / "own_model.py"), *own, f"--out={json_of('own_model')}"],
+                      "cap": 200 if not smoke else 300, "json": json_of("own_model")},
         "study": {"argv": [py, str(BENCH / "study_valley.py"), *study, f"--out={json_of('study_valley')}"],
                   "cap": 180 if not smoke else 240, "json": json_of("study_valley")},
         "pvs_small": {"argv": [py, str(BENCH / "population_vs_sequential.py"), *small,
@@ -157,6 +165,10 @@ def headline(name: str, r: dict) -> str:
             parts.append(f"valley {len(v['rates'])}x{v['max_steps']}: " + ", ".join(
                 f"{k.removeprefix('population_vs_')} {x:.1f}x" for k, x in v.get("speedup", {}).items()))
             parts += [f"tables agree {a['agree']}/{a['of']}" for a in v.get("agreement", {}).values()][:1]
+        return "; ".join(parts) or "-"
+    if name == "own_model":
+        parts = [f"{x['model']} K={x['members']} {x['speedup']:.2f}x" for x in j["per_member_step"]]
+        parts += [f"{x['sweep']}: {x['speedup']:.2f}x" for x in j["end_to_end"]]
         return "; ".join(parts) or "-"
     if name == "roofline":
         return "; ".join(f"{x['model']} K={x['members']} {x['fraction_of_matmul']:.1%}" for x in j["rows"]

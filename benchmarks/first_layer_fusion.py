@@ -82,7 +82,9 @@ def lrlab_loss(model):
 
 def rest_loss(params, z_BHWC, y):
     """small_cnn after its first conv block: conv 3x3 -> ReLU -> pool -> dense, as lrlab computes it."""
-    z = nn_relu(conv.max_pool_2x2(conv.conv2d_same(z_BHWC, params["Conv_1"]["kernel"], conv.MATMUL, tuple(n // 2 * 2 for n in z_BHWC.shape[1:3]))) + params["Conv_1"]["bias"])
+    pooled_hw = tuple(n // 2 * 2 for n in z_BHWC.shape[1:3])
+    z = conv.conv2d_same(z_BHWC, params["Conv_1"]["kernel"], conv.MATMUL, pooled_hw)
+    z = nn_relu(conv.max_pool_2x2(z) + params["Conv_1"]["bias"])
     logits = z.reshape(z.shape[0], -1) @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"]
     return classification.cross_entropy(logits, y).mean()
 

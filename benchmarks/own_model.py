@@ -16,9 +16,10 @@ JAX's defaults and lrlab as its command line runs (`--cpu_devices=auto`), altern
 medians of `--repeats` rounds are compared (shared machines drift).
 
 Tables:
-  per member-step  training time only (compilation, and lrlab's measurement of its lowering, apart):
-                   the user's loop against lrlab's population of K members (retirement off, members
-                   train past the target: every member trains every step).
+  per member-step  training time only (compilation, and lrlab's measurement of its lowering, apart),
+                   the target evaluated every 50 steps on 2,000 training examples by both: the user's
+                   loop against lrlab's population of K members (retirement off, members train past
+                   the target: every member trains every step).
   end to end       wall time to the same table, compilation included: --end_to_end=KxS rates and steps,
                    nothing retired; --valley: 48 rates from 1e-5 to 1 to a reachable target (97% on a
                    training subset), retirement on, the user's loop stopping each rate at the target or
@@ -28,6 +29,7 @@ Writes benchmarks/results/own_model-<backend>.json.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pathlib
@@ -46,6 +48,8 @@ flags.DEFINE_string("end_to_end", "8x200", "KxS: the end-to-end sweep of K rates
                     "(empty: none).")
 flags.DEFINE_bool("valley", False, "Also the real valley of flax_cnn: 48 rates to a reachable target, retirement on.")
 flags.DEFINE_integer("valley_max_steps", 600, "--valley: the step budget per rate.")
+flags.DEFINE_bool("candidates", False, "Also time every lowering candidate (convolution formulation x members per "
+                  "vmap) at each K, one fixed lowering per run: what lrlab's own measurement chooses among.")
 flags.DEFINE_integer("repeats", 3, "Alternating rounds; the median of each is reported.")
 flags.DEFINE_string("role", None, "Internal: one measurement in this process (user or lrlab), as JSON on stdout.")
 flags.DEFINE_string("spec", None, "Internal: the measurement's JSON.")
@@ -122,10 +126,15 @@ class UserLoop:
         eval_idx = np.random.default_rng(seed).choice(self.n, EVAL_EXAMPLES, replace=False)
         self.eval = {k: v[eval_idx] for k, v in self.data.items()}
         mutable = [c for c in self.variables if c != "params"]
+        takes_train = "train" in inspect.signature(type(model).__call__).parameters
+        mode = lambda train: {"train": train} if takes_train else {}  # noqa: E731
 
         def loss_fn(params, state, batch):
-            out = model.apply({"params": params, **state}, inputs(batch), train=True, mutable=mutable)
-            logits, new_state = out if mutable else (out, {})
+            if mutable:
+                logits, new_state = model.apply({"params": params, **state}, inputs(batch), **mode(True),
+                                                mutable=mutable)
+            else:
+                logits, new_state = model.apply({"params": params}, inputs(batch), **mode(True)), {}
             labels = batch[label].astype(jnp.int32)
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), new_state
 
@@ -139,14 +148,15 @@ class UserLoop:
 
         @jax.jit
         def accuracy(params, state, batch):
-            logits = model.apply({"params": params, **state}, inputs(batch), train=False)
+            logits = model.apply({"params": params, **state}, inputs(batch), **mode(False))
             return jnp.mean(jnp.argmax(logits, -1) == batch[label])
 
         self.step, self.accuracy = step, accuracy
 
     def run(self, lr: float, max_steps: int, target: float | None) -> dict[str, Any]:
         """One rate from the same initial weights: steps until the accuracy on the evaluation subset
-        reaches `target` at an evaluation, the loss turns non-finite, or `max_steps` pass."""
+        reaches `target` at an evaluation (every EVAL_EVERY steps; None: never), the loss turns
+        non-finite, or `max_steps` pass."""
         jax, np = self.jax, self.np
         params = self.variables["params"]
         state = {k: v for k, v in self.variables.items() if k != "params"}
@@ -155,10 +165,10 @@ class UserLoop:
         data_key = jax.random.PRNGKey(1)
         for t in range(max_steps):
             params, state, opt_state, loss = self.step(params, state, opt_state, self.data, t, data_key)
-            if target is not None and (t + 1) % EVAL_EVERY == 0:
+            if (t + 1) % EVAL_EVERY == 0:  # as lrlab: the target measured every EVAL_EVERY steps
                 if not np.isfinite(float(loss)):
                     return {"learning_rate": lr, "status": "diverged", "steps": t + 1}
-                if float(self.accuracy(params, state, self.eval)) >= target:
+                if float(self.accuracy(params, state, self.eval)) >= (target if target is not None else 2.0):
                     return {"learning_rate": lr, "status": "reached", "steps": t + 1}
         jax.block_until_ready(params)
         return {"learning_rate": lr, "status": "missed" if target is not None else "trained", "steps": max_steps}
@@ -172,7 +182,7 @@ def measure_user(spec: dict[str, Any]) -> dict[str, Any]:
     model, train, inputs, label, _ = build(spec["model"])
     loop = UserLoop(model, train, inputs, label)
     if spec["kind"] == "per_step":
-        loop.run(1e-3, 2, None)  # compiles
+        loop.run(1e-3, EVAL_EVERY, None)  # compiles the step and the evaluation
         timed = time.perf_counter()
         loop.run(1e-3, spec["steps"], None)
         return {"member_step_ms": 1000 * (time.perf_counter() - timed) / spec["steps"]}
@@ -236,6 +246,25 @@ def alternate(spec_user: dict[str, Any], spec_lrlab: dict[str, Any], repeats: in
     return users, lrlabs
 
 
+def candidates(spec: dict[str, Any], k: int, user_ms: float) -> list[dict[str, Any]]:
+    """Every lowering candidate at K members, each fixed for one run: ms per member-step."""
+    from lrlab.engine.lowering import chunk_candidates
+    from lrlab.task.conv import FORMULATIONS
+
+    rows = []
+    for conv_name in FORMULATIONS:
+        for chunk in chunk_candidates(k):
+            try:
+                ms = run_role("lrlab", {**spec, "lowering": conv_name, "member_chunk": chunk})["member_step_ms"]
+            except RuntimeError as e:  # a candidate the backend cannot compile (out of memory) is a row too
+                rows.append({"conv": conv_name, "member_chunk": chunk, "error": str(e)[-300:]})
+                continue
+            rows.append({"conv": conv_name, "member_chunk": chunk, "member_step_ms": ms})
+            print(f"{'':<10} {'':>3} {'':>8} {ms:>9.2f} {user_ms / ms:>9.2f}x  candidate: {conv_name}, {chunk} per vmap",
+                  flush=True)
+    return rows
+
+
 def main(argv):
     del argv
     if FLAGS.role:
@@ -265,6 +294,8 @@ def main(argv):
                                   "speedup": u / m, "user_runs": users, "lrlab_runs": lrlabs})
             print(f"{name:<10} {k:>3} {u:>8.2f} {m:>9.2f} {u / m:>9.2f}x  {low['conv']}, {low['member_chunk']} per "
                   f"vmap ({low['how']})", flush=True)
+            if FLAGS.candidates:
+                per_step_rows[-1]["candidates"] = candidates(spec, k, u)
     sweeps = []
     if FLAGS.end_to_end:
         k, s = map(int, FLAGS.end_to_end.split("x"))

@@ -51,7 +51,7 @@ PACE_GRID = {"pace": [0.5, 1.0, 2.0], "pace_grace_steps": [100, 200, 300], "pace
 CPU_CHUNK = 4  # members per chunk of small_cnn's member loop on CPU (population.member_chunk_size)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mnist_chance(eval_examples: int, seed: int, validation: int) -> float:
     """The accuracy of the best constant predictor on the run's evaluation subset (tasks.split)."""
     task = classification.image_classification(models.make_model("small_cnn", 1.0, 10, "auto"), mnist.load_mnist())

@@ -65,7 +65,8 @@ def main(argv):
         seconds_per_member_step = None
         for k in (int(v) for v in FLAGS.members):
             row = {"model": name, "members": k, "flops_per_model_step": flops}
-            if seconds_per_member_step and k * FLAGS.steps * (FLAGS.repeats + 1) * seconds_per_member_step > FLAGS.skip_over_seconds:
+            estimate = k * FLAGS.steps * (FLAGS.repeats + 1) * (seconds_per_member_step or 0.0)
+            if estimate > FLAGS.skip_over_seconds:
                 rows.append({**row, "skipped": "estimated time > --skip_over_seconds"})
                 print(f"{name:<13} {k:>4} {flops / 1e6:>11.1f}  skipped (estimated time > --skip_over_seconds)")
                 continue

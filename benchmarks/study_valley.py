@@ -42,7 +42,7 @@ FLAGS = flags.FLAGS
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def defined_flags(root: pathlib.Path) -> set[str]:
     """The flags lr_valley defines in the checkout at `root` (asked once per checkout)."""
     out = subprocess.run([sys.executable, "-m", "lrlab.experiments.lr_valley", "--helpfull"], cwd=root,

@@ -1,4 +1,4 @@
-"""What writing a run's views costs (issue 17): members.csv, the Optuna study (SQLite) and the
+"""What writing a run's views costs: members.csv, the Optuna study (SQLite) and the
 TensorBoard runs of the committed study valley (experiments/mack2018/results/cpu-lr_valley.json.gz:
 6 optimizers x 48 rates, 3,000-step budget, curves every 50 steps), and of its Adam valley alone
 (48 members: the default `python -m lrlab.experiments.lr_valley`). Each view is written by the run
@@ -54,7 +54,7 @@ def main() -> None:
     seconds = {name: {v: [] for v in VIEWS} for name in runs}
     sizes = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for repeat in range(args.repeats):
+        for _repeat in range(args.repeats):
             for name, (records, _) in runs.items():
                 run = Workdir(pathlib.Path(tmp) / name.split()[0], "lr_valley")
                 run.prepare()

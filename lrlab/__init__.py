@@ -43,4 +43,4 @@ __all__ = ["Budget", "HParam", "LinenModel", "Members", "NNXModel", "Optimizer",
            "ScheduleSpec", "SweepSettings", "Target", "Task", "classification", "grid", "image_classification",
            "lr_finder", "lr_range_test", "lr_valley", "model_scaling", "optimizer", "optimizer_comparison", "pbt",
            "random_search", "bayes_search", "schedules", "search_compare", "techniques"]
-__all__ += ["Views"]
+__all__ += ["Views", "__version__"]

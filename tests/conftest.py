@@ -41,7 +41,7 @@ from lrlab.task import target as target_lib
 N_TRAIN, N_EVAL = 1000, 200  # the slice: 1,000 training images, the first 200 of them the evaluation set
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_mnist():
     return mnist_lib.load_mnist()
 

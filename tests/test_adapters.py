@@ -61,18 +61,23 @@ def _outputs_and_grads(model, variables, x, train, formulation):
     return run(variables, x)
 
 
-@pytest.mark.parametrize("make", [LinenNet, lambda: (lambda rngs: NNXNet(rngs))], ids=["linen", "nnx"])
-@pytest.mark.parametrize("train", [False, True])
-def test_lowered_model_equals_plain_model(make, train):
+@pytest.mark.parametrize("make,train,formulation", [(LinenNet, True, conv.MATMUL), (LinenNet, False, conv.CANONICAL),
+                                                    (lambda: (lambda rngs: NNXNet(rngs)), True, conv.CANONICAL),
+                                                    (lambda: (lambda rngs: NNXNet(rngs)), False, conv.MATMUL)],
+                         ids=["linen-train-matmul", "linen-eval-canonical", "nnx-train-canonical", "nnx-eval-matmul"])
+def test_lowered_model_equals_plain_model(make, train, formulation):
     model = adapters.as_model(make())
     x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
     variables = model.init(jax.random.PRNGKey(1), x)
     assert set(adapters.conv_layers(model, x).values()) == {adapters.LOWERED}
-    plain, lowered = (_outputs_and_grads(model, variables, x, train, f) for f in (conv.XLA, conv.MATMUL))
+    plain, lowered = (_outputs_and_grads(model, variables, x, train, f) for f in (conv.XLA, formulation))
     for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(lowered)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
-    program = str(jax.make_jaxpr(lambda v: model.apply(v, x, train, jax.random.PRNGKey(7), conv.MATMUL)[0])(variables))
-    assert "conv_general_dilated" not in program  # every convolution became a matmul
+    program = str(jax.make_jaxpr(lambda v: model.apply(v, x, train, jax.random.PRNGKey(7), formulation)[0])(variables))
+    if formulation == conv.MATMUL:
+        assert "conv_general_dilated" not in program  # every convolution became a matmul
+    else:
+        assert "custom_vjp_call" in program  # every convolution has its canonical gradient
     assert "conv_general_dilated" in str(jax.make_jaxpr(lambda v: model.apply(v, x, train, jax.random.PRNGKey(7))[0])(
         variables))
 

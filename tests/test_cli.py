@@ -49,15 +49,10 @@ def test_rerun_compares_rates_by_value_not_text(tmp_path):
     again = run_valley("--optimizer=sgd", "--lrs=1e-3,1e-1", f"--workdir={workdir}", *TINY)
     assert again.returncode == 0, again.stderr
     assert "already holds this run's results" in again.stdout
-    flags_file = workdir / "flags.json"  # a run from before a flag existed: that flag at its default matches
-    saved = json.loads(flags_file.read_text())
-    flags_file.write_text(json.dumps({k: v for k, v in saved.items() if k not in ("protocol", "seeds")}))
-    older = run_valley("--optimizer=sgd", "--lrs=1e-3,1e-1", f"--workdir={workdir}", *TINY)
-    assert older.returncode == 0 and "already holds this run's results" in older.stdout, older.stderr
     seeded = run_valley("--optimizer=sgd", "--lrs=1e-3,1e-1", "--seeds=2", f"--workdir={workdir}", *TINY)
-    assert seeded.returncode == 1 and "--seeds=1 there, 2 here" in seeded.stderr
+    assert seeded.returncode == 1 and "--seeds=(not set) there, 2 here" in seeded.stderr
     other = run_valley("--optimizer=sgd", "--lrs=1e-3,1e-2", f"--workdir={workdir}", *TINY)
-    assert other.returncode == 1 and "holds a run with other flags (--lrs=" in other.stderr
+    assert other.returncode == 1 and "holds a run with other flags (--optimizer/--lrs/--hparam (the members)=" in other.stderr
 
 
 def test_run_without_retirement_resumes_without_it(tmp_path):
@@ -66,31 +61,31 @@ def test_run_without_retirement_resumes_without_it(tmp_path):
     workdir = tmp_path / "run"
     first = run_valley("--optimizer=sgd", "--lrs=0.1", "--noretire", f"--workdir={workdir}", *TINY)
     assert first.returncode == 0, first.stderr
-    assert not any(k.startswith("retire") for k in json.loads((workdir / "flags.json").read_text()))
+    assert "retire" not in json.loads((workdir / "identity.json").read_text())["settings"]  # absent: made without
     (workdir / "results.json").unlink()  # resume from the final checkpoint, whose identity has no retirement
     again = run_valley("--optimizer=sgd", "--lrs=0.1", f"--workdir={workdir}", *TINY)
     assert again.returncode == 0, again.stderr
     assert "trains without retirement; resuming it so (--noretire)" in again.stdout
     assert (workdir / "results.json").exists()
     refused = run_valley("--optimizer=sgd", "--lrs=0.1", "--retire", f"--workdir={workdir}", *TINY)
-    assert refused.returncode == 1 and "--retire=None there, True here" in refused.stderr
+    assert refused.returncode == 1 and "--retire=(not set) there, (set) here" in refused.stderr
 
 
 def test_cpu_devices_auto_is_one_per_core_and_one_per_process_when_distributed():
-    from lrlab.experiments import cli
+    from lrlab.experiments import command
 
-    assert cli.cpu_device_count("auto", distributed=False) == len(os.sched_getaffinity(0))
-    assert cli.cpu_device_count("auto", distributed=True) == 1
-    assert cli.cpu_device_count("0", distributed=False) == 1 and cli.cpu_device_count("3", distributed=True) == 3
+    assert command.cpu_device_count("auto", distributed=False) == len(os.sched_getaffinity(0))
+    assert command.cpu_device_count("auto", distributed=True) == 1
+    assert command.cpu_device_count("0", distributed=False) == 1 and command.cpu_device_count("3", distributed=True) == 3
 
 
 def test_refused_rerun_does_not_claim_the_workdir(tmp_path):
-    """A refused command never writes flags.json: after a late refusal the corrected one still runs."""
+    """A refused command never writes identity.json: after a late refusal the corrected one still runs."""
     workdir = tmp_path / "run"
     workdir.mkdir()
     bad = run_valley("--optimizer=sgd", "--model=tutorial_cnn", "--num_lrs=2000", f"--workdir={workdir}", *TINY[1:])
     assert bad.returncode == 1 and "members fit" in bad.stderr
-    assert not (workdir / "flags.json").exists() and not (workdir / "checkpoints").exists()
+    assert not (workdir / "identity.json").exists() and not (workdir / "checkpoints").exists()
     good = run_valley("--optimizer=sgd", "--lrs=0.1", f"--workdir={workdir}", *TINY)
     assert good.returncode == 0, good.stderr
 
@@ -122,7 +117,7 @@ def test_refused_rerun_does_not_claim_the_workdir(tmp_path):
     ("--prune=sha --sequential", "--prune ranks members against each other: not with --sequential"),
     ("--early_stopping --validation_examples=60000",
      "--validation_examples=60000: mnist has only 60,000 training examples"),
-    # Values that used to fail only after compiling, or to train nonsense (reliability issue 16).
+    # Values that used to fail only after compiling, or to train nonsense.
     ("--batch_size=70000", "--batch_size=70000: more than the 60,000 examples mnist trains on"),
     ("--eval_examples=70000", "--eval_examples=70000: the target is measured on a subset of the 60,000"),
     ("--seed=-1", "--seed=-1: must be 0 or positive"),

@@ -175,6 +175,7 @@ def test_run_all_resumes_from_saved_rows_in_method_order(tmp_path):
                                                        ("pbt16", 1), ("pbt16", 2)]
 
 
+@pytest.mark.slow
 def test_search_compare_end_to_end(tmp_path):
     """A tiny comparison (MLP, 60-step budget) of the methods that train: every row scored against
     the valley's S*, results.json and the figure written, and a rerun prints the saved table."""

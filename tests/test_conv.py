@@ -1,5 +1,5 @@
-"""The im2col convolution is lax's convolution: values and gradients, every stride, padding and kernel
-size it covers; what it does not cover goes to XLA's convolution."""
+"""The im2col and canonical convolutions are lax's convolution: values and gradients, every stride,
+padding and kernel size they cover; what they do not cover goes to XLA's convolution as written."""
 
 import jax
 import jax.numpy as jnp
@@ -9,16 +9,15 @@ from jax import lax
 
 from lrlab.task import conv
 
-
-
 # kernel size, strides, padding: every kernel size 1 to 7, strides 1 and 2 (and unequal), SAME, VALID,
 # explicit and negative (a crop) padding, each at least once.
 CASES = [(1, (1, 1), "SAME"), (2, (2, 2), "SAME"), (3, (1, 1), "VALID"), (3, (2, 2), ((1, 2), (0, 3))),
          (4, (1, 3), "SAME"), (5, (1, 1), ((2, -1), (0, -2))), (6, (2, 1), "VALID"), (7, (2, 2), "SAME")]
 
 
+@pytest.mark.parametrize("formulation", [conv.MATMUL, conv.CANONICAL])
 @pytest.mark.parametrize("kernel,strides,padding", CASES)
-def test_matmul_equals_lax(kernel, strides, padding):
+def test_formulation_equals_lax(formulation, kernel, strides, padding):
     kx, kw = jax.random.split(jax.random.PRNGKey(kernel))
     x = jax.random.normal(kx, (2, 13, 11, 3))
     w = jax.random.normal(kw, (kernel, kernel, 3, 4))
@@ -28,7 +27,7 @@ def test_matmul_equals_lax(kernel, strides, padding):
         loss = lambda x, w: jnp.sum(jnp.sin(f(x, w, *args, dimension_numbers=conv.NHWC)))  # noqa: E731
         return jax.jit(lambda x, w: (f(x, w, *args, dimension_numbers=conv.NHWC), jax.grad(loss, (0, 1))(x, w)))(x, w)
 
-    (y_mm, g_mm), (y_xla, g_xla) = both(conv.conv_general_dilated_matmul), both(lax.conv_general_dilated)
+    (y_mm, g_mm), (y_xla, g_xla) = both(conv.CONV_GENERAL_DILATED[formulation]), both(lax.conv_general_dilated)
     assert conv.explain_unsupported(x, w, *args, dimension_numbers=conv.NHWC) is None
     np.testing.assert_allclose(y_mm, y_xla, rtol=1e-5, atol=1e-5)
     for a, b in zip(g_mm, g_xla):
@@ -41,13 +40,14 @@ def test_matmul_equals_lax(kernel, strides, padding):
     ({"feature_group_count": 3}, (3, 3, 2, 6), "feature_group_count=3"),
     ({"dimension_numbers": ("NCHW", "OIHW", "NCHW")}, (6, 6, 3, 3), "layout other than NHWC/HWIO"),
 ])
-def test_what_matmul_does_not_cover_runs_as_lax(kwargs, kernel_shape, why):
+@pytest.mark.parametrize("formulation", [conv.MATMUL, conv.CANONICAL])
+def test_what_a_formulation_does_not_cover_runs_as_lax(formulation, kwargs, kernel_shape, why):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 6))
     w = jax.random.normal(jax.random.PRNGKey(1), kernel_shape)
     kwargs = {"dimension_numbers": conv.NHWC, **kwargs}
     padding = ((1, 1), (1, 1))
     assert conv.explain_unsupported(x, w, (1, 1), padding, **kwargs) == why
-    np.testing.assert_array_equal(conv.conv_general_dilated_matmul(x, w, (1, 1), padding, **kwargs),
+    np.testing.assert_array_equal(conv.CONV_GENERAL_DILATED[formulation](x, w, (1, 1), padding, **kwargs),
                                   lax.conv_general_dilated(x, w, (1, 1), padding, **kwargs))
 
 

@@ -55,7 +55,8 @@ def chain(learning_rate, weight_decay):
 def user_task(model=None):
     xent = lambda logits, batch: optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     return lrlab.Task(model=model or UserMLP(), train=synthetic_data(), inputs=lambda batch: batch["features"],
-                      loss=xent, metrics={"loss": xent, "accuracy": lambda logits, batch: classification.correct(logits, batch["label"])},
+                      loss=xent,
+                      metrics={"loss": xent, "accuracy": lambda logits, batch: classification.correct(logits, batch["label"])},
                       target=lrlab.Target("loss", 0.0, "min"), name="synthetic")  # a goal of 0 nats: never reached
 
 

@@ -56,13 +56,15 @@ def test_adadelta_matches_tf1_first_step():
 
 
 def test_adam_defaults_are_tf1():
-    assert members_lib.default_hparams("adam") == {"b1": 0.9, "b2": 0.999, "eps": 1e-8}
+    assert optimizers.get("adam").defaults() == {"b1": 0.9, "b2": 0.999, "eps": 1e-8}
     update, _ = _one_step("adam", G, 0.001)
     np.testing.assert_allclose(update, -0.001 * np.sign(G) * np.abs(G) / (np.abs(G) + 1e-8), rtol=1e-4)
 
 
 def test_flag_override_changes_hyperparameter():
-    assert members_lib.default_hparams("momentum", {"momentum": 0.9, "b1": 0.1}) == {"momentum": 0.9}
+    hparams = members_lib.population_hparams("momentum", [0.1, 0.2], {"momentum": 0.9, "b1": 0.1})  # b1: not momentum's
+    assert set(hparams) == {"learning_rate", "momentum"}
+    np.testing.assert_array_equal(hparams["momentum"], np.float32([0.9, 0.9]))
 
 
 @pytest.mark.parametrize("text,expected", [("adam", ["adam"]), ("sgd, adam", ["sgd", "adam"]),
@@ -115,12 +117,12 @@ def test_bad_values_are_refused_by_the_range_table():
 
 
 def test_the_command_line_flags_are_the_registry():
-    from lrlab.experiments import cli
+    from lrlab.experiments import common_flags
 
-    for flag, (opt, hp) in cli.HPARAM_FLAGS.items():
+    for _flag, (opt, hp) in common_flags.HPARAM_FLAGS.items():
         assert optimizers.REGISTRY[opt].hparams[hp].default is not None
     assert {"momentum", "adam_b1", "adam_b2", "adam_eps", "adagrad_initial_accumulator", "adadelta_rho",
-            "adadelta_eps", "rmsprop_decay", "rmsprop_eps", "rmsprop_initial_scale"} == set(cli.HPARAM_FLAGS)
+            "adadelta_eps", "rmsprop_decay", "rmsprop_eps", "rmsprop_initial_scale"} == set(common_flags.HPARAM_FLAGS)
 
 
 def test_new_learning_rates_do_not_recompile():

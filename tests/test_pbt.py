@@ -69,11 +69,12 @@ def toy(cli_runs):
 
 
 def explore(truncation=0.2, resample=0.0, bounds=(LR_BOUND,), factors=(0.8, 1.2)):
-    return exploit_explore.explore_arrays(exploit_explore.PBTConfig(ready_steps=10, truncation=truncation, perturb_factors=factors,
-                                            resample_probability=resample, explore=tuple(bounds)))
+    config = exploit_explore.PBTConfig(ready_steps=10, truncation=truncation, perturb_factors=factors,
+                                       resample_probability=resample, explore=tuple(bounds))
+    return exploit_explore.explore_arrays(config)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def exploit_fn(names=("learning_rate",)):
     return jax.jit(functools.partial(exploit_explore.exploit_explore, names=names))
 

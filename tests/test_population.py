@@ -161,15 +161,17 @@ def test_max_seconds_exhausts_running_members(small_data):
     assert list(out.final.steps_trained) == [5, 5]
 
 
-@pytest.mark.parametrize("requested,k,expected", [
-    (0, 48, 1),  # the prior: one member per vmap (a run large enough to measure chooses: lowering.py)
-    (0, 7, 1),
-    (4, 6, 3),  # the largest divisor of K not above the request
-    (5, 10, 5),
-    (64, 48, 48),  # one vmap
+@pytest.mark.parametrize("requested,k,weights,expected", [
+    (0, 48, 3_478, 4),  # the prior: a small model in chunks of 4,
+    (0, 48, 206_922, 1),  # a larger one a member at a time
+    (0, 48, 100_000, 2),
+    (0, 6, 3_478, 3),  # the largest divisor of K under the target
+    (0, 7, 3_478, 1),
+    (5, 10, 3_478, 5),  # a request wins
+    (64, 48, 3_274_634, 48),  # one vmap
 ])
-def test_member_chunk_size(requested, k, expected):
-    assert member_map.member_chunk_size(requested, k) == expected
+def test_member_chunk_size(requested, k, weights, expected):
+    assert member_map.member_chunk_size(requested, k, weights) == expected
 
 
 def test_distinct_seeds_give_each_member_its_own_run(small_data):

@@ -11,6 +11,8 @@ import pytest
 import reference_runs
 from conftest import run_together
 
+pytestmark = pytest.mark.slow  # six command-line runs together: a guard for refactors, run with -m slow
+
 RECORDED = json.loads((pathlib.Path(__file__).parent / "data" / "reference_members.json").read_text())
 
 

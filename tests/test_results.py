@@ -100,7 +100,7 @@ def test_disk_full_while_writing_fails_with_one_line_and_leaves_nothing_half(tmp
     """ENOSPC in the middle of a write: one clear error line, exit 1, the old file intact, no temp file."""
     import errno
 
-    from lrlab.experiments import cli
+    from lrlab.experiments import command
 
     path = tmp_path / "results.json"
     files.write_json(path, {"old": True})
@@ -109,7 +109,7 @@ def test_disk_full_while_writing_fails_with_one_line_and_leaves_nothing_half(tmp
         f.write(b'{"new": ')
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(SystemExit) as exit_info, cli.writing(f"results to {tmp_path}"):
+    with pytest.raises(SystemExit) as exit_info, command.writing(f"results to {tmp_path}"):
         files.atomic_write(path, fill_disk)
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == (f"lrlab: error: cannot write results to {tmp_path}: No space left on "

@@ -127,7 +127,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     workdir = tmp_path / "run"
     code, _, _ = start_and_signal(workdir, "adam", signal.SIGKILL)
     assert code == -signal.SIGKILL
-    (workdir / "flags.json").unlink(missing_ok=True)  # so that only the checkpoint can tell (a kill may precede it)
+    (workdir / "identity.json").unlink(missing_ok=True)  # so that only the checkpoint can tell (a kill may precede it)
     proc = run(workdir, "--model=mlp")
     assert proc.returncode == 1
     assert "belongs to another run (model:" in proc.stderr and "Traceback" not in proc.stderr
@@ -164,7 +164,7 @@ def flip_bytes(path, count=64):
 
 @pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path):
-    """Issue 16 #1: bytes flipped in the latest checkpoint's arrays: resumed from the one before, said
+    """bytes flipped in the latest checkpoint's arrays: resumed from the one before, said
     in one line, and the results are the uninterrupted run's (they were silently wrong before)."""
     workdir = tmp_path / "run"
     code, _, _ = start_and_signal(workdir, "adam", signal.SIGKILL, checkpoints=2, recorded=True)
@@ -212,7 +212,7 @@ def test_truncated_results_of_a_finished_run_are_recomputed(reference, tmp_path)
 
 
 def test_outputs_take_the_umask_mode(reference):
-    for name in ("results.json", "flags.json", "valley.png"):
+    for name in ("results.json", "identity.json", "valley.png"):
         assert (reference / name).stat().st_mode & 0o777 == 0o666 & ~current_umask(), name
 
 

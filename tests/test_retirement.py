@@ -1,4 +1,4 @@
-"""Retirement (issue 14): members at chance for long enough, or out of pace for the target within the
+"""Retirement: members at chance for long enough, or out of pace for the target within the
 budget, are retired and re-packed away; the rules replay on a curve as the runner applies them;
 chance comes from the task; runs made before them resume without them."""
 

@@ -14,6 +14,7 @@ import pytest
 
 from lrlab.engine import loop
 from lrlab.optim import optimizers
+from lrlab.store import ranking
 from lrlab.store.workdir import Workdir
 from lrlab.task.target import Target
 from lrlab.training import search
@@ -79,7 +80,7 @@ def test_objective_ordering():
     ranked = [record("reached", 200), record("reached", 1000), record("exhausted", curve=[0.5, 0.96, 0.9]),
               record("pruned", curve=[0.8]), record("exhausted", curve=[0.1]),
               record("diverged", curve=[0.97 - 1e-6, float("nan")])]
-    values = [search.objective(r, BUDGET.max_steps, TARGET, "train_accuracy") for r in ranked]
+    values = [ranking.objective(r, BUDGET.max_steps, TARGET, "train_accuracy") for r in ranked]
     assert values == sorted(values) and len(set(values)) == len(values), values
     assert values[:2] == [200.0, 1000.0]
     assert values[2] == pytest.approx(1000 * (1 + 0.97 - 0.96))  # ranked by the best accuracy, not the last
@@ -218,4 +219,6 @@ def test_bayes_search_end_to_end_and_bad_flags(tmp_path):
     rerun = subprocess.run(command(f"--workdir={workdir}", *TINY), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "already holds this run's results" in rerun.stdout and "round 1/2" not in rerun.stdout
-    assert f"{summary['best']['learning_rate']:.4g}" in rerun.stdout.splitlines()[2]  # rank 1 row
+    lines = rerun.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("rank"))
+    assert f"{summary['best']['learning_rate']:.4g}" in lines[header + 1]  # rank 1 row

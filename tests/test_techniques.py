@@ -96,6 +96,7 @@ def test_early_stopping_update_keeps_the_best_and_stops_after_patience():
     np.testing.assert_array_equal(restored.params["w"], [[2.0] * 3, [1.0] * 3])  # each member's best
 
 
+@pytest.mark.slow
 def test_early_stopping_run_returns_the_best_variables():
     settings = settings_lib.SweepSettings(budget=loop.Budget(60, None, 10), batch_size=32, eval_examples=200, patience=2,
                                    validation_examples=300, progress=False)

@@ -14,7 +14,7 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 PIL_Image = pytest.importorskip("PIL.Image")  # tfds encodes/decodes PNG with PIL when TF is absent
 
-from lrlab.task.dataset import DatasetError
+from lrlab.task.dataset import DatasetError  # noqa: E402
 from lrlab.task.datasets import load_dataset  # noqa: E402
 
 NAME = "lrlab_tiny_images"

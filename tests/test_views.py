@@ -1,4 +1,4 @@
-"""The views of a run for other tools (issue 17), read back with the tools' own readers: the Optuna
+"""The views of a run for other tools, read back with the tools' own readers: the Optuna
 study with optuna.load_study, the TensorBoard runs with tensorboard's event reader, members.csv with
 pandas.read_csv, each checked against results.json; a rerun leaves one trial per member; the
 storage URL is checked before any work."""

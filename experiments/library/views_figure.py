@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 
 
-def rendered(draw) -> "matplotlib.image.AxesImage":
+def rendered(draw) -> matplotlib.image.AxesImage:
     """One of Optuna's figures as an image (each draws on a figure of its own)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna.visualization.matplotlib is experimental

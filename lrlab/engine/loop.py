@@ -1,10 +1,10 @@
 """The one segment loop: the only Python loop of lrlab, with hooks for what the methods add.
 
-The engine (`population.py`) is pure and jitted. Between segments `train` reads the members'
+The device program (`segment.py`, placed by `placement.py`) is pure and jitted. Between segments `train` reads the members'
 status, records their curves, stops members on the time budget, lets the hooks act (successive
 halving prunes at its rungs, PBT exploits and explores, the range test watches for divergence, a
 test-set curve is measured), re-packs the still-running members (into fewer member chunks, or a
-smaller population: see packing.py) so finished members stop costing compute, checkpoints, and
+smaller population: see placement.py) so finished members stop costing compute, checkpoints, and
 honours a stop signal. A resumed run gives the uninterrupted run's results: batches depend only on
 (data_key, step), the packed population is rebuilt from the saved layout, and each hook saves and
 restores its own state.
@@ -13,14 +13,16 @@ restores its own state.
 from __future__ import annotations
 
 import dataclasses
-import math
+import pathlib
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from absl import logging
 
 from lrlab.engine import member_map, placement, population
 from lrlab.engine import segment as segment_lib
@@ -28,7 +30,6 @@ from lrlab.engine.config import EngineConfig
 from lrlab.engine.population import Population, TrainData
 from lrlab.engine.segment import SegmentMetrics
 from lrlab.engine.stop import Interrupted, StopSignal
-from lrlab.store.checkpoints import RunCheckpoints
 
 STOP_CHECK_SECONDS = 10.0  # the longest the loop trains between two checks of the stop signal
 PROBE_STEPS = 10  # at most this many steps per chunk until the time per step is measured,
@@ -103,6 +104,19 @@ class Programs:
         return placement.place(tree, placement.replicated(self.mesh))
 
 
+class Checkpoints(Protocol):
+    """Where the loop keeps its checkpoints (`lrlab.store.checkpoints.RunCheckpoints`): restore the
+    latest, say when one is due, save one."""
+
+    directory: pathlib.Path
+
+    def restore(self, template: Population, mesh: jax.sharding.Mesh) -> tuple[Population, dict[str, Any]] | None: ...
+
+    def due(self, segments: int) -> bool: ...
+
+    def save(self, step: int, population: Population, state: dict[str, Any]) -> None: ...
+
+
 class Hook:
     """What a method adds to the loop. After each evaluation (the members' statuses, curves and the
     time budget already updated) `after_segment` may read and change the loop: prune members,
@@ -112,7 +126,7 @@ class Hook:
 
     name = "hook"
 
-    def after_segment(self, loop: "Loop", metrics: SegmentMetrics) -> None:
+    def after_segment(self, loop: Loop, metrics: SegmentMetrics) -> None:
         pass
 
     def state(self) -> dict[str, Any]:
@@ -121,7 +135,7 @@ class Hook:
     def restore(self, state: dict[str, Any]) -> None:
         pass
 
-    def postfix(self, loop: "Loop") -> dict[str, Any]:
+    def postfix(self, loop: Loop) -> dict[str, Any]:
         return {}
 
 
@@ -242,11 +256,11 @@ class Loop:
 
     def place(self, members: np.ndarray, size: int, spread: bool = True) -> None:
         """`sub` becomes the population of `members` (positions), padded to `size`, sharded
-        (`spread`: dealt round-robin to the devices; see packing.layout)."""
+        (`spread`: dealt round-robin to the devices; see placement.layout)."""
         self.place_layout(*placement.layout(members, size, self.programs.multiple, spread))
 
     def place_layout(self, pos: np.ndarray, real: np.ndarray) -> None:
-        """`sub` becomes the population laid out as `pos` / `real` (packing.layout), sharded."""
+        """`sub` becomes the population laid out as `pos` / `real` (placement.layout), sharded."""
         self.full = self.merged()
         resized = self.sub is None or self.sub.size != pos.size
         self.sub, self.pos, self.real = self.programs.shard(placement.pack(self.full, pos, real)), pos, real
@@ -306,8 +320,8 @@ class Loop:
         self.train_seconds += seconds
         per_step = seconds / num_steps
         if self.step_seconds is None and per_step > STOP_CHECK_SECONDS:
-            print(f"lrlab: one training step of {self.real.sum()} members takes {per_step:.0f} s: a stop signal waits "
-                  "for the step in progress", flush=True)
+            logging.warning("one training step of %d members takes %.0f s: a stop signal waits for the step in "
+                            "progress", self.real.sum(), per_step)
         self.step_seconds = per_step if self.step_seconds is None else 0.5 * (self.step_seconds + per_step)
         self.step += num_steps
         step_loss = np.full((self.k, num_steps), np.nan)
@@ -395,7 +409,7 @@ def train(
     hooks: Sequence[Hook] = (),
     progress: bool = True,
     desc: str = "",
-    checkpoints: RunCheckpoints | None = None,
+    checkpoints: Checkpoints | None = None,
     stop: StopSignal | None = None,
 ) -> RunOutput:
     """Trains `pop` until no member is running (or a hook ends the run); returns the finished
@@ -486,7 +500,7 @@ class SegmentCallback(Hook):
 
     name = "callback"
 
-    def __init__(self, fn: Callable[[Population, np.ndarray, int], "dict[str, np.ndarray] | None"]):
+    def __init__(self, fn: Callable[[Population, np.ndarray, int], dict[str, np.ndarray] | None]):
         self.fn = fn
 
     def after_segment(self, loop: Loop, metrics: SegmentMetrics) -> None:
@@ -505,8 +519,3 @@ def evaluate_members(cfg: EngineConfig, variables_K: Any, arrays: Any) -> dict[s
     arrays_E, weight_E = population.pad_to_chunks(arrays, cfg.eval_chunk)
     metrics = jax.jit(segment_lib.make_metrics_fn(cfg))(variables_K, arrays_E, weight_E)
     return {k: np.asarray(v) for k, v in metrics.items()}
-
-
-def nan_metrics(cfg: EngineConfig, k: int) -> dict[str, np.ndarray]:
-    """What `evaluate_members` gives for a task without that set: NaN per member and metric."""
-    return {name: np.full(k, math.nan) for name in cfg.task.metrics}

@@ -34,10 +34,11 @@ from lrlab.task import conv as conv_lib
 
 AUTO = "auto"
 CHOICES = (AUTO,) + conv_lib.FORMULATIONS  # what a run may ask for its convolutions
-MEASURE_ABOVE = 1e10  # a run of fewer weight-examples (weights x members x steps x batch) keeps the prior
+MEASURE_ABOVE = 1e13  # a run of fewer training FLOPs (3 forward passes per example-step) keeps the prior
 MAX_SHARE = 0.05  # measuring stops once it has cost this share of the run's estimated training time
 PROBE_STEPS = 4  # training steps per timed call of a candidate
 TIMED_CALLS = 2  # timed calls per candidate (the fastest counts), after one untimed call
+SLOW_FACTOR = 3.0  # a candidate whose untimed call is this much slower than the best so far is not timed further
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +75,7 @@ class Choice:
                 "layers": self.layers}
 
     @classmethod
-    def from_json(cls, saved: dict[str, Any]) -> "Choice":
+    def from_json(cls, saved: dict[str, Any]) -> Choice:
         return cls(Lowering(saved["conv"], int(saved["member_chunk"])), saved["how"], saved.get("candidates", []),
                    saved.get("seconds", 0.0), saved.get("estimate_seconds"), saved.get("layers", {}))
 
@@ -101,14 +102,26 @@ class Choice:
         return "\n".join(rows)
 
 
+def prior_convs(chunk: int) -> list[str]:
+    """The formulations in the order tried, the prior first: im2col matmuls, which never meet the
+    slow paths of a convolution (grouped when vmapped; a non-canonical gradient layout inside a loop
+    on XLA:CPU) and were the fastest on most models measured (benchmarks/own_model.py); a model whose
+    convolutions are cheaper as written (large activations, where im2col's copies cost more than
+    the slow path) gets them from a run large enough to measure."""
+    del chunk  # the same order at every chunk size: the measurement, not the prior, tells them apart
+    return [conv_lib.MATMUL, conv_lib.CANONICAL, conv_lib.XLA]
+
+
 def chunk_candidates(k: int) -> list[int]:
     """Members per vmap worth trying in a member loop of k: the powers of two that divide k, and k."""
     return sorted({c for c in (2 ** i for i in range(int(math.log2(k)) + 1)) if k % c == 0} | {k})
 
 
-def weight_examples(cfg: EngineConfig, weights: int, members: int, max_steps: int) -> float:
-    """The size of a run in weight-examples: what decides whether measuring can pay."""
-    return float(weights) * members * max_steps * cfg.batch_size
+def training_flops(cfg: EngineConfig, members: int, max_steps: int) -> float:
+    """The size of a run in FLOPs (a training step taken as three forward passes): what decides
+    whether measuring can pay. Counted by XLA on the model as written, so convolutions weigh in."""
+    per_example = adapters.forward_flops(cfg.task.model, cfg.task.example_input())
+    return 3.0 * per_example * cfg.batch_size * members * max_steps
 
 
 class _Probe:
@@ -134,12 +147,16 @@ class _Probe:
             compile_start = time.perf_counter()
             program = placement.make_training_fn(cfg, PROBE_STEPS, self.mesh).lower(*args).compile()
             compile_seconds = time.perf_counter() - compile_start
+            call_start = time.perf_counter()
             jax.block_until_ready(program(*args))
-            calls = []
-            for _ in range(TIMED_CALLS):
-                call_start = time.perf_counter()
-                jax.block_until_ready(program(*args))
-                calls.append(time.perf_counter() - call_start)
+            calls = [_agreed(time.perf_counter() - call_start)]  # the first call tells a hopeless candidate
+            best = min((t["member_step_ms"] for t in self.timed.values()), default=None)
+            if best is None or calls[0] < SLOW_FACTOR * best / 1000 * PROBE_STEPS * chunk:
+                calls = []
+                for _ in range(TIMED_CALLS):
+                    call_start = time.perf_counter()
+                    jax.block_until_ready(program(*args))
+                    calls.append(time.perf_counter() - call_start)
             seconds = _agreed(min(calls)) / (PROBE_STEPS * chunk)
             self.timed[key] = {"conv": conv, "member_chunk": chunk, "compile_seconds": compile_seconds,
                                "member_step_ms": 1000 * seconds, "cost_seconds": time.perf_counter() - start}
@@ -173,11 +190,13 @@ def choose(cfg: EngineConfig, pop: Population, data: TrainData, data_key: jax.Ar
     if conv not in CHOICES:
         raise ValueError(f"conv must be one of {', '.join(CHOICES)}, got {conv!r}")
     k = placement.round_up(pop.size, mesh.size) // mesh.size  # each device's member loop (padding included)
+    weights = sum(x.size for x in jax.tree_util.tree_leaves(pop.params)) // pop.size
     layers = adapters.conv_layers(cfg.task.model, cfg.task.example_input())
     lowerable = any(s == adapters.LOWERED for s in layers.values())
-    convs = [conv] if conv != AUTO else [conv_lib.MATMUL, conv_lib.XLA] if lowerable else [conv_lib.XLA]
-    chunks = [member_chunk_size(member_chunk, k)] if member_chunk else chunk_candidates(k)
-    prior = Lowering(convs[0], member_chunk_size(member_chunk, k))
+    prior_chunk = member_chunk_size(member_chunk, k, weights)
+    convs = [conv] if conv != AUTO else prior_convs(prior_chunk) if lowerable else [conv_lib.XLA]
+    chunks = [prior_chunk] if member_chunk else chunk_candidates(k)
+    prior = Lowering(convs[0], prior_chunk)
     if saved is not None:
         reused = Choice.from_json(saved)
         if reused.lowering.conv in convs and reused.lowering.member_chunk in chunks:
@@ -185,8 +204,7 @@ def choose(cfg: EngineConfig, pop: Population, data: TrainData, data_key: jax.Ar
             return _logged(reused)
     if len(convs) * len(chunks) == 1:
         return _logged(Choice(prior, "given", layers=layers))
-    weights = sum(x.size for x in jax.tree_util.tree_leaves(pop.params)) // pop.size
-    if weight_examples(cfg, weights, pop.size, max_steps) < MEASURE_ABOVE:
+    if training_flops(cfg, pop.size, max_steps) < MEASURE_ABOVE:
         return _logged(Choice(prior, "prior", layers=layers))
 
     probe = _Probe(cfg, pop, data, data_key, mesh)

@@ -4,27 +4,34 @@ of K: a single vmap; chunks of 1: a loop over members), idle chunks skipped.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from lrlab.engine.config import EngineConfig
 
+PRIOR_CHUNK_WEIGHTS = 1 << 18  # the prior: at most about this many weights per vmapped chunk,
+PRIOR_MAX_CHUNK = 4  # and between 1 and this many members
 
-def member_chunk_size(requested: int, k: int) -> int:
-    """Members vmapped together: the largest divisor of k not above `requested`, or 1 (the prior,
-    a loop over members) when it is 0. A run large enough to measure chooses its own
-    (`lowering.choose`), whatever the backend."""
-    return max(d for d in range(1, min(requested or 1, k) + 1) if k % d == 0)
+
+def member_chunk_size(requested: int, k: int, weights_per_member: int) -> int:
+    """Members vmapped together: the largest divisor of k not above `requested`, or, when 0, the
+    prior: about 2^18 weights per chunk, 1 to 4 members (on a 2-core CPU a wider vmap of a larger
+    model ran slower: benchmarks/own_model.py, member_chunking.py). A run large enough to measure
+    chooses its own (`lowering.choose`), whatever the backend."""
+    target = requested or min(PRIOR_MAX_CHUNK, max(1, PRIOR_CHUNK_WEIGHTS // max(weights_per_member, 1)))
+    return max(d for d in range(1, min(target, k) + 1) if k % d == 0)
 
 
 def members_and_chunk(cfg: EngineConfig, params_K: Any, per_device: int | None = None) -> tuple[int, int]:
     """(members, members per vmap chunk) of the member loop over `params_K`; `per_device`: the
     members one device's loop runs when params_K is the whole population (the host's view)."""
-    k = jax.tree_util.tree_leaves(params_K)[0].shape[0]
+    leaves = jax.tree_util.tree_leaves(params_K)
+    k = leaves[0].shape[0]
     loop_k = per_device if per_device is not None else k
-    return loop_k, member_chunk_size(cfg.member_chunk, loop_k)
+    return loop_k, member_chunk_size(cfg.member_chunk, loop_k, sum(x.size for x in leaves) // k)
 
 
 def member_map(fn: Callable, in_axes: tuple, k: int, chunk: int, busy: int | None = None,
@@ -35,27 +42,37 @@ def member_map(fn: Callable, in_axes: tuple, k: int, chunk: int, busy: int | Non
     (the index of a per-member bool argument), a chunk with no busy member skips `fn` (a
     `lax.cond`, so its work is not done) and gives `idle`'s outputs instead (default: zeros):
     finished and padding members then cost only their chunk's copy, and the loop compacts the
-    running ones into as few chunks as it can (runner.Loop.repack_running) without recompiling.
+    running ones into as few chunks as it can (loop.Loop.repack_running) without recompiling.
+    Chunks of one member run `fn` itself, not a vmap of one: XLA:CPU runs a matmul with a batch
+    dimension of 1 markedly slower than the plain matmul (benchmarks/own_model.py).
     """
-    vfn = jax.vmap(fn, in_axes=in_axes)
-    if chunk >= k:
+    one = chunk == 1
+    vfn = fn if one else jax.vmap(fn, in_axes=in_axes)
+    if chunk >= k and not one:
         return vfn
-    split = lambda x: jax.tree_util.tree_map(lambda a: a.reshape((k // chunk, chunk) + a.shape[1:]), x)
-    merge = lambda x: jax.tree_util.tree_map(lambda a: a.reshape((k,) + a.shape[2:]), x)
-    vidle = jax.vmap(idle, in_axes=in_axes) if idle is not None else None
+    if one:  # members one at a time: no member axis inside
+        split = lambda x: x  # noqa: E731
+        merge = lambda x: x  # noqa: E731
+        vidle = idle
+    else:
+        split = lambda x: jax.tree_util.tree_map(lambda a: a.reshape((k // chunk, chunk) + a.shape[1:]), x)  # noqa: E731
+        merge = lambda x: jax.tree_util.tree_map(lambda a: a.reshape((k,) + a.shape[2:]), x)  # noqa: E731
+        vidle = jax.vmap(idle, in_axes=in_axes) if idle is not None else None
+
+    def one_chunk(args, chunk_args):
+        it = iter(chunk_args)
+        call = [next(it) if ax == 0 else x for x, ax in zip(args, in_axes)]
+        if busy is None:
+            return vfn(*call)
+        skip = vidle if vidle is not None else (lambda *a: jax.tree_util.tree_map(
+            lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(vfn, *a)))
+        return jax.lax.cond(jnp.any(call[busy]), vfn, skip, *call)
 
     def mapped(*args):
         per_member = [split(x) for x, ax in zip(args, in_axes) if ax == 0]
-
-        def one_chunk(chunk_args):
-            it = iter(chunk_args)
-            call = [next(it) if ax == 0 else x for x, ax in zip(args, in_axes)]
-            if busy is None:
-                return vfn(*call)
-            skip = vidle if vidle is not None else (lambda *a: jax.tree_util.tree_map(
-                lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(vfn, *a)))
-            return jax.lax.cond(jnp.any(call[busy]), vfn, skip, *call)
-
-        return merge(jax.lax.map(one_chunk, per_member))
+        if one and k == 1:  # a single member: no loop either
+            first = [jax.tree_util.tree_map(lambda a: a[0], x) for x in per_member]
+            return jax.tree_util.tree_map(lambda a: a[None], one_chunk(args, first))
+        return merge(jax.lax.map(lambda chunk_args: one_chunk(args, chunk_args), per_member))
 
     return mapped

@@ -11,7 +11,8 @@ skipped, and nothing recompiles); where it is one vmap (accelerators), into a sm
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,16 @@ MEMBERS = "members"  # the mesh axis the population is sharded over
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh over `devices` (default: every device of every host) along the member axis."""
     return Mesh(np.asarray(devices if devices is not None else jax.devices()), (MEMBERS,))
+
+
+def mesh_for(members: int) -> Mesh:
+    """The mesh a population of `members` trains on: every device, or, in a single process, the
+    most devices that divide their count without exceeding the members (a padding member trains
+    for nothing, on a device that a real member could have used whole)."""
+    devices = jax.devices()
+    if jax.process_count() > 1:
+        return make_mesh(devices)
+    return make_mesh(devices[:max(d for d in range(1, len(devices) + 1) if len(devices) % d == 0 and d <= members)])
 
 
 def member_sharding(mesh: Mesh) -> NamedSharding:
@@ -84,16 +95,25 @@ def make_training_fn(cfg: EngineConfig, num_steps: int, mesh: Mesh | None = None
     return jax.jit(sharded)
 
 
-def gather_members(pop: Population, idx: np.ndarray) -> Population:
-    """The sub-population of members at positions `idx`."""
-    idx = jnp.asarray(idx)
+@jax.jit
+def _gather(pop: Population, idx: jax.Array) -> Population:
     return jax.tree_util.tree_map(lambda x: x[idx], pop)
+
+
+@jax.jit
+def _scatter(full: Population, idx: jax.Array, sub: Population, entries: jax.Array) -> Population:
+    return jax.tree_util.tree_map(lambda f, s: f.at[idx].set(s[entries]), full, sub)
+
+
+def gather_members(pop: Population, idx: np.ndarray) -> Population:
+    """The sub-population of members at positions `idx` (one compiled program for every leaf, not
+    one dispatch per leaf)."""
+    return _gather(pop, jnp.asarray(idx))
 
 
 def scatter_members(full: Population, idx: np.ndarray, sub: Population, entries: np.ndarray) -> Population:
     """Writes `sub`'s entries `entries` back into `full` at positions `idx`."""
-    idx, entries = jnp.asarray(idx), jnp.asarray(entries)
-    return jax.tree_util.tree_map(lambda f, s: f.at[idx].set(s[entries]), full, sub)
+    return _scatter(full, jnp.asarray(idx), sub, jnp.asarray(entries))
 
 
 def round_up(n: int, multiple: int) -> int:

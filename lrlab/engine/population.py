@@ -1,30 +1,29 @@
-"""The population engine: K members of one task and optimizer family trained as one program.
+"""A population: K members of one task and optimizer family, every leaf of its pytree with a
+leading member axis K, and how it is initialised; the data it trains on, on the device.
 
-A `Population` is a pytree whose every leaf has a leading member axis K. `make_segment` builds one
-function: `lax.scan` over `num_steps` steps of a member-mapped step, then a vectorized evaluation of
-the task's metrics on its evaluation set and the status update. Python only runs between segments
-(`runner.py`); placement on devices and re-packing are host helpers (`packing.py`).
+The program that trains it is built in `segment.py` (a `lax.scan` of the member-mapped step of
+`step.py`, then a vectorized evaluation and the status update); Python only runs between segments
+(`loop.py`); placement on devices and re-packing are host helpers (`placement.py`).
 
 Member status:
   running    still training
   reached    the target met at an evaluation: steps_to_target recorded, frozen
-  diverged   non-finite loss or parameters: the update that produced them is dropped and the member
-             is frozen by a mask, so NaN never reaches its state (or anyone else's)
+  diverged   non-finite loss or parameters: it stops there, and its state goes back to the start of
+             the segment it diverged in, so NaN never stays in its state (or reaches anyone else's)
   exhausted  budget (steps or seconds) spent without reaching the target
   padding    fills the population to a multiple of the device count; trains nothing
-  pruned     stopped at a rung of successive halving for ranking low (runner, --prune=sha)
+  pruned     stopped at a rung of successive halving for ranking low (--prune=sha)
   stopped    early stopping: no validation improvement for `patience` evaluations (best kept)
   retired    at chance, or out of pace for the target, for several evaluations: failed, stopped (--retire)
 
-Training techniques are static settings of the program (EngineConfig): the compute dtype (16-bit
-compute on float32 master weights, with dynamic loss scaling for float16), the task's augmentation
-drawn from each step's key, model state such as batch statistics (per member), and early stopping
-on a held-out validation set. The target is measured on the evaluation set, or, under a streaming
-protocol (`stream_every`, protocols.py), as the running mean of the target metric over the training
-batches, from each step's own training outputs; replicates (`seed_K`, replicates.py) give members
-their own seeds' initialisation, dropout and batch order.
+Training techniques are static settings of the program (`config.EngineConfig`): the compute dtype
+(16-bit compute on float32 master weights, with dynamic loss scaling for float16), the task's
+augmentation drawn from each step's key, model state such as batch statistics (per member), and
+early stopping on a held-out validation set. The target is measured on the evaluation set, or,
+under a streaming protocol (`stream_every`, protocols.py), as the running mean of the target metric
+over the training batches; replicates (`seed_K`, training/replicates.py) give members their own
+seeds' initialisation, dropout and batch order.
 """
-
 from __future__ import annotations
 
 import functools
@@ -108,7 +107,7 @@ def pad_to_chunks(arrays: Any, chunk: int) -> tuple[Any, jax.Array]:
 
 
 def make_train_data(train: Any, evaluation: Any, eval_chunk: int, val: Any = None) -> TrainData:
-    """Moves a run's data to the device once (`tasks.Splits`' arrays); pads the evaluation and
+    """Moves a run's data to the device once (`task.Splits`' arrays); pads the evaluation and
     validation sets to a multiple of `eval_chunk`."""
     eval_arrays, eval_weight = pad_to_chunks(evaluation, eval_chunk)
     val_arrays, val_weight = (None, None) if val is None else pad_to_chunks(val, eval_chunk)

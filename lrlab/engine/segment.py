@@ -4,7 +4,8 @@ task's metrics and the status update (reached, exhausted, early stopping).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ from lrlab.engine.population import (
     Population,
     TrainData,
 )
-from lrlab.engine.step import MemberState, cast_floats, make_member_step
+from lrlab.engine.step import MemberState, cast_floats, make_member_step, tree_select
 from lrlab.task import sampling
 
 
@@ -81,8 +82,10 @@ def make_metrics_fn(cfg: EngineConfig) -> Callable:
 def make_training(cfg: EngineConfig, num_steps: int) -> Callable:
     """Builds train(pop, data, step0, data_key) -> (pop, loss_SK), unjitted: `num_steps` optimizer
     steps for every running member, one `lax.scan` of the member-mapped step, with each step's
-    training loss (float32[S, K], NaN where a member did not step). The part of a segment that
-    trains, and what `lowering` times."""
+    training loss (float32[S, K], NaN where a member did not step). A member that diverges stops
+    there (its steps and losses end) and gets back its state from the segment's start, as does
+    every member that was not running: no non-finite value stays in a state. The part of a segment
+    that trains, and what `lowering` times."""
     member_step = make_member_step(cfg)
 
     def member_idle(state: MemberState, rng, active, batch, step):
@@ -127,6 +130,8 @@ def make_training(cfg: EngineConfig, num_steps: int) -> Callable:
         (state, status, steps_trained, loss_sum, stream), loss_SK = jax.lax.scan(
             body, carry, (jnp.arange(num_steps), idx_steps)
         )
+        if cfg.dtype != "float16":  # keep what the members that trained cleanly computed; restore the rest
+            state = tree_select((pop.status == RUNNING) & (status != DIVERGED), state, state0)
         n_stepped = steps_trained - pop.steps_trained
         trained = pop.replace(params=state.params, opt_state=state.opt_state, model_state=state.model_state,
                               loss_scale=state.loss_scale, scale_steps=state.scale_steps, status=status,

@@ -4,7 +4,8 @@ on float32 weights with dynamic loss scaling, and divergence contained by a mask
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +24,10 @@ def tree_all_finite(tree: Any) -> jax.Array:
 
 
 def tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
-    """Leafwise `where` with a scalar predicate (per member under vmap)."""
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+    """Leafwise `where` with a predicate on the leading axis (a scalar per member under vmap, or
+    bool[K] over a population's leaves)."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - pred.ndim)), a, b),
+                                  on_true, on_false)
 
 
 class MemberState(NamedTuple):
@@ -43,12 +46,17 @@ def cast_floats(tree: Any, dtype: Any) -> Any:
 
 
 def make_member_step(cfg: EngineConfig) -> Callable:
-    """One optimizer step of one member; frozen (no change) unless `active` and the result finite.
+    """One optimizer step of one member, and whether it diverged (a non-finite loss, parameter or
+    model state) while `active`.
 
     The forward and backward passes run in `cfg.dtype` on a cast copy of the float32 weights, so
     gradients, optimizer state and updates stay float32. With float16 the loss is scaled by the
     member's dynamic loss scale: a step whose gradients overflow is skipped and the scale halved
-    (it is divergence only once the scale is down to 1); SCALE_PERIOD clean steps double it.
+    (it is divergence only once the scale is down to 1); SCALE_PERIOD clean steps double it, and a
+    step is kept only when active and finite. Otherwise the state is returned as computed: the
+    segment keeps the states of the members that trained without diverging and restores the others
+    once, at its end (`segment.make_training`), where a select after every step would cost an extra
+    pass over every parameter and moment (a fifth of a small MLP's step on a CPU).
     Returns (state, loss, diverged, metric_sum): metric_sum is the target metric summed over the
     batch from this step's training outputs (streaming protocols; a constant 0 otherwise).
     """
@@ -70,10 +78,12 @@ def make_member_step(cfg: EngineConfig) -> Callable:
             outputs = cast_floats(outputs, jnp.float32)
             loss = task.loss(outputs, batch).mean()
             metric_sum = task.metrics[task.target.metric](outputs, batch).sum() if cfg.stream_every else 0.0
-            return loss * state.loss_scale, (loss, model_state, jax.lax.stop_gradient(metric_sum))
+            scaled = loss * state.loss_scale if dynamic_scale else loss
+            return scaled, (loss, model_state, jax.lax.stop_gradient(metric_sum))
 
         (_, (loss, model_state, metric_sum)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grads = jax.tree_util.tree_map(lambda g: g / state.loss_scale, grads)
+        if dynamic_scale:
+            grads = jax.tree_util.tree_map(lambda g: g / state.loss_scale, grads)
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         loss_finite = jnp.isfinite(loss)
@@ -89,6 +99,8 @@ def make_member_step(cfg: EngineConfig) -> Callable:
             loss_scale = jnp.where(active & overflow, loss_scale / 2, jnp.where(grow, loss_scale * 2, loss_scale))
             scale_steps = jnp.where(active & overflow | grow, 0, scale_steps + keep.astype(jnp.int32))
         new_state = MemberState(new_params, new_opt_state, model_state, loss_scale, scale_steps)
+        if not dynamic_scale:  # the segment restores the members that did not train cleanly
+            return new_state, loss, diverged, metric_sum
         kept = tree_select(keep, new_state, state)
         return kept._replace(loss_scale=loss_scale, scale_steps=scale_steps), loss, diverged, metric_sum
 

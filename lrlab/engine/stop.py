@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import sys
 import threading
 from typing import Any
+
+from absl import logging
 
 
 class Interrupted(Exception):
@@ -44,14 +45,14 @@ class StopSignal:
             for signum in (n for n in data if n in self.SIGNALS):
                 if self.requested is None:
                     self.requested = signal.Signals(signum).name
-                    print(f"lrlab: {self.requested}: saving a checkpoint at the next stop check (a second "
-                          "signal ends the run at once)", file=sys.stderr, flush=True)
+                    logging.warning("%s: saving a checkpoint at the next stop check (a second signal ends the "
+                                    "run at once)", self.requested)
                 else:
-                    print(f"lrlab: {signal.Signals(signum).name} after {self.requested}: exiting now, without "
-                          "a checkpoint", file=sys.stderr, flush=True)
+                    logging.warning("%s after %s: exiting now, without a checkpoint", signal.Signals(signum).name,
+                                    self.requested)
                     os._exit(128 + signum)
 
-    def __enter__(self) -> "StopSignal":
+    def __enter__(self) -> StopSignal:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
         self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)

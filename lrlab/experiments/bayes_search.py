@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from lrlab.experiments import _search
+from lrlab.experiments import search_command
 
 FLAGS = flags.FLAGS
-_search.define_flags()
+search_command.define_flags()
 flags.DEFINE_integer("rounds", 4, "Rounds of ask / train / tell.")
 flags.DEFINE_integer("batch", 8, "Candidates per round, trained as one population.")
 flags.DEFINE_integer("n_startup", None, "Random candidates before TPE takes over (default: one --batch).")
@@ -35,7 +35,7 @@ def report(entry: dict) -> None:
 
 
 def main(argv: list[str]) -> None:
-    _search.run(argv, "bayes", rounds=FLAGS.rounds, batch=FLAGS.batch, n_startup=FLAGS.n_startup, on_round=report)
+    search_command.run(argv, "bayes", rounds=FLAGS.rounds, batch=FLAGS.batch, n_startup=FLAGS.n_startup, on_round=report)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,14 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from lrlab.experiments import cli
+from lrlab.experiments import command, common_flags, from_flags
 from lrlab.store import records
 from lrlab.studies import lr_finder
 from lrlab.training import range_test
 from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
-cli.define_flags("adam", rate_grid=False)
+common_flags.define_flags("adam", rate_grid=False)
 flags.DEFINE_float("lr_min", range_test.LR_MIN, "The ramp's first learning rate.")
 flags.DEFINE_float("lr_max", range_test.LR_MAX, "The ramp's last learning rate.")
 flags.DEFINE_integer("num_steps", range_test.NUM_STEPS, "Steps of the ramp (one rate each); the run stops "
@@ -40,7 +40,7 @@ flags.register_validator("num_seeds", lambda v: v >= 1, "must be at least 1")
 flags.register_validator("schedule", lambda v: v == "constant", "the range test ramps the rate itself: leave "
                          "the schedule constant")
 flags.register_validator("warmup_steps", lambda v: v == 0, "the range test ramps the rate itself: no warmup")
-cli.refuse_flags({"sequential": "the range test trains its seeds as one population",
+common_flags.refuse_flags({"sequential": "the range test trains its seeds as one population",
                   "early_stopping": "not used by the range test (it stops at divergence)",
                   "prune": "not used by the range test (every seed runs the ramp)",
                   "hparam": "the range test ramps the learning rate of one population: set other "
@@ -48,31 +48,28 @@ cli.refuse_flags({"sequential": "the range test trains its seeds as one populati
 
 
 def main(argv: list[str]) -> None:
-    start = cli.start(argv)
-    names = cli.optimizer_names()
+    start = command.start(argv)
+    run = command.workdir("lr_finder")
+    names = from_flags.optimizer_names()
     valley_members = None
     if FLAGS.valley is not None:
         try:
             _, valley_members = records.read_valley(FLAGS.valley)
         except ValueError as e:
-            cli.fail(f"--valley={FLAGS.valley}: {e}")
-    task = cli.task()
-    cli.check_data(task)
-    run = cli.workdir("lr_finder")
-    if run.finished:
-        print(lr_finder.FinderRun(run.read_results()).report())
-        return
-    opts = [cli.optimizer(name) for name in names]
-    print(f"lrlab {__version__}: range test of {', '.join(o.name for o in opts)} on {cli.describe_task(task)}; rate "
+            command.fail(f"--valley={FLAGS.valley}: {e}")
+    task = from_flags.task()
+    from_flags.check_data(task)
+    opts = [from_flags.optimizer(name) for name in names]
+    print(f"lrlab {__version__}: range test of {', '.join(o.name for o in opts)} on {command.describe_task(task)}; rate "
           f"{FLAGS.lr_min:g} to {FLAGS.lr_max:g} over {FLAGS.num_steps} steps, {FLAGS.num_seeds} seeds as one "
           f"population, batch {FLAGS.batch_size}, on {jax.default_backend()}", flush=True)
-    with cli.resumable("lr_finder", run):
-        result = lr_finder.lr_finder(task, opts, cli.settings(), run, lr_min=FLAGS.lr_min, lr_max=FLAGS.lr_max,
+    with command.resumable("lr_finder", run):
+        result = lr_finder.lr_finder(task, opts, from_flags.settings(), run, lr_min=FLAGS.lr_min, lr_max=FLAGS.lr_max,
                                      num_steps=FLAGS.num_steps, num_seeds=FLAGS.num_seeds,
-                                     overrides={o.name: cli.hparam_overrides(o.name) for o in opts},
-                                     valley_members=valley_members, info=cli.info())
+                                     overrides={o.name: from_flags.hparam_overrides(o.name) for o in opts},
+                                     valley_members=valley_members, info=command.info())
     print(result.report())
-    cli.print_saved(result.paths, start)
+    command.print_saved(result.paths, start)
 
 
 if __name__ == "__main__":

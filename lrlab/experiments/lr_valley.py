@@ -17,26 +17,23 @@ import time
 import jax
 from absl import app, flags
 
-from lrlab.experiments import cli
-from lrlab.studies.lr_valley import ValleyResult, lr_valley
+from lrlab.experiments import command, common_flags, from_flags
+from lrlab.studies.lr_valley import lr_valley
 from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
-cli.define_flags()
+common_flags.define_flags()
 
 
 def main(argv: list[str]) -> None:
-    start = cli.start(argv)
-    task = cli.task()
+    start = command.start(argv)
+    run = command.workdir("lr_valley")
+    task = from_flags.task()
     load_seconds = time.perf_counter() - start
-    lrs = cli.learning_rates()
-    populations = cli.populations(lrs)
-    cli.check_data(task, populations)
-    run = cli.workdir("lr_valley")
-    if run.finished:
-        print(ValleyResult(run.read_results()).report())
-        return
-    print(f"lrlab {__version__}: {cli.describe_task(task)}; {', '.join(p.name for p in populations)} x "
+    lrs = from_flags.learning_rates()
+    populations = from_flags.populations(lrs)
+    from_flags.check_data(task, populations)
+    print(f"lrlab {__version__}: {command.describe_task(task)}; {', '.join(p.name for p in populations)} x "
           f"{len(lrs)} learning rates {lrs.min():.3g}..{lrs.max():.3g}"
           + "".join(f" x {len(set(populations[0].hparams[h].tolist()))} {h}" for h in populations[0].varying()
                     if h != "learning_rate")
@@ -44,11 +41,11 @@ def main(argv: list[str]) -> None:
           + f", {'sequential' if FLAGS.sequential else 'vectorized'} on {jax.default_backend()}"
           + (f" (sharded over {jax.device_count()} devices)" if jax.device_count() > 1 and not FLAGS.sequential else "")
           + ("" if FLAGS.retire else ", no retirement") + "; "
-          + cli.describe_budget(task), flush=True)
-    with cli.resumable("lr_valley", run) as stop:
-        result = lr_valley(task, populations, cli.settings(), run, stop=stop, info=cli.info(load_seconds))
+          + command.describe_budget(task), flush=True)
+    with command.resumable("lr_valley", run) as stop:
+        result = lr_valley(task, populations, from_flags.settings(), run, stop=stop, info=command.info(load_seconds))
     print(result.report())
-    cli.print_saved(result.paths, start)
+    command.print_saved(result.paths, start)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,12 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 
-from lrlab.experiments import cli
+from lrlab.experiments import command, common_flags, from_flags
 from lrlab.studies import model_scaling
 from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
-cli.define_flags()
+common_flags.define_flags()
 FLAGS.set_default("target_accuracy", 0.96)
 FLAGS.set_default("lrs", [f"{lr:g}" for lr in model_scaling.STUDY_LRS])
 flags.DEFINE_list("widths", [f"{w:g}" for w in model_scaling.STUDY_WIDTHS],
@@ -28,9 +28,9 @@ flags.DEFINE_list("widths", [f"{w:g}" for w in model_scaling.STUDY_WIDTHS],
                   "All --lrs of one width train as one population.")
 GRID_FLAGS = ("lr_min", "lr_max", "num_lrs")
 
-cli.validate_with("widths", model_scaling.parse_widths)
-cli.require_one_optimizer("model_scaling")
-cli.refuse_flags({"task": "model_scaling grows lrlab's models (--model, --widths); from Python, give "
+common_flags.validate_with("widths", model_scaling.parse_widths)
+common_flags.require_one_optimizer("model_scaling")
+common_flags.refuse_flags({"task": "model_scaling grows lrlab's models (--model, --widths); from Python, give "
                           "lrlab.model_scaling a task per width",
                   "width": "model_scaling sets the width from --widths (a comma list)"})
 
@@ -42,18 +42,15 @@ def choose_learning_rates() -> None:
 
 
 def main(argv: list[str]) -> None:
-    start = cli.start(argv)
+    start = command.start(argv)
+    run = command.workdir("model_scaling")
     choose_learning_rates()
-    dataset = cli.load_dataset()
+    dataset = from_flags.load_dataset()
     widths = model_scaling.parse_widths(FLAGS.widths)
-    width_tasks = {w: cli.task(width=w, dataset=dataset) for w in widths}
-    cli.check_data(width_tasks[widths[0]])
-    lrs = cli.learning_rates()
-    (members,) = cli.populations(lrs)
-    run = cli.workdir("model_scaling")
-    if run.finished:
-        print(model_scaling.ScalingRun(run.read_results()).report())
-        return
+    width_tasks = {w: from_flags.task(width=w, dataset=dataset) for w in widths}
+    from_flags.check_data(width_tasks[widths[0]])
+    lrs = from_flags.learning_rates()
+    (members,) = from_flags.populations(lrs)
     params = {w: t.count_parameters() for w, t in width_tasks.items()}
     first, last = widths[0], widths[-1]
     sizes = (f"width {first:g} ({params[first]:,} weights)" if len(widths) == 1 else
@@ -61,11 +58,11 @@ def main(argv: list[str]) -> None:
     print(f"lrlab {__version__}: {FLAGS.model} at {sizes} on {dataset.name}; {members.name} x {len(lrs)} "
           f"learning rates {lrs.min():.3g}..{lrs.max():.3g} per width, "
           f"{'sequential' if FLAGS.sequential else 'vectorized'} on {jax.default_backend()}; "
-          + cli.describe_budget(width_tasks[first]), flush=True)
-    with cli.resumable("model_scaling", run) as stop:
-        result = model_scaling.model_scaling(width_tasks, members, cli.settings(), run, stop=stop, info=cli.info())
+          + command.describe_budget(width_tasks[first]), flush=True)
+    with command.resumable("model_scaling", run) as stop:
+        result = model_scaling.model_scaling(width_tasks, members, from_flags.settings(), run, stop=stop, info=command.info())
     print(result.report())
-    cli.print_saved(result.paths, start)
+    command.print_saved(result.paths, start)
 
 
 if __name__ == "__main__":

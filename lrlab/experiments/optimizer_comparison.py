@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from lrlab.experiments import cli
+from lrlab.experiments import command, common_flags, from_flags
 from lrlab.optim import optimizers
 from lrlab.store import records
 from lrlab.studies import optimizer_comparison
 from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
-cli.define_flags(default_optimizer="all", rate_grid=False)
+common_flags.define_flags(default_optimizer="all", rate_grid=False)
 flags.DEFINE_string("from_valley", None, "An lr_valley results.json, or its --workdir: each optimizer at its "
                     "best rate there (fewest steps to target; ties: the lower rate).")
 flags.DEFINE_list("lrs", None, "OPTIMIZER:RATE pairs, for example adam:0.001,sgd:0.1 (instead of --from_valley).")
@@ -35,7 +35,7 @@ flags.DEFINE_bool("stop_at_target", False, "Stop each optimizer at the target, a
                   "each trains the whole --max_steps budget, so the curves run the same length.")
 flags.register_validator("test_examples", lambda v: v >= 1, "must be at least 1")
 flags.register_validator("drop_threshold", lambda v: 0 <= v < 1, "must be in [0, 1)")
-cli.refuse_flags({"hparam": "each optimizer trains at one rate here: set other hyperparameters with their flags"})
+common_flags.refuse_flags({"hparam": "each optimizer trains at one rate here: set other hyperparameters with their flags"})
 
 
 def parse_rate_pairs(entries: list[str]) -> dict[str, float]:
@@ -68,62 +68,59 @@ def choose_rates() -> tuple[dict[str, float], dict[str, dict[str, Any]], dict[st
     """Each optimizer's learning rate and its source, from --from_valley or --lrs, filtered by
     --optimizer; plus the optimizers skipped and why. Any bad input stops with one line."""
     if FLAGS.from_valley is not None and FLAGS.lrs is not None:
-        cli.fail("--from_valley and --lrs are mutually exclusive: give one")
+        command.fail("--from_valley and --lrs are mutually exclusive: give one")
     if FLAGS.from_valley is None and FLAGS.lrs is None:
-        cli.fail("give --from_valley=PATH (an lr_valley results.json or its workdir) or "
+        command.fail("give --from_valley=PATH (an lr_valley results.json or its workdir) or "
                  "--lrs=OPTIMIZER:RATE,... (for example adam:0.001,sgd:0.1)")
     if FLAGS.lrs is not None:
         try:
             given = parse_rate_pairs(FLAGS.lrs)
         except ValueError as e:
-            cli.fail(f"--lrs: {e}")
+            command.fail(f"--lrs: {e}")
         available, where = list(given), "--lrs"
     else:
         try:
             path, members = records.read_valley(FLAGS.from_valley)
         except ValueError as e:
-            cli.fail(f"--from_valley={FLAGS.from_valley}: {e}")
+            command.fail(f"--from_valley={FLAGS.from_valley}: {e}")
         available, where = list(dict.fromkeys(m["optimizer"] for m in members)), str(path)
     names = available
     if FLAGS.optimizer.strip() != "all":
-        names = cli.optimizer_names()
+        names = from_flags.optimizer_names()
         missing = [n for n in names if n not in available]
         if missing:
-            cli.fail(f"--optimizer={FLAGS.optimizer}: {', '.join(missing)} not in {where} "
+            command.fail(f"--optimizer={FLAGS.optimizer}: {', '.join(missing)} not in {where} "
                      f"(it has {', '.join(available) or 'no optimizer'})")
     if FLAGS.lrs is not None:
         return {n: given[n] for n in names}, {n: {"from": "lrs"} for n in names}, {}
     rates, sources, skipped = optimizer_comparison.rates_from_valley(members, names, str(path))
     if not rates:
-        cli.fail(f"--from_valley={FLAGS.from_valley}: no learning rate of {', '.join(names) or 'any optimizer'} "
+        command.fail(f"--from_valley={FLAGS.from_valley}: no learning rate of {', '.join(names) or 'any optimizer'} "
                  "reached the target there: nothing to compare")
     return rates, sources, skipped
 
 
 def main(argv: list[str]) -> None:
-    start = cli.start(argv)
+    start = command.start(argv)
+    run = command.workdir("optimizer_comparison")
     rates, sources, skipped = choose_rates()
     for name, why in skipped.items():
         print(f"optimizer_comparison: skipping {name}: {why}")
-    task = cli.task()
-    cli.check_data(task)
-    run = cli.workdir("optimizer_comparison")
-    if run.finished:
-        print(optimizer_comparison.ComparisonRun(run.read_results()).report())
-        return
+    task = from_flags.task()
+    from_flags.check_data(task)
     if task.test is None:
-        cli.fail(f"--task={FLAGS.task}: the task has no test set to draw the curves on")
-    print(f"lrlab {__version__}: {cli.describe_task(task)}; " + ", ".join(f"{n} at {lr:.4g}" for n, lr in rates.items())
+        command.fail(f"--task={FLAGS.task}: the task has no test set to draw the curves on")
+    print(f"lrlab {__version__}: {command.describe_task(task)}; " + ", ".join(f"{n} at {lr:.4g}" for n, lr in rates.items())
           + f"; test {task.target.metric} on {FLAGS.test_examples} test examples every {FLAGS.eval_every} steps, "
           f"budget {FLAGS.max_steps} steps" + (f" / {FLAGS.max_seconds:g} s" if FLAGS.max_seconds else "")
           + (", stopping at the target" if FLAGS.stop_at_target else ""), flush=True)
-    with cli.resumable("optimizer_comparison", run) as stop:
+    with command.resumable("optimizer_comparison", run) as stop:
         result = optimizer_comparison.optimizer_comparison(
-            task, rates, cli.settings(stop_at_target=FLAGS.stop_at_target), run, sources=sources,
-            overrides={n: cli.hparam_overrides(n) for n in rates}, test_examples=FLAGS.test_examples,
-            drop_threshold=FLAGS.drop_threshold, skipped=skipped, stop=stop, info=cli.info())
+            task, rates, from_flags.settings(stop_at_target=FLAGS.stop_at_target), run, sources=sources,
+            overrides={n: from_flags.hparam_overrides(n) for n in rates}, test_examples=FLAGS.test_examples,
+            drop_threshold=FLAGS.drop_threshold, skipped=skipped, stop=stop, info=command.info())
     print(result.report())
-    cli.print_saved(result.paths, start)
+    command.print_saved(result.paths, start)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from lrlab.experiments import cli
+from lrlab.experiments import command, common_flags, from_flags
 from lrlab.studies import pbt
 from lrlab.training import exploit_explore
 from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
-cli.define_flags("adam", rate_grid=True)
+common_flags.define_flags("adam", rate_grid=True)
 FLAGS.set_default("lr_min", 1e-4)
 FLAGS.set_default("lr_max", 0.1)
 FLAGS.set_default("num_lrs", 16)
@@ -42,41 +42,38 @@ flags.register_validator("resample_probability", lambda v: 0 <= v <= 1, "must be
 flags.register_multi_flags_validator(
     ["ready_steps", "eval_every"], lambda f: f["ready_steps"] % f["eval_every"] == 0,
     "--ready_steps must be a multiple of --eval_every (members are ranked at evaluations)")
-cli.require_one_optimizer("pbt")
-cli.refuse_flags({"sequential": "not with PBT (members are ranked against each other)",
+common_flags.require_one_optimizer("pbt")
+common_flags.refuse_flags({"sequential": "not with PBT (members are ranked against each other)",
                   "early_stopping": "not with PBT (it replaces weak members instead)",
                   "prune": "not with PBT (it replaces weak members instead)"})
 
 
 def pbt_config(optimizer) -> exploit_explore.PBTConfig:
     """The PBT settings of the flags; one clear line on a bad combination."""
-    if len(cli.learning_rates()) < 2:
-        cli.fail("--num_lrs / --lrs: PBT needs at least 2 members")
+    if len(from_flags.learning_rates()) < 2:
+        command.fail("--num_lrs / --lrs: PBT needs at least 2 members")
     try:
         explore = exploit_explore.parse_explore(FLAGS.explore, optimizer)
     except ValueError as e:
-        cli.fail(f"--explore: {e}")
+        command.fail(f"--explore: {e}")
     return exploit_explore.PBTConfig(FLAGS.ready_steps, FLAGS.truncation, resample_probability=FLAGS.resample_probability,
                          explore=explore, stop_at_target=FLAGS.stop_at_target)
 
 
 def main(argv: list[str]) -> None:
-    start = cli.start(argv)
-    (members,) = cli.populations(cli.learning_rates())
+    start = command.start(argv)
+    run = command.workdir("pbt")
+    (members,) = from_flags.populations(from_flags.learning_rates())
     config = pbt_config(members.optimizer)
-    task = cli.task()
-    cli.check_data(task)
-    run = cli.workdir("pbt")
-    if run.finished:
-        print(pbt.PBTRun(run.read_results()).report())
-        return
-    print(f"lrlab {__version__}: PBT of {members.name} on {cli.describe_task(task)}; {members.size} members, "
+    task = from_flags.task()
+    from_flags.check_data(task)
+    print(f"lrlab {__version__}: PBT of {members.name} on {command.describe_task(task)}; {members.size} members, "
           f"ready every {FLAGS.ready_steps} steps, truncation {FLAGS.truncation:g}, exploring "
-          f"{', '.join(config.names)}; {cli.describe_budget(task)}", flush=True)
-    with cli.resumable("pbt", run) as stop:
-        result = pbt.pbt(task, members, config, cli.settings(), run, stop=stop, info=cli.info())
+          f"{', '.join(config.names)}; {command.describe_budget(task)}", flush=True)
+    with command.resumable("pbt", run) as stop:
+        result = pbt.pbt(task, members, config, from_flags.settings(), run, stop=stop, info=command.info())
     print(result.report())
-    cli.print_saved(result.paths, start)
+    command.print_saved(result.paths, start)
 
 
 if __name__ == "__main__":

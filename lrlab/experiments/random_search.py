@@ -13,16 +13,16 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from lrlab.experiments import _search
+from lrlab.experiments import search_command
 
 FLAGS = flags.FLAGS
-_search.define_flags()
+search_command.define_flags()
 flags.DEFINE_integer("num_samples", 48, "Candidates drawn, trained as one population.")
 flags.register_validator("num_samples", lambda v: v >= 1, "must be at least 1")
 
 
 def main(argv: list[str]) -> None:
-    _search.run(argv, "random", num_samples=FLAGS.num_samples)
+    search_command.run(argv, "random", num_samples=FLAGS.num_samples)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,14 @@ import dataclasses
 import jax
 from absl import app, flags
 
-from lrlab.experiments import cli
+from lrlab.experiments import command, common_flags, from_flags
 from lrlab.optim.schedules import SCHEDULES, ScheduleSpec
 from lrlab.studies import schedules
 from lrlab.training import variants
 from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
-cli.define_flags("adam")
+common_flags.define_flags("adam")
 flags.DEFINE_list("schedules", list(SCHEDULES), f"Schedules to compare (comma list, each once) from "
                   f"{', '.join(SCHEDULES)}; one population each. --warmup_steps applies to all of them.")
 
@@ -50,33 +50,30 @@ def flag_template() -> ScheduleSpec:
                         FLAGS.warmup_steps, FLAGS.max_steps)
 
 
-cli.validate_with("schedules", parse_schedules)
-cli.require_one_optimizer("schedules")
+common_flags.validate_with("schedules", parse_schedules)
+common_flags.require_one_optimizer("schedules")
 flags.register_validator("schedule", lambda v: v == "constant",
                          "not used by this experiment: list the schedules to compare in --schedules")
 
 
 def main(argv: list[str]) -> None:
-    start = cli.start(argv)
-    task = cli.task()
-    cli.check_data(task)
+    start = command.start(argv)
+    run = command.workdir("schedules")
+    task = from_flags.task()
+    from_flags.check_data(task)
     names = parse_schedules(FLAGS.schedules)
-    lrs = cli.learning_rates()
-    (members,) = cli.populations(lrs)
-    run = cli.workdir("schedules")
-    if run.finished:
-        print(variants.VariantsRun(run.read_results()).report())
-        return
-    print(f"lrlab {__version__}: {cli.describe_task(task)}; {members.name} x {len(lrs)} learning rates "
+    lrs = from_flags.learning_rates()
+    (members,) = from_flags.populations(lrs)
+    print(f"lrlab {__version__}: {command.describe_task(task)}; {members.name} x {len(lrs)} learning rates "
           f"{lrs.min():.3g}..{lrs.max():.3g} (peaks) x schedules {', '.join(names)}"
           + (f", each after {FLAGS.warmup_steps} warmup steps" if FLAGS.warmup_steps else "")
           + f"; {'sequential' if FLAGS.sequential else 'vectorized'} on {jax.default_backend()}; "
-          + cli.describe_budget(task), flush=True)
-    with cli.resumable("schedules", run) as stop:
-        result = schedules.schedules(task, members, schedule_specs(names, flag_template()), cli.settings(), run,
-                                    stop=stop, info=cli.info())
+          + command.describe_budget(task), flush=True)
+    with command.resumable("schedules", run) as stop:
+        result = schedules.schedules(task, members, schedule_specs(names, flag_template()), from_flags.settings(), run,
+                                    stop=stop, info=command.info())
     print(result.report())
-    cli.print_saved(result.paths, start)
+    command.print_saved(result.paths, start)
 
 
 if __name__ == "__main__":

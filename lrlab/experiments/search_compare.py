@@ -14,36 +14,33 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from lrlab.experiments import cli
+from lrlab.experiments import command, common_flags, from_flags
 from lrlab.studies import search_compare
 from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
-cli.define_flags("adam", rate_grid=False)
+common_flags.define_flags("adam", rate_grid=False)
 flags.DEFINE_integer("method_seeds", 3, "Seeds of each method's own randomness (1..N); training seed: --seed.")
 flags.DEFINE_list("methods", ["all"], f"Comma list of {', '.join(search_compare.METHODS)}, or all.")
 flags.register_validator("method_seeds", lambda v: v >= 1, "must be at least 1")
 
-cli.validate_with("methods", search_compare.parse_methods)
-cli.require_one_optimizer("search_compare")
-cli.refuse_flags({name: "not with search_compare: it sets pruning per method and trains each method as populations"
+common_flags.validate_with("methods", search_compare.parse_methods)
+common_flags.require_one_optimizer("search_compare")
+common_flags.refuse_flags({name: "not with search_compare: it sets pruning per method and trains each method as populations"
                   for name in ("prune", "early_stopping", "sequential")})
-cli.refuse_flags({"hparam": "search_compare searches the learning rate: set other hyperparameters with their flags"})
+common_flags.refuse_flags({"hparam": "search_compare searches the learning rate: set other hyperparameters with their flags"})
 
 
 def main(argv: list[str]) -> None:
-    start = cli.start(argv)
-    task = cli.task()
-    cli.check_data(task)
-    run = cli.workdir("search_compare")
-    if run.finished:
-        print(search_compare.CompareRun(run.read_results()).report())
-        return
-    opt = cli.optimizer(cli.optimizer_names()[0])
+    start = command.start(argv)
+    run = command.workdir("search_compare")
+    task = from_flags.task()
+    from_flags.check_data(task)
+    opt = from_flags.optimizer(from_flags.optimizer_names()[0])
     methods = search_compare.parse_methods(FLAGS.methods)
-    print(f"lrlab {__version__}: search_compare, {opt.name} on {cli.describe_task(task)}; methods "
+    print(f"lrlab {__version__}: search_compare, {opt.name} on {command.describe_task(task)}; methods "
           f"{', '.join(methods)} x {FLAGS.method_seeds} method seeds; training seed {FLAGS.seed}, "
-          f"{cli.describe_budget(task)}", flush=True)
+          f"{command.describe_budget(task)}", flush=True)
 
     def on_valley(s_star: int, best: dict) -> None:
         print(f"valley: S* = {s_star} steps at learning rate {best['learning_rate']:.4g}; good: <= "
@@ -56,16 +53,16 @@ def main(argv: list[str]) -> None:
               + f", steps {row['found_steps'] if row['found_steps'] is not None else '-'}"
               + f" ({'good' if row['good'] else 'not good'}; {row.get('wall_seconds', 0):.0f} s)", flush=True)
 
-    with cli.resumable("search_compare", run) as stop:
+    with command.resumable("search_compare", run) as stop:
         try:
-            result = search_compare.search_compare(task, opt, cli.settings(), run, methods=methods,
+            result = search_compare.search_compare(task, opt, from_flags.settings(), run, methods=methods,
                                                method_seeds=FLAGS.method_seeds,
-                                               overrides=cli.hparam_overrides(opt.name), stop=stop, on_row=on_row,
-                                               on_valley=on_valley, info=cli.info())
+                                               overrides=from_flags.hparam_overrides(opt.name), stop=stop, on_row=on_row,
+                                               on_valley=on_valley, info=command.info())
         except search_compare.NoReference as e:
-            cli.fail(str(e))
+            command.fail(str(e))
     print(result.report())
-    cli.print_saved(result.paths, start)
+    command.print_saved(result.paths, start)
 
 
 if __name__ == "__main__":

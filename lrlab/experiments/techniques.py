@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from lrlab.experiments import cli
+from lrlab.experiments import command, common_flags, from_flags
 from lrlab.studies import techniques
 from lrlab.training import variants
 from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
-cli.define_flags("adam")
+common_flags.define_flags("adam")
 TECHNIQUES = variants.TECHNIQUES
 flags.DEFINE_list("techniques", list(TECHNIQUES), f"Techniques to compare, one population each: "
                   f"{', '.join(TECHNIQUES)}. Each is switched on alone over the shared flags.")
@@ -33,9 +33,9 @@ def parse_techniques(names: list[str]) -> list[str]:
     return variants.parse_names(names, TECHNIQUES, "technique")
 
 
-cli.validate_with("techniques", parse_techniques)
-cli.require_one_optimizer("techniques")
-cli.refuse_flags({name: "set by --techniques in this experiment (one technique per population)"
+common_flags.validate_with("techniques", parse_techniques)
+common_flags.require_one_optimizer("techniques")
+common_flags.refuse_flags({name: "set by --techniques in this experiment (one technique per population)"
                   for name in ("dtype", "batch_norm", "augment", "early_stopping")})
 flags.register_multi_flags_validator(
     ["model", "techniques", "task"],
@@ -45,25 +45,22 @@ flags.register_multi_flags_validator(
 
 
 def main(argv: list[str]) -> None:
-    start = cli.start(argv)
-    dataset = None if FLAGS.task else cli.load_dataset()
-    task = cli.task(dataset=dataset)
+    start = command.start(argv)
+    run = command.workdir("techniques")
+    dataset = None if FLAGS.task else from_flags.load_dataset()
+    task = from_flags.task(dataset=dataset)
     names = parse_techniques(FLAGS.techniques)
-    cli.check_data(task, patience=FLAGS.patience if "early_stopping" in names else 0)
-    lrs = cli.learning_rates()
-    (members,) = cli.populations(lrs)
-    run = cli.workdir("techniques")
-    if run.finished:
-        print(variants.VariantsRun(run.read_results()).report())
-        return
-    print(f"lrlab {__version__}: {cli.describe_task(task)}; {members.name} x {len(lrs)} learning rates "
-          f"{lrs.min():.3g}..{lrs.max():.3g} x techniques {', '.join(names)}; {cli.describe_budget(task)}", flush=True)
-    batch_norm_task = cli.task(batch_norm=True, dataset=dataset) if "batch_norm" in names else None
-    with cli.resumable("techniques", run) as stop:
-        result = techniques.techniques(task, members, names, cli.settings(), run, batch_norm_task=batch_norm_task,
-                                     patience=FLAGS.patience, stop=stop, info=cli.info())
+    from_flags.check_data(task, patience=FLAGS.patience if "early_stopping" in names else 0)
+    lrs = from_flags.learning_rates()
+    (members,) = from_flags.populations(lrs)
+    print(f"lrlab {__version__}: {command.describe_task(task)}; {members.name} x {len(lrs)} learning rates "
+          f"{lrs.min():.3g}..{lrs.max():.3g} x techniques {', '.join(names)}; {command.describe_budget(task)}", flush=True)
+    batch_norm_task = from_flags.task(batch_norm=True, dataset=dataset) if "batch_norm" in names else None
+    with command.resumable("techniques", run) as stop:
+        result = techniques.techniques(task, members, names, from_flags.settings(), run, batch_norm_task=batch_norm_task,
+                                     patience=FLAGS.patience, stop=stop, info=command.info())
     print(result.report())
-    cli.print_saved(result.paths, start)
+    command.print_saved(result.paths, start)
 
 
 if __name__ == "__main__":

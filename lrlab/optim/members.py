@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class Members:
         """The hyperparameters whose values differ between members."""
         return [k for k, v in self.hparams.items() if len(np.unique(np.asarray(v))) > 1]
 
-    def subset(self, idx: Sequence[int]) -> "Members":
+    def subset(self, idx: Sequence[int]) -> Members:
         idx = np.asarray(idx, np.int64)
         return Members(self.optimizer, {k: np.asarray(v)[idx] for k, v in self.hparams.items()}, self.name)
 
@@ -92,10 +93,3 @@ def population_hparams(optimizer_spec: str | Optimizer, learning_rates: Any,
     values = {**opt.defaults(), **{k: float(v) for k, v in (overrides or {}).items() if k in opt.hparams}}
     return {LEARNING_RATE: lr_K, **{k: np.full(lr_K.shape, values[k], np.float32)
                                     for k in opt.hparams if k != LEARNING_RATE}}
-
-
-def default_hparams(name: str, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
-    """The per-member hyperparameters of `name` besides the learning rate (defaults, then the
-    `overrides` that apply to it)."""
-    opt = get(name)
-    return {k: float((overrides or {}).get(k, v)) for k, v in opt.defaults().items()}

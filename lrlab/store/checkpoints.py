@@ -15,13 +15,14 @@ signal ends the process at once.
 from __future__ import annotations
 
 import json
-import logging
 import pathlib
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from lrlab import errors
 from lrlab.engine import placement
@@ -86,8 +87,7 @@ class RunCheckpoints:
         self.identity = identity
         self.every = every
         self.on_save = on_save
-        self.notify = notify or (lambda line: print(line, flush=True))
-        quiet_orbax()
+        self.notify = notify or logging.info
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False),
@@ -149,9 +149,8 @@ class RunCheckpoints:
                         for later in (s for s in steps if s > step):
                             self.manager.delete(later)
                         why_not = "; ".join(passed) or f"checkpoint {self.directory / str(steps[0])} was not recorded"
-                        self.notify(f"lrlab: {why_not}: resuming from checkpoint {step} instead (the later one "
-                                    "is removed)")
-                    self.notify(f"lrlab: resuming from step {restored[1]['step']} (checkpoint {folder})")
+                        self.notify(f"{why_not}: resuming from checkpoint {step} instead (the later one is removed)")
+                    self.notify(f"resuming from step {restored[1]['step']} (checkpoint {folder})")
                     return restored
             passed.append(f"checkpoint {folder} {why}")
         raise CheckpointDamaged(f"no intact checkpoint to resume from: {'; '.join(passed)}")
@@ -189,10 +188,3 @@ def _cause(e: BaseException) -> str:
         seen = seen.__cause__ or seen.__context__
     text = errors.one_line(e)
     return "no space left on the device" if "RESOURCE_EXHAUSTED" in text or "No space" in text else text
-
-
-def quiet_orbax() -> None:
-    """Orbax logs every failed write with tracebacks from its threads; lrlab reports the failure
-    itself, in one line."""
-    for name in ("orbax", "absl", "asyncio"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)

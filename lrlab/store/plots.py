@@ -49,7 +49,7 @@ def valley(records: list[dict[str, Any]], path: str | os.PathLike, *, budget_ste
     """
     fig, ax = plt.subplots(figsize=(8, 5))
     optimizers = list(dict.fromkeys(records_lib.group_of(r) for r in records))
-    for n, opt in enumerate(optimizers):
+    for _n, opt in enumerate(optimizers):
         rows = sorted((r for r in records if records_lib.group_of(r) == opt), key=lambda r: r["learning_rate"])
         lrs = [r["learning_rate"] for r in rows]
         steps = [r["steps_to_target"] if r["steps_to_target"] is not None else float("nan") for r in rows]
@@ -416,7 +416,7 @@ def valley_seeds(rows: list[dict[str, Any]], path: str | os.PathLike, *, budget_
     fig, ax = plt.subplots(figsize=(8, 5))
     nan = float("nan")
     groups = list(dict.fromkeys(r["group"] for r in rows))
-    for n, group in enumerate(groups):
+    for _n, group in enumerate(groups):
         cells = [r for r in rows if r["group"] == group]
         lrs = [r["learning_rate"] for r in cells]
         median = [nan if r["median_steps"] is None else r["median_steps"] for r in cells]
@@ -437,22 +437,3 @@ def valley_seeds(rows: list[dict[str, Any]], path: str | os.PathLike, *, budget_
     ax.plot([], [], "-", color="grey", alpha=0.6, linewidth=2.5, label="interquartile range (dotted: to a miss)")
     ax.axhline(budget_steps, color="grey", linewidth=0.6, linestyle=":")
     _save_steps_vs_rate(fig, ax, path, eval_every, title or "Learning-rate valley across seeds")
-
-
-def protocol_curves(records: list[dict[str, Any]], path: str | os.PathLike, *, goal: float, title: str = "") -> None:
-    """The two target protocols on the same runs: per member, the subset accuracy (`train_accuracy`)
-    and the streaming running mean (`train_streaming_accuracy`) against steps, the goal dashed."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in records:
-        c = r["curve"]
-        (line,) = ax.plot(c["step"], c["train_accuracy"], "-", marker=".", label=f"{r['learning_rate']:.3g}: subset")
-        ax.plot(c["step"], c["train_streaming_accuracy"], "--", marker="x", color=line.get_color(),
-                label=f"{r['learning_rate']:.3g}: streaming mean ("
-                + (f"reached at {r['steps_to_target']})" if r["steps_to_target"] is not None else "missed)"))
-    ax.axhline(goal, color="grey", linestyle=":", label=f"target {goal:g}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training accuracy")
-    ax.set_title(title or "Subset accuracy against the study's streaming mean")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, path)

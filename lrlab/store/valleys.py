@@ -5,7 +5,8 @@ band), the envelope of several valleys, the rate x variant matrix.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from lrlab.store.ranking import best_and_band
 from lrlab.store.records import cell, group_of

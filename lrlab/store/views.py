@@ -19,11 +19,13 @@ import math
 import os
 import pathlib
 import shutil
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from lrlab.store import files
+from lrlab.store import files, ranking
+from lrlab.task.target import Target
 
 STORAGE_IN_WORKDIR = "workdir"  # --optuna_storage default: sqlite:///<workdir>/optuna.db
 NO_STORAGE = "none"
@@ -35,11 +37,11 @@ TRIAL_STATES = {
     "stopped": "COMPLETE",   # early stopping without reaching the target: a miss
     "running": "COMPLETE",   # ended by a wall-clock budget or a whole-population stop (PBT): a miss
     "pruned": "PRUNED",      # successive halving stopped it; valued as a miss
-    "retired": "PRUNED",     # retired: at chance or out of pace (issue 14); valued as a miss
+    "retired": "PRUNED",     # retired: at chance or out of pace; valued as a miss
     "diverged": "FAIL",      # non-finite loss or weights: no value
 }
 MISS_VALUE = ("steps_to_target when reached; a miss: max_steps * (1 + the shortfall of its best target value, in "
-              "[0, 1]), above every reached value; diverged: FAIL, no value (lrlab.search.objective)")
+              "[0, 1]), above every reached value; diverged: FAIL, no value (lrlab.store.ranking.objective)")
 # Record fields the engine produces (results, not settings): the others that are scalars (schedule,
 # technique, width, seed...) name a member together with its hyperparameters.
 RESULT_FIELDS = frozenset({"optimizer", "group", "learning_rate", "status", "steps_to_target", "examples_to_target",
@@ -186,15 +188,12 @@ def _log_spaced(values: Sequence[float]) -> bool:
 def trial_value(record: Mapping[str, Any], summary: Mapping[str, Any]) -> float | None:
     """The trial's value (minimised): steps to target; a miss above the budget (MISS_VALUE); None
     for a diverged member."""
-    from lrlab.task import target
-    from lrlab.training import search
-
     if record.get("steps_to_target") is not None:
         return float(record["steps_to_target"])
     if TRIAL_STATES[record["status"]] == "FAIL":
         return None
-    return search.objective({**record, "status": "missed"}, summary["max_steps"], target.Target(**summary["target"]),
-                            summary["target_key"])
+    return ranking.objective({**record, "status": "missed"}, summary["max_steps"], Target(**summary["target"]),
+                             summary["target_key"])
 
 
 def trial_state(record: Mapping[str, Any]) -> str:

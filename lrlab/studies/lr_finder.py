@@ -1,9 +1,13 @@
-"""TODO: split from lrlab.range_test"""
+"""lr_finder: the learning-rate range test (`training.range_test`) of each optimizer, its rules'
+suggestions, and how far they are from a valley's best rate.
+
+    python -m lrlab.experiments.lr_finder --optimizer=adam,sgd
+"""
 
 from __future__ import annotations
 
-import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -11,8 +15,9 @@ from lrlab.engine.stop import StopSignal
 from lrlab.optim import optimizers
 from lrlab.optim.optimizers import Optimizer
 from lrlab.store import plots
-from lrlab.store import records as records_lib
-from lrlab.store import workdir as workdir_lib
+from lrlab.store.result import StudyResult, Trained
+from lrlab.store.workdir import Scope
+from lrlab.studies.run import run
 from lrlab.task.task import Task
 from lrlab.training.range_test import (
     BETA,
@@ -130,12 +135,11 @@ def summary_text(summary: dict[str, Any]) -> str:
 EXPERIMENT = "lr_finder"
 
 
-class FinderRun:
+class FinderRun(StudyResult):
     """An lr_finder run's results (its results.json as `summary`): the suggestions, the comparison
     with a valley, the printed report and the figure."""
 
-    def __init__(self, summary: dict[str, Any], paths: dict | None = None):
-        self.summary, self.paths = summary, dict(paths or {})
+    FIGURE = "lr_finder.png"
 
     def suggested(self, optimizer: str) -> float | None:
         """The headline rule's rate for `optimizer` (None when its curve was too short)."""
@@ -143,7 +147,7 @@ class FinderRun:
 
     def report(self) -> str:
         lines = [summary_text(self.summary)]
-        for name, test in self.summary["tests"].items():
+        for name, _test in self.summary["tests"].items():
             rate = self.summary["suggested"][name]
             timing = self.summary["timing"][name]
             shown = "none (curve too short)" if rate is None else f"{rate:.4g}"
@@ -168,20 +172,16 @@ def lr_finder(task: Task, optimizer_specs: Sequence[str | Optimizer], settings: 
     """The range test of each optimizer on `task`, as `python -m lrlab.experiments.lr_finder` runs
     it; `overrides` (per optimizer name) sets their other hyperparameters, `valley_members` (an
     lr_valley run's records) adds how far each suggestion is from the valley's best rate."""
-    del stop  # a range test takes seconds: it is not checkpointed
-    started = time.perf_counter()
     opts = [optimizers.get(o) for o in optimizer_specs]
     ramp = {"lr_min": lr_min, "lr_max": lr_max, "num_steps": num_steps, "num_seeds": num_seeds}
-    run = workdir_lib.resolve(workdir, EXPERIMENT, {"task": task.identity(), "optimizers": [o.name for o in opts],
-                                                    "overrides": overrides or {}, "settings": settings.to_json(),
-                                                    **ramp}, overwrite)
-    if run is not None and run.finished:
-        return FinderRun(run.read_results(), {"results": run.results_path})
-    tests = {o.name: lr_range_test(task, o, lr_min, lr_max, num_steps, num_seeds, settings,
-                                   overrides=(overrides or {}).get(o.name)) for o in opts}
-    summary = {**records_lib.run_header(EXPERIMENT), **records_lib.task_header(task, settings), **(info or {}), **ramp,
-               **summarize(tests, valley_members)}
-    out = FinderRun(summary)
-    if run is not None:
-        out.paths = run.save(summary, {"lr_finder.png": out.plot}, started=started)
-    return out
+    identity = {"task": task.identity(), "optimizers": [o.name for o in opts], "overrides": overrides or {},
+                "settings": settings.to_json(), **ramp}
+
+    def train(scope: Scope) -> Trained:
+        tests = {o.name: lr_range_test(task, o, lr_min, lr_max, num_steps, num_seeds, settings,
+                                       overrides=(overrides or {}).get(o.name), scope=scope.child(o.name), stop=stop)
+                 for o in opts}
+        return Trained({**ramp, **summarize(tests, valley_members)})
+
+    return run(EXPERIMENT, FinderRun, identity=identity, task=task, settings=settings, train=train, workdir=workdir,
+               overwrite=overwrite, info=info)

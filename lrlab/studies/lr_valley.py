@@ -13,15 +13,17 @@ same call with the same workdir resumes it, and returns a finished run's results
 
 from __future__ import annotations
 
-import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lrlab.engine.stop import StopSignal
 from lrlab.optim.members import Members
 from lrlab.store import plots, ranking
 from lrlab.store import records as records_lib
 from lrlab.store import valleys as valleys_lib
-from lrlab.store import workdir as workdir_lib
+from lrlab.store.result import StudyResult, Trained
+from lrlab.store.workdir import Scope
+from lrlab.studies.run import run
 from lrlab.task.task import Task
 from lrlab.training import replicates
 from lrlab.training.settings import SweepSettings
@@ -30,13 +32,11 @@ from lrlab.training.sweep import api_identity, run_sweep
 EXPERIMENT = "lr_valley"
 
 
-class ValleyResult:
+class ValleyResult(StudyResult):
     """An lr_valley run's results (its results.json as `summary`): per-member records, the best
     rate and the band of each valley, the printed table and the figures."""
 
-    def __init__(self, summary: dict[str, Any], paths: Mapping[str, Any] | None = None):
-        self.summary = summary
-        self.paths = dict(paths or {})
+    FIGURE = "valley.png"
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -55,12 +55,13 @@ class ValleyResult:
         return [r for r in self.records if records_lib.group_of(r) == group]
 
     def best(self, group: str | None = None) -> dict[str, Any] | None:
-        """The valley's best member (results.BEST_RULE), None if no rate reached the target."""
+        """The valley's best member (`ranking.best_member`: lrlab's one ranking rule), None if no rate reached the target."""
         return ranking.best_member(self._members(group))
 
     def best_median(self, group: str | None = None) -> dict[str, Any] | None:
-        """With several seeds: the valley's rate of lowest median steps (replicates.BEST_RULE), as its
-        aggregate row; None if no rate's median reached the target or there is one seed."""
+        """With several seeds: the valley's rate of lowest median steps (`replicates.best`: the same
+        rule, a rate's median as its steps), as its aggregate row; None if no rate's median reached
+        the target or there is one seed."""
         rows = self.summary.get("rate_aggregates")
         if not rows:
             return None
@@ -73,7 +74,7 @@ class ValleyResult:
         return ranking.reached_band(self._members(group))
 
     def valleys(self) -> dict[str, dict[str, Any]]:
-        """Each valley's headline numbers (`results.valley_summary`)."""
+        """Each valley's headline numbers (`valleys.valley_summary`)."""
         return {g: valleys_lib.valley_summary(self._members(g)) for g in self.groups}
 
     def table(self) -> str:
@@ -121,7 +122,7 @@ class ValleyResult:
                              f"{s['dataset']}, target {records_lib.target_text(s)}")
 
     def figures(self) -> dict[str, Any]:
-        figures = {"valley.png": self.plot}
+        figures = super().figures()
         if self.summary.get("envelope") is not None:
             figures["envelope.png"] = self.plot_envelope
         return figures
@@ -138,31 +139,20 @@ def lr_valley(task: Task, populations: Members | Sequence[Members], settings: Sw
 
     `workdir` (a path, or a `workdir.Workdir`): resume from it and write the results there.
     `info` joins results.json (the command line's flags). A SIGTERM / Ctrl-C caught by `stop`
-    checkpoints and raises `checkpoints.Interrupted`.
+    checkpoints and raises `stop.Interrupted`.
     """
-    started = time.perf_counter()
     populations = _populations(populations)
-    run = workdir_lib.resolve(workdir, EXPERIMENT, api_identity(task, populations, settings), overwrite)
-    if run is not None and run.finished:
-        return ValleyResult(run.read_results(), {"results": run.results_path})
-    try:
-        records, stats = run_sweep(task, populations, settings, scope=run.scope() if run else workdir_lib.NO_SCOPE,
-                                   stop=stop)
-    finally:
-        if run is not None:
-            run.close()
-    sweep_seconds = time.perf_counter() - started
-    summary = {**records_lib.run_header(EXPERIMENT), **records_lib.task_header(task, settings), **(info or {}),
-               "timing": stats, "stage_seconds": {**(info or {}).get("stage_seconds", {}), "sweep": sweep_seconds},
-               "members": records}
-    if settings.seeds > 1:
-        summary["rate_aggregates"] = replicates.aggregate(records)
-    if len({records_lib.group_of(r) for r in records}) > 1:  # with seeds: each rate's median per valley
-        envelope = valleys_lib.envelope(replicates.median_records(summary["rate_aggregates"]) if settings.seeds > 1
-                                    else records, cap=settings.budget.max_steps)
-        summary["envelope"], summary["trained_band"] = envelope, valleys_lib.trained_band(envelope)
-    result = ValleyResult(summary)
-    if run is not None:
-        result.paths = run.save(summary, result.figures(), records_lib.orbax_tree(records), started, members=records,
-                                views=settings.views)
-    return result
+
+    def train(scope: Scope) -> Trained:
+        records, stats = run_sweep(task, populations, settings, scope=scope, stop=stop)
+        body: dict[str, Any] = {"timing": stats, "members": records}
+        if settings.seeds > 1:
+            body["rate_aggregates"] = replicates.aggregate(records)
+        if len({records_lib.group_of(r) for r in records}) > 1:  # with seeds: each rate's median per valley
+            envelope = valleys_lib.envelope(replicates.median_records(body["rate_aggregates"]) if settings.seeds > 1
+                                        else records, cap=settings.budget.max_steps)
+            body["envelope"], body["trained_band"] = envelope, valleys_lib.trained_band(envelope)
+        return Trained(body, members=records, orbax=records_lib.orbax_tree(records))
+
+    return run(EXPERIMENT, ValleyResult, identity=api_identity(task, populations, settings), task=task,
+               settings=settings, train=train, workdir=workdir, overwrite=overwrite, info=info)

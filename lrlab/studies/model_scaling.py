@@ -1,15 +1,28 @@
-"""Model scaling analysis: time to target against parameter count, and the best rate per width.
+"""model_scaling: time to target against parameter count, and the best rate per width.
 
-Pure functions on plain records (numpy only), so `model_scaling`'s numbers can be tested and
-recomputed from a results.json without JAX.
+The analysis is pure functions of plain records (numpy only), so its numbers can be tested and
+recomputed from a results.json.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from absl import logging
+
+from lrlab.engine.stop import StopSignal
+from lrlab.optim.members import Members
+from lrlab.store import plots
+from lrlab.store import records as records_lib
+from lrlab.store.result import StudyResult, Trained
+from lrlab.store.workdir import Scope
+from lrlab.studies.run import run
+from lrlab.task.task import Task
+from lrlab.training.settings import SweepSettings
+from lrlab.training.sweep import run_sweep
 
 # The study's sweep: width multipliers 1 to 9.75 in steps of 0.25, Adam at five rates.
 STUDY_WIDTHS = tuple(1.0 + 0.25 * i for i in range(36))
@@ -86,8 +99,7 @@ def rate_fits(members: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def best_rate_per_width(members: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per width (ascending): its best rate (`results.best_member`: fewest steps to target, ties
-    the lower rate).
+    """Per width (ascending): its best rate (`ranking.best_member`: lrlab's one ranking rule).
 
     Records {width, parameters, learning_rate, steps_to_target}; the last two are None where no
     rate reached the target at that width.
@@ -162,72 +174,50 @@ def format_report(members: Sequence[dict[str, Any]], fits: Sequence[dict[str, An
 EXPERIMENT = "model_scaling"
 
 
-class ScalingRun:
+class ScalingRun(StudyResult):
     """A model_scaling run's results (its results.json as `summary`): the fits, the best rate per
     width, the transfer verdict, the printed report and the figure."""
 
-    def __init__(self, summary: dict[str, Any], paths: dict | None = None):
-        self.summary, self.paths = summary, dict(paths or {})
+    FIGURE = "scaling.png"
 
     def report(self) -> str:
         s = self.summary
         return format_report(s["members"], s["fits"], s["best_rates"], s["transfer"], s["steps_to_target_resolution"])
 
     def plot(self, path: Any) -> None:
-        from lrlab.store import plots
-        from lrlab.store import records as records_lib
-
         s = self.summary
         plots.scaling(s["members"], s["fits"], s["best_rates"], path,
                       title=f"Model scaling: {s['model']['name']} on {s['dataset']}, {s['optimizer']}, target "
                             f"{records_lib.target_text(s)}")
 
 
-def model_scaling(width_tasks: Mapping[float, Any], members: Any, settings: Any = None, workdir: Any = None, *,
-                  stop: Any = None, overwrite: bool = False, info: Mapping[str, Any] | None = None) -> ScalingRun:
+def model_scaling(width_tasks: Mapping[float, Task], members: Members, settings: SweepSettings = SweepSettings(),
+                  workdir: Any = None, *, stop: StopSignal | None = None, overwrite: bool = False,
+                  info: Mapping[str, Any] | None = None) -> ScalingRun:
     """One population of `members` per width (width -> its task, e.g. the same model at several
     widths), checkpointed per width; then the fits of time to target against parameters per rate,
     the best rate per width and whether it transfers. As `python -m lrlab.experiments.model_scaling`."""
-    import time
-
-    from lrlab.store import records as records_lib
-    from lrlab.store import workdir as workdir_lib
-    from lrlab.training.settings import SweepSettings
-    from lrlab.training.sweep import run_sweep
-
-    settings = settings or SweepSettings()
-    started = time.perf_counter()
     widths = sorted(width_tasks)
     identity = {"widths": {f"{w:g}": width_tasks[w].identity() for w in widths},
                 "population": {members.name: members.to_json()}, "settings": settings.to_json()}
-    run = workdir_lib.resolve(workdir, EXPERIMENT, identity, overwrite)
-    if run is not None and run.finished:
-        return ScalingRun(run.read_results(), {"results": run.results_path})
-    scope = run.scope() if run is not None else workdir_lib.NO_SCOPE
     params = {w: width_tasks[w].count_parameters() for w in widths}
-    records, timing = [], []
-    try:
+
+    def train(scope: Scope) -> Trained:
+        records, timing = [], []
         for width in widths:
             recs, stats = run_sweep(width_tasks[width], [members], settings, scope=scope.child(f"width-{width:g}"),
                                     stop=stop)
             records += [{"width": width, "parameters": params[width], **r} for r in recs]
             timing.append({"width": width, "parameters": params[width], **stats[members.name]})
-            reached = sum(r["status"] == "reached" for r in recs)
-            print(f"width {width:g} ({params[width]:,} weights): {reached} of {len(recs)} rates reached the target; "
-                  f"compile {stats[members.name]['compile_seconds']:.1f} s, "
-                  f"training {stats[members.name]['train_seconds']:.1f} s", flush=True)
-    finally:
-        if run is not None:
-            run.close()
-    best = best_rate_per_width(records)
-    header = records_lib.task_header(width_tasks[widths[0]], settings)
-    header["model"] = {"name": header["model"]["name"], "widths": widths, "parameters": [params[w] for w in widths]}
-    summary = {**records_lib.run_header(EXPERIMENT), **header, **(info or {}), "optimizer": members.name,
-               "learning_rates": sorted({r["learning_rate"] for r in records}), "timing": timing,
-               "stage_seconds": {"sweep": time.perf_counter() - started}, "members": records,
-               "fits": rate_fits(records), "best_rates": best, "transfer": transfer(best)}
-    out = ScalingRun(summary)
-    if run is not None:
-        out.paths = run.save(summary, {"scaling.png": out.plot}, started=started, members=records,
-                             views=settings.views)
-    return out
+            logging.info("width %g (%s weights): %d of %d rates reached the target; compile %.1f s, training %.1f s",
+                         width, f"{params[width]:,}", sum(r["status"] == "reached" for r in recs), len(recs),
+                         stats[members.name]["compile_seconds"], stats[members.name]["train_seconds"])
+        best = best_rate_per_width(records)
+        name = records_lib.task_header(width_tasks[widths[0]])["model"]["name"]
+        return Trained({"model": {"name": name, "widths": widths, "parameters": [params[w] for w in widths]},
+                        "optimizer": members.name, "learning_rates": sorted({r["learning_rate"] for r in records}),
+                        "timing": timing, "members": records, "fits": rate_fits(records), "best_rates": best,
+                        "transfer": transfer(best)}, members=records)
+
+    return run(EXPERIMENT, ScalingRun, identity=identity, task=width_tasks[widths[0]], settings=settings,
+               train=train, workdir=workdir, overwrite=overwrite, info=info)

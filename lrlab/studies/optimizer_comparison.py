@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -25,7 +26,9 @@ from lrlab.optim import optimizers
 from lrlab.optim.members import Members
 from lrlab.store import plots, ranking
 from lrlab.store import records as records_lib
-from lrlab.store import workdir as workdir_lib
+from lrlab.store.result import StudyResult, Trained
+from lrlab.store.workdir import Scope
+from lrlab.studies.run import run
 from lrlab.task import sampling
 from lrlab.task import task as task_lib
 from lrlab.task.target import Target
@@ -38,7 +41,7 @@ EXPERIMENT = "optimizer_comparison"
 
 def rates_from_valley(members: Sequence[dict[str, Any]], names: Iterable[str], path: str = ""
                       ) -> tuple[dict[str, float], dict[str, dict[str, Any]], dict[str, str]]:
-    """Each optimizer's best rate in an lr_valley run's records (`results.best_member`), where it
+    """Each optimizer's best rate in an lr_valley run's records (`ranking.best_member`), where it
     came from, and the optimizers skipped (no rate reached the target) with why."""
     best = ranking.best_rates(members, names)
     skipped = {n: "no learning rate reached the target in the valley" for n, m in best.items() if m is None}
@@ -136,11 +139,10 @@ class TestCurves(loop.SegmentCallback):
         super().__init__(fn)
 
 
-class ComparisonRun:
+class ComparisonRun(StudyResult):
     """An optimizer_comparison run's results (its results.json as `summary`): one entry per optimizer."""
 
-    def __init__(self, summary: dict[str, Any], paths: dict | None = None):
-        self.summary, self.paths = summary, dict(paths or {})
+    FIGURE = "curves.png"
 
     def report(self) -> str:
         s = self.summary
@@ -171,41 +173,30 @@ def optimizer_comparison(task: Task, rates: Mapping[str, float], settings: Sweep
     budget. As `python -m lrlab.experiments.optimizer_comparison` runs it."""
     if task.test is None:
         raise ValueError(f"task {task.name} has no test set to draw the curves on")
-    started = time.perf_counter()
     populations = [Members(optimizers.get(name), members_lib.population_hparams(
         name, [lr], (overrides or {}).get(name)), optimizers.get(name).name) for name, lr in rates.items()]
     test_idx = sampling.eval_subset_indices(task_lib.num_examples(task.test), test_examples, settings.seed)
     test_subset = task_lib.take(task.test, test_idx)
-    identity = api_identity(task, populations, settings, test_examples=test_examples)
-    run = workdir_lib.resolve(workdir, EXPERIMENT, identity, overwrite)
-    if run is not None and run.finished:
-        return ComparisonRun(run.read_results(), {"results": run.results_path})
-    curves: dict[str, TestCurves] = {}
 
-    def make_hooks(members: Members, cfg: config.EngineConfig) -> list[loop.Hook]:
-        curves[members.name] = TestCurves(cfg, test_subset)
-        return [curves[members.name]]
+    def train(scope: Scope) -> Trained:
+        curves: dict[str, TestCurves] = {}
 
-    try:
-        records, stats = run_sweep(task, populations, settings, scope=run.scope() if run else workdir_lib.NO_SCOPE,
-                                   stop=stop, make_hooks=make_hooks)
-    finally:
-        if run is not None:
-            run.close()
-    for name in stats:
-        stats[name]["test_curve_seconds"] = curves[name].seconds if name in curves else 0.0
-    chosen = {m.name: lr for m, lr in zip(populations, rates.values())}
-    entries = {r["optimizer"]: comparison_entry(r, (sources or {}).get(r["optimizer"], {"from": "lrs"}), task.target,
-                                                task.target_key, drop_threshold, settings.batch_size)
-               for r in records}
-    for name, entry in entries.items():
-        entry["learning_rate"] = chosen[name]  # as chosen; "hyperparameters" holds it as trained (float32)
-    summary = {**records_lib.run_header(EXPERIMENT), **records_lib.task_header(task, settings), **(info or {}),
-               "test_examples": len(test_idx), "drop_threshold": drop_threshold, "timing": stats,
-               "stage_seconds": {"sweep": time.perf_counter() - started}, "skipped": dict(skipped or {}),
-               "optimizers": entries}
-    out = ComparisonRun(summary)
-    if run is not None:
-        out.paths = run.save(summary, {"curves.png": out.plot}, started=started, members=records,
-                             views=settings.views)
-    return out
+        def make_hooks(members: Members, cfg: config.EngineConfig) -> list[loop.Hook]:
+            curves[members.name] = TestCurves(cfg, test_subset)
+            return [curves[members.name]]
+
+        records, stats = run_sweep(task, populations, settings, scope=scope, stop=stop, make_hooks=make_hooks)
+        for name in stats:
+            stats[name]["test_curve_seconds"] = curves[name].seconds if name in curves else 0.0
+        chosen = {m.name: lr for m, lr in zip(populations, rates.values())}
+        entries = {r["optimizer"]: comparison_entry(r, (sources or {}).get(r["optimizer"], {"from": "lrs"}),
+                                                    task.target, task.target_key, drop_threshold,
+                                                    settings.batch_size) for r in records}
+        for name, entry in entries.items():
+            entry["learning_rate"] = chosen[name]  # as chosen; "hyperparameters" holds it as trained (float32)
+        return Trained({"test_examples": len(test_idx), "drop_threshold": drop_threshold, "timing": stats,
+                        "skipped": dict(skipped or {}), "optimizers": entries}, members=records)
+
+    return run(EXPERIMENT, ComparisonRun, identity=api_identity(task, populations, settings,
+                                                                test_examples=test_examples),
+               task=task, settings=settings, train=train, workdir=workdir, overwrite=overwrite, info=info)

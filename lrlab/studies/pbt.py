@@ -1,19 +1,22 @@
-"""TODO: split from lrlab.population_based"""
+"""pbt: Population Based Training of the learning rate (and other hyperparameters) as one vectorized
+program (`training.exploit_explore`), with the report of its lineage and schedule.
+
+    python -m lrlab.experiments.pbt --optimizer=adam
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from lrlab.engine import stop as stop_lib
 from lrlab.optim.members import Members
 from lrlab.store import plots, records
-from lrlab.store import workdir as workdir_lib
-from lrlab.store.workdir import NO_SCOPE
+from lrlab.store.result import StudyResult, Trained
+from lrlab.store.workdir import Scope
+from lrlab.studies.run import run
 from lrlab.task.task import Task
 from lrlab.training.exploit_explore import (
     PBTConfig,
-    PBTResult,
     member_records,
     result_json,
     run_pbt,
@@ -59,11 +62,10 @@ def format_summary(summary: dict[str, Any]) -> str:
 EXPERIMENT = "pbt"
 
 
-class PBTRun:
+class PBTRun(StudyResult):
     """A PBT run's results (its results.json as `summary`), with the printed report and the figure."""
 
-    def __init__(self, summary: dict[str, Any], result: PBTResult | None = None, paths: dict | None = None):
-        self.summary, self.result, self.paths = summary, result, dict(paths or {})
+    FIGURE = "pbt.png"
 
     def report(self) -> str:
         text = format_summary(self.summary)
@@ -83,22 +85,12 @@ def pbt(task: Task, members: Members, cfg: PBTConfig = PBTConfig(), settings: Sw
         exploit_seed: int | None = None, info: dict[str, Any] | None = None) -> PBTRun:
     """PBT of one population on `task`, as `python -m lrlab.experiments.pbt` runs it: with a
     `workdir`, resumable, and writing results.json and pbt.png there."""
-    started = time.perf_counter()
-    run = workdir_lib.resolve(workdir, EXPERIMENT, api_identity(task, [members], settings, pbt=cfg.to_json()),
-                              overwrite)
-    if run is not None and run.finished:
-        return PBTRun(run.read_results(), paths={"results": run.results_path})
-    try:
-        result = run_pbt(task, members, cfg, settings, scope=run.scope() if run else NO_SCOPE, stop=stop,
-                         exploit_seed=exploit_seed)
-    finally:
-        if run is not None:
-            run.close()
-    summary = {**records.run_header(EXPERIMENT), **records.task_header(task, settings), **(info or {}),
-               "pbt": cfg.to_json(),
-               **result_json(result, task.target_key, test_metrics(result.engine, result.final), settings.batch_size)}
-    out = PBTRun(summary, result)
-    if run is not None:
-        out.paths = run.save(summary, {"pbt.png": out.plot}, started=started, members=member_records(summary),
-                             views=settings.views)
-    return out
+
+    def train(scope: Scope) -> Trained:
+        result = run_pbt(task, members, cfg, settings, scope=scope, stop=stop, exploit_seed=exploit_seed)
+        body = {"pbt": cfg.to_json(), **result_json(result, task.target_key, test_metrics(result.engine, result.final),
+                                                    settings.batch_size)}
+        return Trained(body, members=member_records({**records.task_header(task, settings), **body}))
+
+    return run(EXPERIMENT, PBTRun, identity=api_identity(task, [members], settings, pbt=cfg.to_json()), task=task,
+               settings=settings, train=train, workdir=workdir, overwrite=overwrite, info=info)

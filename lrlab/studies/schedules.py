@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from lrlab.engine.stop import StopSignal
 from lrlab.optim.members import Members
 from lrlab.optim.schedules import ScheduleSpec
+from lrlab.store.result import Trained
+from lrlab.store.workdir import Scope
+from lrlab.studies.run import run
 from lrlab.task.task import Task
 from lrlab.training.settings import SweepSettings
-from lrlab.training.variants import VariantsRun, _compare
+from lrlab.training.variants import VariantsRun, train_variants, variants_body, variants_identity
 
 
 def schedules(task: Task, members: Members, schedule_specs: Mapping[str, ScheduleSpec | None],
@@ -22,5 +26,11 @@ def schedules(task: Task, members: Members, schedule_specs: Mapping[str, Schedul
     specs = {name: dataclasses.asdict(spec) if spec else None for name, spec in schedule_specs.items()}
     warmup = {spec.warmup_steps for spec in schedule_specs.values() if spec is not None} - {0}
     suffix = f", {warmup.pop()}-step warmup" if len(warmup) == 1 else ""
-    return _compare("schedules", "schedule", task, members, settings, variants, specs, workdir, stop, overwrite,
-                    info, suffix)
+
+    def train(scope: Scope) -> Trained:
+        records, timing = train_variants(variants, members, "schedule", scope=scope, stop=stop)
+        return Trained(variants_body("schedules", "schedule", members, variants, specs, records, timing, suffix),
+                       members=records)
+
+    return run("schedules", VariantsRun, identity=variants_identity(task, members, settings, variants), task=task,
+               settings=settings, train=train, workdir=workdir, overwrite=overwrite, info=info)

@@ -1,4 +1,4 @@
-"""How much compute each learning-rate search method needs to find a good rate (issue 6).
+"""search_compare: how much compute each learning-rate search method needs to find a good rate.
 
 The ground truth is the valley: 48 log-spaced rates trained once (training seed fixed), S* its
 fewest steps to target. A method's found rate is *good* when its steps to target are within 10% of
@@ -23,7 +23,8 @@ import dataclasses
 import json
 import statistics
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,9 @@ from lrlab.optim import optimizers
 from lrlab.optim.optimizers import Optimizer
 from lrlab.store import files, plots, ranking, valleys
 from lrlab.store import records as records_lib
-from lrlab.store import workdir as workdir_lib
+from lrlab.store.result import StudyResult, Trained
 from lrlab.store.workdir import NO_SCOPE, Scope
+from lrlab.studies.run import run
 from lrlab.task.task import Task
 from lrlab.training import exploit_explore, pruning, range_test, search
 from lrlab.training.settings import SweepSettings
@@ -72,9 +74,9 @@ def valley_rates() -> np.ndarray:
 
 
 def best_steps(records: Sequence[Mapping[str, Any]]) -> int | None:
-    """S*: the fewest steps to target among the members that reached it (None if none did)."""
-    reached = [r["steps_to_target"] for r in records if r["status"] == "reached"]
-    return int(min(reached)) if reached else None
+    """S*: the steps to target of the valley's best member (`ranking.best_member`; None if none reached it)."""
+    best = ranking.best_member(records)
+    return None if best is None else int(best["steps_to_target"])
 
 
 def is_good(steps: int | None, s_star: int, factor: float = GOOD_FACTOR) -> bool:
@@ -322,12 +324,11 @@ def run_all(setup: Setup, methods: Sequence[str], method_seeds: int, valley: Seq
 EXPERIMENT = "search_compare"
 
 
-class CompareRun:
+class CompareRun(StudyResult):
     """A search_compare run's results (its results.json as `summary`): every method/seed row, the
     per-method table, S*, the printed report and the figure."""
 
-    def __init__(self, summary: dict[str, Any], paths: dict | None = None):
-        self.summary, self.paths = summary, dict(paths or {})
+    FIGURE = "search_compare.png"
 
     def report(self) -> str:
         s = self.summary
@@ -355,16 +356,13 @@ def search_compare(task: Task, optimizer: str | Optimizer, settings: SweepSettin
                    info: Mapping[str, Any] | None = None) -> CompareRun:
     """The valley, then every method x method seed, each scored against it (see the module
     docstring), as `python -m lrlab.experiments.search_compare` runs it."""
-    started = time.perf_counter()
     opt = optimizers.get(optimizer)
     methods = parse_methods(list(methods))
     identity = {"task": task.identity(), "optimizer": opt.name, "methods": methods, "method_seeds": method_seeds,
                 "overrides": dict(overrides or {}), "settings": settings.to_json()}
-    run = workdir_lib.resolve(workdir, EXPERIMENT, identity, overwrite)
-    if run is not None and run.finished:
-        return CompareRun(run.read_results(), {"results": run.results_path})
-    setup = Setup(task, opt, settings, dict(overrides or {}), run.scope() if run else NO_SCOPE)
-    try:
+
+    def train(scope: Scope) -> Trained:
+        setup = Setup(task, opt, settings, dict(overrides or {}), scope)
         valley = run_valley(setup, stop)
         s_star = best_steps(valley)
         if s_star is None:
@@ -373,15 +371,10 @@ def search_compare(task: Task, optimizer: str | Optimizer, settings: SweepSettin
         if on_valley is not None:
             on_valley(s_star, valley_best)
         rows = run_all(setup, methods, method_seeds, valley, s_star, stop, on_row)
-    finally:
-        if run is not None:
-            run.close()
-    summary = {**records_lib.run_header(EXPERIMENT), **records_lib.task_header(task, settings), **(info or {}),
-               "optimizer": opt.name, "good_factor": GOOD_FACTOR, "s_star": s_star, "valley_best": valley_best,
-               "valley": [{k: r[k] for k in ("learning_rate", "status", "steps_to_target", "steps_trained")}
-                          for r in valley],
-               "rows": rows, "table": summary_table(rows)}
-    out = CompareRun(summary)
-    if run is not None:
-        out.paths = run.save(summary, {"search_compare.png": out.plot}, started=started)
-    return out
+        return Trained({"optimizer": opt.name, "good_factor": GOOD_FACTOR, "s_star": s_star, "valley_best": valley_best,
+                        "valley": [{k: r[k] for k in ("learning_rate", "status", "steps_to_target", "steps_trained")}
+                                   for r in valley],
+                        "rows": rows, "table": summary_table(rows)}, members=valley)
+
+    return run(EXPERIMENT, CompareRun, identity=identity, task=task, settings=settings, train=train, workdir=workdir,
+               overwrite=overwrite, info=info)

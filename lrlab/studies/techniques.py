@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lrlab.engine.stop import StopSignal
 from lrlab.optim.members import Members
+from lrlab.store.result import Trained
+from lrlab.store.workdir import Scope
+from lrlab.studies.run import run
 from lrlab.task.task import Task
 from lrlab.training.settings import SweepSettings
 from lrlab.training.variants import (
     TECHNIQUES,
     VariantsRun,
-    _compare,
     parse_names,
     technique_variant,
+    train_variants,
+    variants_body,
+    variants_identity,
 )
 
 
@@ -26,4 +32,11 @@ def techniques(task: Task, members: Members, names: Sequence[str] = TECHNIQUES,
     names = parse_names(list(names), TECHNIQUES, "technique")
     variants = {name: technique_variant(name, task, settings, batch_norm_task=batch_norm_task, patience=patience)
                 for name in names}
-    return _compare("techniques", "technique", task, members, settings, variants, {}, workdir, stop, overwrite, info)
+
+    def train(scope: Scope) -> Trained:
+        records, timing = train_variants(variants, members, "technique", scope=scope, stop=stop)
+        return Trained(variants_body("techniques", "technique", members, variants, {}, records, timing),
+                       members=records)
+
+    return run("techniques", VariantsRun, identity=variants_identity(task, members, settings, variants), task=task,
+               settings=settings, train=train, workdir=workdir, overwrite=overwrite, info=info)

@@ -19,7 +19,8 @@ import contextlib
 import dataclasses
 import hashlib
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -231,6 +232,15 @@ def conv_layers(model: Model, x: Any) -> Layers:
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
     jax.eval_shape(lambda v: model.apply(v, x, False, None, conv_lib.MATMUL, layers)[0], variables)
     return layers
+
+
+def forward_flops(model: Model, x: Any) -> float:
+    """Floating-point operations of one forward pass on `x`, as XLA counts them (lowered, not run)."""
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    lowered = jax.jit(lambda v, x: model.apply(v, x, False, None, conv_lib.XLA, None)[0]).lower(variables, x)
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
 
 
 def count_parameters(model: Model, x: Any) -> int:

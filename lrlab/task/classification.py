@@ -4,7 +4,8 @@ predictor's scores (retirement's chance), and the one-line helper `image_classif
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

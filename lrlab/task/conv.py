@@ -1,24 +1,31 @@
 """Convolution formulations, and 2x2 max-pooling as reshape + max.
 
-`lax.conv_general_dilated` is what Flax's `nn.Conv` and `nnx.Conv` call. `conv_general_dilated_matmul`
-computes the same function (same arguments, same parameters) as one matmul over the kernel's shifted
-slices (im2col). The two lower differently, and which is faster depends on the backend and on how the
-members are mapped: XLA:CPU runs a vmapped convolution as a grouped convolution and a convolution
-inside `lax.scan` far slower than outside (jax issue 12868), where the matmul stays a (batched)
-matmul. The engine chooses between them by measuring (`lrlab.engine.lowering`).
+`lax.conv_general_dilated` is what Flax's `nn.Conv` and `nnx.Conv` call ("xla": as written). Two
+other formulations compute the same function of the same parameters and lower differently:
+  matmul     one matmul over the kernel's shifted slices (im2col): a vmap of it stays a batched
+             matmul, where XLA:CPU runs a vmapped convolution as a grouped convolution.
+  canonical  XLA's convolution, with its gradients written as convolutions in the NHWC/HWIO form
+             XLA:CPU hands to its fast kernels. Inside `lax.scan` XLA:CPU leaves the weight and
+             input gradients of an autodiffed convolution in other layouts and emits them as plain
+             loops, 14x slower than the same step outside a loop (jax issue 12868); this one runs
+             inside a loop as fast as outside (benchmarks/own_model.py).
+Which is fastest depends on the backend, the model and the member mapping: the engine chooses by
+measuring (`lrlab.engine.lowering`).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-XLA, MATMUL = "xla", "matmul"
-FORMULATIONS = (XLA, MATMUL)  # XLA: the convolution as the model writes it
+XLA, MATMUL, CANONICAL = "xla", "matmul", "canonical"
+FORMULATIONS = (XLA, MATMUL, CANONICAL)  # XLA: the convolution as the model writes it
 NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
 
@@ -28,13 +35,13 @@ def _dimension_numbers(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any) -
     return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
 
 
-def matmul_unsupported(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
+def unsupported(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
                        lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
                        dimension_numbers: Any = None, feature_group_count: int = 1, batch_group_count: int = 1,
                        **options: Any) -> str | None:
-    """Why `conv_general_dilated_matmul` would run these arguments as XLA's convolution (None: it
-    computes them itself): it covers 2-D NHWC/HWIO convolutions with any strides and padding,
-    without dilation or feature groups."""
+    """Why the matmul and canonical formulations would run these arguments as XLA's convolution
+    as written (None: they compute them themselves): they cover 2-D NHWC/HWIO convolutions with
+    any strides and padding, without dilation or feature groups."""
     if lhs.ndim != 4:
         return f"{lhs.ndim - 2}-D convolution"
     given = sorted(name for name, value in options.items() if value is not None)
@@ -58,10 +65,10 @@ def conv_general_dilated_matmul(lhs: jax.Array, rhs: jax.Array, window_strides: 
                                 preferred_element_type: Any = None, **options: Any) -> jax.Array:
     """`lax.conv_general_dilated` as im2col: pad, take the kh*kw strided slices, concatenate them on
     the channel axis (ordered (i, j, c) like an HWIO kernel) and multiply by the kernel reshaped to
-    [kh*kw*c_in, c_out]. Arguments it does not cover (`matmul_unsupported`) go to XLA's convolution.
+    [kh*kw*c_in, c_out]. Arguments it does not cover (`unsupported`) go to XLA's convolution.
     Padding may be negative (a crop), as lax's; `options` are lax's newer keyword arguments
     (`out_sharding`), left to XLA's convolution when set."""
-    if matmul_unsupported(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+    if unsupported(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                           feature_group_count, batch_group_count, **options):
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, batch_group_count, precision,
@@ -81,19 +88,78 @@ def conv_general_dilated_matmul(lhs: jax.Array, rhs: jax.Array, window_strides: 
                       preferred_element_type=preferred_element_type)
 
 
+def _pads(lhs_shape: Sequence[int], rhs_shape: Sequence[int], strides: Sequence[int], padding: Any
+          ) -> tuple[tuple[int, int], ...]:
+    """Explicit (low, high) padding of the two spatial axes."""
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(tuple(lhs_shape[1:3]), tuple(rhs_shape[:2]), tuple(strides), padding)
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_canonical(lhs, rhs, strides, pads, precision):
+    return lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=NHWC, precision=precision)
+
+
+def _conv_canonical_fwd(lhs, rhs, strides, pads, precision):
+    return _conv_canonical(lhs, rhs, strides, pads, precision), (lhs, rhs)
+
+
+def _conv_canonical_bwd(strides, pads, precision, residuals, dy_BHWO):
+    """The input gradient as the flipped kernel (I and O swapped) over the stride-dilated output
+    gradient, and the weight gradient with the batch as the contracted feature axis: both
+    convolutions in NHWC/HWIO form."""
+    x_BHWI, w_HWIO = residuals
+    kh, kw = w_HWIO.shape[:2]
+    (top, bottom), (left, right) = pads
+    h, w = x_BHWI.shape[1:3]
+    oh, ow = dy_BHWO.shape[1:3]
+    sh, sw = strides
+    low_h, low_w = kh - 1 - top, kw - 1 - left
+    high_h = h + kh - 1 - (low_h + (oh - 1) * sh + 1)
+    high_w = w + kw - 1 - (low_w + (ow - 1) * sw + 1)
+    dx = lax.conv_general_dilated(dy_BHWO, jnp.flip(w_HWIO, (0, 1)).transpose(0, 1, 3, 2), (1, 1),
+                                  ((low_h, high_h), (low_w, high_w)), lhs_dilation=strides, dimension_numbers=NHWC,
+                                  precision=precision)
+    x_pad = lax.pad(x_BHWI, jnp.zeros((), x_BHWI.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+    dw_IHWO = lax.conv_general_dilated(x_pad.transpose(3, 1, 2, 0), dy_BHWO.transpose(1, 2, 0, 3), (1, 1), "VALID",
+                                       rhs_dilation=strides, dimension_numbers=NHWC, precision=precision)
+    return dx, dw_IHWO[:, :kh, :kw, :].transpose(1, 2, 0, 3)
+
+
+_conv_canonical.defvjp(_conv_canonical_fwd, _conv_canonical_bwd)
+
+
+def conv_general_dilated_canonical(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
+                                   lhs_dilation: Sequence[int] | None = None,
+                                   rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
+                                   feature_group_count: int = 1, batch_group_count: int = 1, precision: Any = None,
+                                   preferred_element_type: Any = None, **options: Any) -> jax.Array:
+    """`lax.conv_general_dilated` with its gradients as NHWC/HWIO convolutions (see the module
+    docstring). Arguments it does not cover (`unsupported`) go to XLA's convolution as written."""
+    if unsupported(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                   feature_group_count, batch_group_count, **options) or preferred_element_type is not None:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, batch_group_count, precision,
+                                        preferred_element_type, **options)
+    return _conv_canonical(lhs, rhs, tuple(int(s) for s in window_strides),
+                           _pads(lhs.shape, rhs.shape, window_strides, padding), precision)
+
+
 def explain_unsupported(*args: Any, **kwargs: Any) -> str | None:
-    """`matmul_unsupported` of a call's arguments, given as `lax.conv_general_dilated` takes them."""
+    """`unsupported` of a call's arguments, given as `lax.conv_general_dilated` takes them."""
     bound = inspect.signature(conv_general_dilated_matmul).bind(*args, **kwargs)
     bound.apply_defaults()
     arguments = dict(bound.arguments)
     for name in ("precision", "preferred_element_type"):
         arguments.pop(name)
-    return matmul_unsupported(**{k: v for k, v in arguments.items() if k != "options"}, **arguments["options"])
+    return unsupported(**{k: v for k, v in arguments.items() if k != "options"}, **arguments["options"])
 
 
 CONV_GENERAL_DILATED: dict[str, Callable[..., jax.Array]] = {
     XLA: lax.conv_general_dilated,
     MATMUL: conv_general_dilated_matmul,
+    CANONICAL: conv_general_dilated_canonical,
 }
 
 

@@ -9,7 +9,8 @@ its bias and rectifying, which is equal and cheaper.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -52,5 +52,5 @@ class Target:
     def describe(self) -> str:
         return f"{self.metric} {'>=' if self.mode == 'max' else '<='} {self.goal:g}"
 
-    def with_goal(self, goal: float) -> "Target":
+    def with_goal(self, goal: float) -> Target:
         return dataclasses.replace(self, goal=float(goal))

@@ -17,7 +17,8 @@ named `<eval_name>_<metric>`: `train_accuracy`, `validation_loss`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -125,7 +126,7 @@ class Task:
         value = self.chance(arrays).get(self.target.metric)
         return None if value is None else float(value)
 
-    def with_target(self, goal: float) -> "Task":
+    def with_target(self, goal: float) -> Task:
         return dataclasses.replace(self, target=self.target.with_goal(goal))
 
     def identity(self) -> dict[str, Any]:

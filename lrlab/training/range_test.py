@@ -3,7 +3,7 @@ exponentially every step, several seeds as one population, and rules that read a
 loss-against-rate curve.
 
 Every member's injected learning rate is lr_max (per-member data, as everywhere in lrlab) and an
-Optax factor ramps it from lr_min / lr_max to 1 over the run (`lr_schedules.range_test_factor`), so the
+Optax factor ramps it from lr_min / lr_max to 1 over the run (`schedules.range_test_factor`), so the
 rate at step t is lr_min * (lr_max / lr_min)^(t / (T - 1)). The members differ only by seed (init,
 batch order, dropout). The run stops early once every member's smoothed loss has exceeded 4x its
 minimum or gone non-finite (fastai's divergence rule).
@@ -18,15 +18,17 @@ seeds, fastai's trimming: the first T // 10 and the last 5 points left out):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from lrlab.engine import loop as loop_lib
 from lrlab.engine import population, segment
+from lrlab.engine.stop import StopSignal
 from lrlab.optim import members, optimizers, schedules
 from lrlab.optim.optimizers import Optimizer
-from lrlab.store.workdir import NO_SCOPE
+from lrlab.store.workdir import NO_SCOPE, Scope
 from lrlab.task import sampling
 from lrlab.task.task import Task
 from lrlab.training.settings import SweepSettings
@@ -223,6 +225,8 @@ def lr_range_test(
     segment_steps: int = 20,
     stop_at_divergence: bool = True,
     desc: str = "",
+    scope: Scope = NO_SCOPE,
+    stop: StopSignal | None = None,
 ) -> FinderResult:
     """Runs the range test of `optimizer` on `task` with `num_seeds` seeds as one population.
 
@@ -231,6 +235,8 @@ def lr_range_test(
     stopping, pruning and sequential fields do not apply (the seeds are always distinct).
     `overrides` sets the optimizer's other hyperparameters. Between segments of `segment_steps`
     the run stops once every seed has diverged (fastai's rule), unless `stop_at_divergence` is False.
+    With a `scope` it is checkpointed there (and honours `stop`), so a resumed ramp equals an
+    uninterrupted one.
     """
     if not 0 < lr_min < lr_max or num_steps < 2 or num_seeds < 1:
         raise ValueError(f"need 0 < lr_min < lr_max, num_steps >= 2, num_seeds >= 1; got {lr_min}, {lr_max}, "
@@ -248,9 +254,12 @@ def lr_range_test(
     programs, _ = lowered_programs(cfg, pop, data, settings, NO_SCOPE)
     lr_T = ramp_rates(lr_min, lr_max, num_steps)
     hook = RampHook(num_seeds, num_steps, stop_at_divergence, lr_T)
+    hparams = members.population_hparams(opt, np.full(num_seeds, lr_max), overrides)
+    identity = {**task.identity(), "optimizer": opt.name, "hparams": {k: np.asarray(v).tolist() for k, v in hparams.items()},
+                "settings": settings.to_json(), "ramp": [lr_min, lr_max, num_steps, num_seeds]}
     out = loop_lib.train(pop, data, budget, sampling.data_key(settings.seed), programs, freeze_at_target=False,
-                       repack=False, curves=False, hooks=[hook], progress=settings.progress,
-                       desc=desc or f"{opt.name} range test")
+                         repack=False, curves=False, hooks=[hook], progress=settings.progress,
+                         desc=desc or f"{opt.name} range test", checkpoints=scope.checkpoints(identity), stop=stop)
     loss_KS = hook.loss_KS
     steps = loss_KS.shape[1]
     lr_S, smoothed_S = lr_T[:steps], smooth(loss_KS.mean(axis=0))

@@ -16,14 +16,14 @@ statistics (numpy's default), with an infinite neighbour giving an infinite quar
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
 from lrlab.optim.members import Members
+from lrlab.store import ranking
 from lrlab.store.records import group_of
-
-BEST_RULE = "lowest median steps to target across seeds (a miss counts as infinite); ties: the lower learning rate"
 
 
 def expand(members: Members, seeds: int, seed: int) -> tuple[Members, np.ndarray]:
@@ -69,9 +69,12 @@ def aggregate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def best(rows: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """The aggregate row of BEST_RULE among `rows` (one valley), None if no median is finite."""
-    finite = [r for r in rows if r["median_steps"] is not None]
-    return min(finite, key=lambda r: (r["median_steps"], r["learning_rate"])) if finite else None
+    """The aggregate row ranked first among `rows` (one valley) by lrlab's one rule
+    (`ranking.best_member`), its median steps as its steps to target (a rate whose median is a miss
+    did not reach it); None if no median is finite."""
+    rows = list(rows)
+    winner = ranking.best_member(median_records(rows))
+    return None if winner is None else rows[[r["learning_rate"] for r in rows].index(winner["learning_rate"])]
 
 
 def median_records(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -21,7 +21,8 @@ target would have been retired, with a margin; see the benchmark's JSON).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

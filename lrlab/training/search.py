@@ -3,9 +3,9 @@
 Random search samples every candidate at once (log-uniform learning rates, uniform or log-uniform
 other float hyperparameters) and trains them as ONE population. Bayesian search (Optuna's TPE,
 batch ask/tell) trains each round's batch of candidates as one population, tells the results, and
-asks for the next batch. Both score a member with `objective` (lower is better): steps to target
-when reached, else a penalty above every reached value that still ranks by the best value of the
-target metric.
+asks for the next batch. Both score a member by lrlab's one ranking rule as a number
+(`ranking.objective`, lower is better): steps to target when reached, else a penalty above every
+reached value that still ranks by the best value of the target metric.
 
 Everything derives from the seeds: a killed run rebuilds the study by asking and telling the
 finished rounds again (each round restores from its own checkpoint folder instantly), so it resumes
@@ -19,7 +19,8 @@ import inspect
 import math
 import warnings
 import zlib
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +28,9 @@ from lrlab.engine.stop import StopSignal
 from lrlab.optim import members as members_lib
 from lrlab.optim import optimizers
 from lrlab.optim.optimizers import Optimizer
-from lrlab.store import plots, views
+from lrlab.store import plots, ranking, views
 from lrlab.store import records as records_lib
+from lrlab.store.result import StudyResult, Trained
 from lrlab.store.workdir import NO_SCOPE, Scope
 from lrlab.task.target import Target
 from lrlab.task.task import Task
@@ -38,12 +40,6 @@ from lrlab.training.sweep import run_sweep
 # name -> (low, high, log scale)
 Ranges = dict[str, tuple[float, float, bool]]
 Trial = dict[str, Any]  # one trained candidate, see `make_trial`
-# How a diverged member scores, in units of max_steps: above every missed member (< 2 max_steps).
-DIVERGED_FACTOR = 4.0
-OBJECTIVE = ("reached: steps_to_target; missed: max_steps * (1 + shortfall of the best target value, in [0, 1]: "
-             "an accuracy's is target - best); diverged: 4 * max_steps; lower is better")
-
-
 def searchable(optimizer: Optimizer) -> list[str]:
     """The hyperparameters of `optimizer` a search may vary (learning rate first)."""
     return list(optimizer.hparams)
@@ -128,32 +124,6 @@ def candidate_hparams(optimizer: Optimizer, sampled: Mapping[str, np.ndarray],
     return members_lib.Members(optimizer, hparams_K)
 
 
-def best_value(record: Mapping[str, Any], target: Target, target_key: str) -> float | None:
-    """The best finite value of the target metric along a member's curve (its final one if no
-    curve; None if it has neither)."""
-    curve = [v for v in (record.get("curve") or {}).get(target_key, []) if v is not None and math.isfinite(v)]
-    if curve:
-        return float(max(curve, key=target.score))
-    final = record.get(f"final_{target_key}")
-    return float(final) if final is not None and math.isfinite(final) else None
-
-
-def objective(record: Mapping[str, Any], max_steps: int, target: Target, target_key: str) -> float:
-    """A member's score, lower is better (a member record of `sweep.run_sweep`).
-
-    reached:  steps_to_target (at most max_steps).
-    missed:   max_steps * (1 + target.shortfall(best)), best its best value of the target metric:
-              above every reached value, and closer to the goal scores lower (an accuracy's
-              shortfall is target - best).
-    diverged: DIVERGED_FACTOR * max_steps, worse than every other outcome.
-    """
-    if record["status"] == "reached":
-        return float(record["steps_to_target"])
-    if record["status"] == "diverged":
-        return DIVERGED_FACTOR * max_steps
-    return max_steps * (1.0 + target.shortfall(best_value(record, target, target_key)))
-
-
 def make_trial(record: Mapping[str, Any], round_index: int, index: int, max_steps: int, target: Target,
                target_key: str, optuna_number: int | None = None) -> Trial:
     """The JSON record of one trained candidate: its round, hyperparameters, outcome, cost
@@ -161,17 +131,24 @@ def make_trial(record: Mapping[str, Any], round_index: int, index: int, max_step
     metric = target.metric
     trial = {"index": index, "round": round_index, "learning_rate": record["learning_rate"],
              "hyperparameters": dict(record["hyperparameters"]), "status": record["status"],
-             "steps_to_target": record["steps_to_target"], "best_target_value": best_value(record, target, target_key),
+             "steps_to_target": record["steps_to_target"],
+             "best_target_value": ranking.best_value(record, target, target_key),
              f"final_test_{metric}": record.get(f"final_test_{metric}"), "steps_trained": record["steps_trained"],
-             "objective": objective(record, max_steps, target, target_key)}
+             "objective": ranking.objective(record, max_steps, target, target_key)}
     if optuna_number is not None:
         trial["optuna_trial"] = optuna_number
     return trial
 
 
+def trial_order(trial: Trial) -> tuple[float, float, int]:
+    """A trial's place under lrlab's one ranking rule (`ranking.RULE`): its objective, then the lower
+    learning rate, then the earlier trial."""
+    return trial["objective"], trial["learning_rate"], trial["index"]
+
+
 def best_trial(trials: list[Trial]) -> Trial | None:
-    """The trial of lowest objective; ties go to the earliest (the one the search found first)."""
-    return min(trials, key=lambda t: (t["objective"], t["index"])) if trials else None
+    """The first trial by lrlab's one ranking rule (`trial_order`)."""
+    return min(trials, key=trial_order) if trials else None
 
 
 def incumbent_trace(trials: list[Trial]) -> list[dict[str, Any]]:
@@ -335,7 +312,7 @@ def format_trials(trials: list[Trial], searched: list[str], eval_every: int, met
     best_label = f"best_{metric}"[:10]
     lines = [f"{'rank':>4}  {'round':>5}  {'learning_rate':>13}  " + "".join(f"{n:>10}  " for n in others)
              + f"{'status':<9}  {'steps':>6}  {best_label:>10}  {'test_' + metric:>10}  {'objective':>9}"]
-    ranked = sorted(trials, key=lambda t: (t["objective"], t["index"]))
+    ranked = sorted(trials, key=trial_order)
     for rank, t in enumerate(ranked, 1):
         lines.append(f"{rank:>4}  {t['round'] + 1:>5}  {t['learning_rate']:>13.4g}  "
                      + "".join(f"{t['hyperparameters'][n]:>10.4g}  " for n in others)
@@ -355,12 +332,11 @@ def format_trials(trials: list[Trial], searched: list[str], eval_every: int, met
     return "\n".join(lines)
 
 
-class SearchRun:
+class SearchRun(StudyResult):
     """A search's results (its results.json as `summary`): the trials, the best one, the cost, the
     printed report and the figure."""
 
-    def __init__(self, summary: dict[str, Any], paths: dict | None = None):
-        self.summary, self.paths = summary, dict(paths or {})
+    FIGURE = "search.png"
 
     @property
     def best(self) -> Trial | None:
@@ -382,3 +358,28 @@ class SearchRun:
                             eval_every=s["steps_to_target_resolution"],
                             title=f"{label}, {s['search']['optimizer']} on {s['model']['name']}, {s['dataset']}: "
                                   f"{s['search']['candidates']}, target {records_lib.target_text(s)}")
+
+
+def search_details(method: str, num_samples: int = 48, rounds: int = 4, batch: int = 8,
+                   n_startup: int | None = None) -> dict[str, Any]:
+    """How a search draws its candidates, as its identity and results.json say it."""
+    if method == "random":
+        return {"num_samples": num_samples, "candidates": f"{num_samples} candidates"}
+    return {"rounds": rounds, "batch": batch, "n_startup": n_startup or batch,
+            "sampler": "optuna TPESampler(multivariate, constant_liar)", "candidates": f"{rounds} rounds x {batch} candidates"}
+
+
+def search_identity(task: Task, optimizer: Optimizer, ranges: Ranges, seed: int, overrides: Mapping[str, float] | None,
+                    settings: SweepSettings, details: Mapping[str, Any]) -> dict[str, Any]:
+    """What a search's workdir must match to be resumed."""
+    return {"task": task.identity(), "optimizer": optimizer.name, "ranges": describe_ranges(ranges), "seed": seed,
+            "overrides": dict(overrides or {}), "settings": settings.to_json(), **details}
+
+
+def search_trained(result: SearchResult, optimizer: Optimizer, ranges: Ranges, seed: int,
+                   details: Mapping[str, Any]) -> Trained:
+    """What a search hands the run skeleton: its trials, rounds and cost, its members for the views,
+    and (Bayesian) its own Optuna study."""
+    return Trained({"search": {"optimizer": optimizer.name, "ranges": describe_ranges(ranges), "seed": seed, **details},
+                    "objective": ranking.OBJECTIVE, **result.to_json()}, members=result.records,
+                   optuna_study=result.study, ranges=ranges)

@@ -2,7 +2,7 @@
 task, as one vectorized program each, or one member after another (the sequential baseline).
 
 `run_sweep` is what every experiment trains with: the data split of the settings, one engine
-configuration per population, the segment loop (`runner.train`) with its hooks (successive
+configuration per population, the segment loop (`loop.train`) with its hooks (successive
 halving), checkpoints in the run's scope, the test-set evaluation, and one record per member.
 """
 
@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -64,7 +65,7 @@ def check_fits(task: Task, settings: SweepSettings, populations: Sequence[Member
 
 
 def sweep_data(task: Task, settings: SweepSettings) -> tuple[TrainData, int]:
-    """The device-resident data of a sweep and its evaluation chunk (`tasks.split`: with early
+    """The device-resident data of a sweep and its evaluation chunk (`task.split`: with early
     stopping, `validation_examples` training examples are held out)."""
     check_fits(task, settings)
     splits = task_lib.split(task, settings.eval_examples, settings.seed,
@@ -87,10 +88,10 @@ def api_identity(task: Task, populations: Sequence[Members], settings: Any, **ex
 
 def lowered_programs(cfg: EngineConfig, pop: population.Population, data: TrainData, settings: SweepSettings,
                      scope: Scope, mesh: jax.sharding.Mesh | None = None) -> tuple[loop.Programs, lowering.Choice]:
-    """The programs of `pop` (on `mesh`, default every device) under the lowering chosen for it
-    (`lowering.choose`: measured, or the settings' `lowering` and `member_chunk`), which `scope`
-    keeps so that a resumed run reuses it."""
-    mesh = mesh if mesh is not None else placement.make_mesh()
+    """The programs of `pop` (on `mesh`, default `placement.mesh_for` its size) under the lowering
+    chosen for it (`lowering.choose`: measured, or the settings' `lowering` and `member_chunk`),
+    which `scope` keeps so that a resumed run reuses it."""
+    mesh = mesh if mesh is not None else placement.mesh_for(pop.size)
     choice = lowering.choose(cfg, pop, data, sampling.data_key(settings.seed), settings.budget.max_steps, mesh,
                              conv=settings.lowering, member_chunk=settings.member_chunk,
                              saved=scope.saved_lowering())

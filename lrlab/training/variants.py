@@ -8,15 +8,17 @@ schedule, a training technique), one population each, and their valleys overlaid
 from __future__ import annotations
 
 import dataclasses
-import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from absl import logging
 
 from lrlab.engine.stop import StopSignal
 from lrlab.optim.members import Members
 from lrlab.store import plots
 from lrlab.store import records as records_lib
 from lrlab.store import valleys as valleys_lib
-from lrlab.store import workdir as workdir_lib
+from lrlab.store.result import StudyResult
 from lrlab.store.workdir import NO_SCOPE, Scope
 from lrlab.task.task import Task
 from lrlab.training.settings import SweepSettings
@@ -68,23 +70,23 @@ def train_variants(variants: Mapping[str, tuple[Task, SweepSettings]], members: 
     per-variant timing."""
     records_all, timing = [], {}
     for n, (name, (task, settings)) in enumerate(variants.items()):
-        if settings.progress:
-            print(f"{field} {name} ({n + 1} of {len(variants)})", flush=True)
+        logging.info("%s %s (%d of %d)", field, name, n + 1, len(variants))
         records, stats = run_sweep(task, [members], settings, scope=scope.child(name), stop=stop)
         records_all += [{field: name, **r} for r in records]
         timing[name] = stats[members.name]
-        reached = sum(r["status"] == "reached" for r in records)
-        print(f"{field} {name}: {reached} of {len(records)} rates reached the target; compile "
-              f"{timing[name]['compile_seconds']:.1f} s, training {timing[name]['train_seconds']:.1f} s", flush=True)
+        logging.info("%s %s: %d of %d rates reached the target; compile %.1f s, training %.1f s", field, name,
+                     sum(r["status"] == "reached" for r in records), len(records), timing[name]["compile_seconds"],
+                     timing[name]["train_seconds"])
     return records_all, timing
 
 
-class VariantsRun:
+class VariantsRun(StudyResult):
     """The results of a schedules or techniques run (its results.json as `summary`): each variant's
-    valley summary, the rate x variant table, and the overlaid figure."""
+    valley summary, the rate x variant table, and the overlaid figure (<experiment>.png)."""
 
-    def __init__(self, summary: dict[str, Any], paths: dict | None = None):
-        self.summary, self.paths = summary, dict(paths or {})
+    @property
+    def FIGURE(self) -> str:  # noqa: N802 - the class attribute of other results
+        return f"{self.summary['experiment']}.png"
 
     @property
     def field(self) -> str:
@@ -112,30 +114,21 @@ class VariantsRun:
                                      f"{s.get('title_suffix', '')}")
 
 
-def _compare(experiment: str, field: str, task: Task, members: Members, settings: SweepSettings,
-             variants: Mapping[str, tuple[Task, SweepSettings]], specs: Mapping[str, Any], workdir: Any,
-             stop: StopSignal | None, overwrite: bool, info: Mapping[str, Any] | None, title_suffix: str = "",
-             ) -> VariantsRun:
-    started = time.perf_counter()
-    identity = {"task": task.identity(), "population": {members.name: members.to_json()},
-                "settings": settings.to_json(), "variants": {name: {"task": t.identity(), "settings": s.to_json()}
-                                                             for name, (t, s) in variants.items()}}
-    run = workdir_lib.resolve(workdir, experiment, identity, overwrite)
-    if run is not None and run.finished:
-        return VariantsRun(run.read_results(), {"results": run.results_path})
-    try:
-        records, timing = train_variants(variants, members, field, scope=run.scope() if run else NO_SCOPE, stop=stop)
-    finally:
-        if run is not None:
-            run.close()
+def variants_identity(task: Task, members: Members, settings: SweepSettings,
+                      variants: Mapping[str, tuple[Task, SweepSettings]]) -> dict[str, Any]:
+    """What a schedules or techniques workdir must match: the task, the members, the settings and
+    each variant's task and settings."""
+    return {"task": task.identity(), "population": {members.name: members.to_json()}, "settings": settings.to_json(),
+            "variants": {name: {"task": t.identity(), "settings": s.to_json()} for name, (t, s) in variants.items()}}
+
+
+def variants_body(experiment: str, field: str, members: Members, variants: Mapping[str, Any],
+                  specs: Mapping[str, Any], records: list[dict[str, Any]], timing: dict[str, Any],
+                  title_suffix: str = "") -> dict[str, Any]:
+    """results.json's body of a schedules or techniques run: each variant's valley summary (and
+    spec), the timing and the member records."""
     summaries = valleys_lib.valley_summaries(records, field)
-    summary = {**records_lib.run_header(experiment), **records_lib.task_header(task, settings), **(info or {}),
-               "field": field, "optimizer": members.name, "title_suffix": title_suffix,
-               experiment: {name: {**({"spec": specs[name]} if name in specs else {}), "summary": summaries[name]}
-                            for name in variants},
-               "timing": timing, "stage_seconds": {"sweep": time.perf_counter() - started}, "members": records}
-    out = VariantsRun(summary)
-    if run is not None:
-        out.paths = run.save(summary, {f"{experiment}.png": out.plot}, started=started, members=records,
-                             views=settings.views)
-    return out
+    return {"field": field, "optimizer": members.name, "title_suffix": title_suffix,
+            experiment: {name: {**({"spec": specs[name]} if name in specs else {}), "summary": summaries[name]}
+                         for name in variants},
+            "timing": timing, "members": records}

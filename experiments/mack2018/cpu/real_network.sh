@@ -1,5 +1,5 @@
 #!/bin/bash
-# The real-network CPU check (issue 15): each optimizer at the study's ideal_lr (train.py) and the grid
+# The real-network CPU check: each optimizer at the study's ideal_lr (train.py) and the grid
 # rates either side, one lr_valley run (its own resumable workdir) per entry, in turn.
 #   experiments/mack2018/cpu/real_network.sh RUNS_DIR [ENTRY ...]
 # An entry is an optimizer (its three rates around ideal_lr) or OPTIMIZER-SUFFIX: the follow-up runs that

@@ -1,38 +1,18 @@
-"""The command line: the absl flags every experiment shares, their validators, and the turning of
-flags into what the library takes (a task, populations, settings, a claimed workdir). Only the
-experiment modules and this one read FLAGS; a bad value stops before any work with one line.
-
-Each experiment module calls `define_flags()` at import, then in main(): `start(argv)`, `task()`,
-`workdir(experiment)`, the library call inside `resumable(...)`, and prints its report.
+"""The absl flags every experiment shares, their validators, and the names by which a command line
+speaks of its settings. Only the experiment modules read FLAGS; a bad value stops before any work
+with one line.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging as python_logging
-import os
-import pathlib
-import signal
-import sys
-import time
-from typing import Any, Iterator, Sequence
-
-import jax
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
-from lrlab.engine import config, lowering, memory, protocols
-from lrlab.engine import stop as stop_lib
-from lrlab.engine.loop import Budget
+from lrlab.engine import config, lowering, protocols
 from lrlab.optim import hparams, optimizers, schedules
-from lrlab.optim import members as members_lib
-from lrlab.store import checkpoints, views
-from lrlab.store import workdir as workdir_lib
-from lrlab.task import classification, datasets, models
-from lrlab.task import dataset as dataset_lib
-from lrlab.task import task as task_lib
-from lrlab.training import pruning, retirement, sweep
-from lrlab.training.settings import SweepSettings
+from lrlab.store import views
+from lrlab.task import models
+from lrlab.training import retirement
 
 FLAGS = flags.FLAGS
 
@@ -45,9 +25,13 @@ def hparam_flag(optimizer: str, hparam: str) -> str:
 # flag -> (registry optimizer, hyperparameter): every default, range and help from optimizers.REGISTRY.
 HPARAM_FLAGS = {hparam_flag(opt, hp): (opt, hp) for opt, spec in optimizers.REGISTRY.items()
                 for hp in spec.hparams if hp != hparams.LEARNING_RATE}
+
+
 # Flags that describe lrlab's built-in image tasks; --task brings its own.
 BUILT_IN_TASK_FLAGS = ("model", "width", "dataset", "data_dir", "batch_norm", "conv_impl", "augment_shift",
                        "augment_degrees", "target_accuracy")
+
+
 # Flags that change how a run is carried out, not what it computes: a resumed run may change them.
 OPERATIONAL_FLAGS = frozenset({"workdir", "overwrite", "checkpoint_every", "cpu_devices", "distributed",
                                "coordinator_address", "num_processes", "process_id", "progress", "data_dir",
@@ -337,321 +321,41 @@ def require_one_optimizer(experiment: str) -> None:
     flags.register_validator("optimizer", one)
 
 
-def fail(message: str, code: int = 1) -> None:
-    """Stops with one clear line on stderr (no traceback) and a non-zero exit code."""
-    print(f"lrlab: error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
-def _from_lrlab(record: python_logging.LogRecord) -> bool:
-    return "/lrlab/" in record.pathname.replace("\\", "/")
-
-
-class _OthersQuiet(python_logging.Filter):
-    """Other libraries' absl log lines from ERROR up only, Orbax's and asyncio's not at all: Orbax logs
-    every checkpoint, and a failed write with tracebacks from its threads, which lrlab reports itself
-    in one line."""
-
-    def filter(self, record: python_logging.LogRecord) -> bool:
-        path = record.pathname.replace("\\", "/")
-        return (not _from_lrlab(record) and record.levelno >= python_logging.ERROR and "/orbax/" not in path
-                and "/asyncio/" not in path)
-
-
-def configure_logging() -> None:
-    """A command's logging: lrlab's own log lines (INFO and up) on stdout as `lrlab: message`, beside
-    the results it prints; stderr keeps the one-line errors (and other libraries' errors)."""
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(_OthersQuiet())
-    lines = python_logging.StreamHandler(sys.stdout)
-    lines.setFormatter(python_logging.Formatter("lrlab: %(message)s"))
-    lines.addFilter(_from_lrlab)
-    python_logging.getLogger("absl").addHandler(lines)
-    for name in ("orbax", "asyncio"):
-        python_logging.getLogger(name).addFilter(_OthersQuiet())
-
-
-def start(argv: list[str]) -> float:
-    """What every experiment's main() does first: refuse stray arguments, show lrlab's log lines
-    (`configure_logging`), and apply --cpu_devices / --distributed (before any JAX computation).
-    Returns the start time."""
-    if len(argv) > 1:
-        fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
-    configure_logging()
-    explicit = {"coordinator_address": FLAGS.coordinator_address, "num_processes": FLAGS.num_processes,
-                "process_id": FLAGS.process_id}
-    given = [k for k, v in explicit.items() if v is not None]
-    if given and len(given) < len(explicit):
-        fail(f"--{', --'.join(sorted(set(explicit) - set(given)))}: needed with --{', --'.join(given)}")
-    if given and not explicit["process_id"] < explicit["num_processes"]:
-        fail(f"--process_id={FLAGS.process_id}: must be below --num_processes={FLAGS.num_processes}")
-    distributed = FLAGS.distributed
-    if distributed is None:  # a Cloud TPU VM pod names its workers in the environment
-        distributed = bool(given) or len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-    devices = cpu_device_count(FLAGS.cpu_devices, distributed)
-    if devices > 1:
-        try:
-            jax.config.update("jax_num_cpu_devices", devices)
-        except RuntimeError:  # JAX already started in this process (embedded): its devices stay
-            if FLAGS.cpu_devices != "auto":
-                fail(f"--cpu_devices={FLAGS.cpu_devices}: JAX has already started in this process")
-    if distributed:
-        try:
-            jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
-        except Exception as e:  # noqa: BLE001 - any failure here is the cluster set-up's
-            fail(f"--distributed: jax.distributed.initialize() failed: {str(e).splitlines()[0]}")
-    return time.perf_counter()
-
-
-def cpu_device_count(value: str, distributed: bool) -> int:
-    """The CPU devices of --cpu_devices: a number (0 counts as 1), or auto: one per core this process
-    may use (benchmarks/cpu_devices.py measured it faster on a 2-core host at K=48), one per process
-    in a multi-process run (each process is already one of the cores' workers)."""
-    if value != "auto":
-        return max(int(value), 1)
-    return 1 if distributed else len(os.sched_getaffinity(0))
-
-
-def load_dataset() -> dataset_lib.Dataset:
-    """The dataset of --dataset / --data_dir, or one clear line naming the flag."""
-    try:
-        return datasets.load_dataset(FLAGS.dataset, FLAGS.data_dir)
-    except dataset_lib.DatasetError as e:
-        fail(f"--dataset={FLAGS.dataset}: {e}")
-
-
-def task(width: float | None = None, batch_norm: bool | None = None, dataset: dataset_lib.Dataset | None = None
-         ) -> task_lib.Task:
-    """The task of the flags: --task's, with --target_goal; or the built-in image classification of
-    --model (at `width`, with `batch_norm` if given) on --dataset, target --target_accuracy.
-    One clear line on failure."""
-    if FLAGS.task:
-        try:
-            built = task_lib.load_task(FLAGS.task)
-        except ValueError as e:
-            fail(f"--task={FLAGS.task}: {e}")
-        return built if FLAGS.target_goal is None else built.with_target(FLAGS.target_goal)
-    ds = dataset or load_dataset()
-    model = models.make_model(FLAGS.model, FLAGS.width if width is None else width, ds.num_classes, FLAGS.conv_impl,
-                              batch_norm=FLAGS.batch_norm if batch_norm is None else batch_norm)
-    goal = FLAGS.target_accuracy if FLAGS.target_goal is None else FLAGS.target_goal
-    info = {"model_name": FLAGS.model, "width": FLAGS.width if width is None else width}
-    return classification.image_classification(model, ds, target_accuracy=goal,
-                                      augment=(FLAGS.augment_shift, FLAGS.augment_degrees), info=info)
-
-
-def check_data(task: task_lib.Task, populations: Sequence[members_lib.Members] = (), **replace: Any) -> None:
-    """The flags that must fit the task's data, and the populations the devices' memory
-    (`sweep.check_fits`), checked before any work: one line naming the flag otherwise."""
-    try:
-        sweep.check_fits(task, settings(**replace), populations)
-    except memory.TooLarge as e:
-        fail(f"--num_lrs / --lrs / --width: {e}")
-    except ValueError as e:
-        fail(f"--{e}")
-
-
-def optimizer_names() -> list[str]:
-    return optimizers.parse_optimizer_list(FLAGS.optimizer)
-
-
-def optimizer(name: str) -> optimizers.Optimizer:
-    """The optimizer --optimizer names (a registry name or MODULE:NAME), or one clear line."""
-    try:
-        return optimizers.get(name)
-    except ValueError as e:
-        fail(f"--optimizer={name}: {e}")
-
-
-def hparam_overrides(name: str) -> dict[str, float]:
-    """The fixed hyperparameters the flags give `name` (a registry optimizer's --<opt>_<hp> flags),
-    besides the learning rate."""
-    return {hp: float(FLAGS[flag].value) for flag, (opt, hp) in HPARAM_FLAGS.items() if opt == name}
-
-
-def learning_rates() -> np.ndarray:
-    """--lrs if given, else --num_lrs log-spaced from --lr_min to --lr_max."""
-    if FLAGS.lrs:
-        return np.array(sorted(parse_rates(FLAGS.lrs)), np.float64)
-    return np.geomspace(FLAGS.lr_min, FLAGS.lr_max, FLAGS.num_lrs)
-
-
-def members(name: str, lrs: Any) -> members_lib.Members:
-    """The population of optimizer `name` the flags describe: the learning rates times each --hparam
-    axis it has, its other hyperparameters from the flags (or its defaults). One clear line on error."""
-    opt = optimizer(name)
-    axes = parse_hparam_axes(FLAGS.hparam)
-    try:
-        return members_lib.grid(opt, learning_rate=lrs, **{**hparam_overrides(opt.name), **{
-            k: v for k, v in axes.items() if k in opt.hparams}})
-    except ValueError as e:
-        fail(f"--optimizer={name}: {e}")
-
-
-def populations(lrs: Any) -> list[members_lib.Members]:
-    """One population per --optimizer entry (`members`); every --hparam must belong to one of them."""
-    names = optimizer_names()
-    pops = [members(name, lrs) for name in names]
-    unknown = [k for k in parse_hparam_axes(FLAGS.hparam) if not any(k in p.optimizer.hparams for p in pops)]
-    if unknown:
-        fail(f"--hparam: no optimizer of --optimizer={FLAGS.optimizer} has {', '.join(unknown)}")
-    return pops
-
-
-def schedule_spec() -> schedules.ScheduleSpec | None:
-    """The learning-rate schedule of the schedule flags (None: constant, no warmup)."""
-    if FLAGS.schedule == "constant" and not FLAGS.warmup_steps:
-        return None
-    return schedules.ScheduleSpec(FLAGS.schedule, FLAGS.decay_steps, FLAGS.decay_factor, FLAGS.sgdr_period,
-                                  FLAGS.sgdr_mult, FLAGS.warmup_steps, FLAGS.max_steps)
-
-
-def budget() -> Budget:
-    return Budget(FLAGS.max_steps, FLAGS.max_seconds, FLAGS.eval_every)
-
-
-def settings(**replace: Any) -> SweepSettings:
-    """Everything the library's training needs from the shared flags: one place, so a new training
-    flag reaches every experiment (`replace` overrides fields)."""
-    values = dict(
-        budget=budget(), batch_size=FLAGS.batch_size, eval_examples=FLAGS.eval_examples, seed=FLAGS.seed,
-        distinct_seeds=FLAGS.distinct_seeds, sequential=FLAGS.sequential, repack=FLAGS.repack,
-        member_chunk=FLAGS.member_chunk, lowering=FLAGS.lowering, progress=FLAGS.progress, schedule=schedule_spec(),
-        dtype=FLAGS.dtype,
-        augment=FLAGS.augment, patience=FLAGS.patience if FLAGS.early_stopping else 0,
-        validation_examples=FLAGS.validation_examples, protocol=FLAGS.protocol, seeds=FLAGS.seeds,
-        prune=pruning.PruneSpec(FLAGS.prune_min_steps, FLAGS.prune_eta) if FLAGS.prune == "sha" else None,
-        retire=retirement.RetireSpec(FLAGS.retire_grace_steps, FLAGS.retire_evaluations, FLAGS.retire_margin,
-                                     FLAGS.retire_pace, FLAGS.retire_pace_grace_steps, FLAGS.retire_pace_evaluations)
-        if FLAGS.retire else None,
-        views=views.Views(FLAGS.optuna_storage, FLAGS.tensorboard))
-    values.update(replace)
-    try:
-        return SweepSettings(**values)
-    except ValueError as e:
-        fail(str(e))
-
-
-def _lrlab_flags() -> list[flags.Flag]:
-    """lrlab's own flags (not absl's)."""
-    return [f for name, fl in FLAGS.flags_by_module_dict().items() if "lrlab" in name for f in fl]
-
-
-def flag_values() -> dict[str, object]:
-    """The values of lrlab's own flags, saved with the run for reproducibility."""
-    return {f.name: f.value for f in _lrlab_flags()}
-
-
 RETIRE_FLAGS = ("retire", "retire_grace_steps", "retire_evaluations", "retire_margin", "retire_pace",
                 "retire_pace_grace_steps", "retire_pace_evaluations")
+
+
 # What a run saved with retirement but before the pace rule existed trained with: no pace rule.
 PACE_OFF = {"retire_pace": 0.0, "retire_pace_grace_steps": retirement.RetireSpec.pace_grace_steps,
             "retire_pace_evaluations": retirement.RetireSpec.pace_evaluations}
 
 
-def run_flags() -> dict[str, object]:
-    """The flags that decide what a run computes (saved with it; a resume must match them). Without
-    retirement its flags are left out, as runs made before it existed saved them."""
-    left_out = OPERATIONAL_FLAGS | (set() if FLAGS.retire else set(RETIRE_FLAGS))
-    return {k: v for k, v in flag_values().items() if k not in left_out}
+# How a command line names the parts of a run's identity (lrlab.store.workdir: a refused resume
+# names each difference): the first prefix that matches a dotted path gives its flags.
+IDENTITY_FLAGS = (
+    ("settings.budget.max_steps", "--max_steps"), ("settings.budget.max_seconds", "--max_seconds"),
+    ("settings.budget.eval_every", "--eval_every"), ("settings.batch_size", "--batch_size"),
+    ("settings.eval_examples", "--eval_examples"), ("settings.seeds", "--seeds"), ("settings.seed", "--seed"),
+    ("settings.distinct_seeds", "--distinct_seeds"), ("settings.sequential", "--sequential"),
+    ("settings.repack", "--repack"), ("settings.schedule.name", "--schedule"),
+    ("settings.schedule.warmup_steps", "--warmup_steps"), ("settings.schedule", "--schedule and its flags"),
+    ("settings.dtype", "--dtype"), ("settings.augment", "--augment"), ("settings.patience", "--early_stopping/--patience"),
+    ("settings.validation_examples", "--validation_examples"), ("settings.prune", "--prune and its flags"),
+    ("settings.stop_at_target", "--stop_at_target"), ("settings.protocol", "--protocol"),
+    ("settings.retire.pace_grace_steps", "--retire_pace_grace_steps"),
+    ("settings.retire.pace_evaluations", "--retire_pace_evaluations"), ("settings.retire.pace", "--retire_pace"),
+    ("settings.retire.grace_steps", "--retire_grace_steps"), ("settings.retire.evaluations", "--retire_evaluations"),
+    ("settings.retire.margin", "--retire_margin"), ("settings.retire", "--retire"),
+    ("populations", "--optimizer/--lrs/--hparam (the members)"), ("population", "--optimizer/--lrs/--hparam (the members)"),
+    ("task.target", "--target_accuracy/--target_goal"), ("task", "--task/--model/--width/--dataset (the task)"),
+    ("widths", "--widths/--model (the tasks)"), ("ranges", "--search"), ("seed", "--search_seed"),
+    ("pbt", "PBT's flags (--ready_steps, --truncation, --explore, ...)"),
+)
 
 
-def resume_without_retirement(run: workdir_lib.Workdir) -> None:
-    """A workdir whose run saved no --retire (made before retirement existed, or with --noretire)
-    resumes as it was made: without retirement, unless --retire is given."""
-    saved = None if FLAGS.overwrite else run.saved_settings()
-    if saved is not None and "retire" not in saved and FLAGS.retire and not FLAGS["retire"].present:
-        FLAGS.retire = False
-        print(f"--workdir={run.path}: its run trains without retirement; resuming it so (--noretire)")
-    elif (saved is not None and saved.get("retire") and "retire_pace" not in saved and FLAGS.retire
-          and not FLAGS["retire_pace"].present):
-        FLAGS.retire_pace = 0.0
-        print(f"--workdir={run.path}: its run retires without the pace rule; resuming it so (--retire_pace=0)")
-
-
-def run_flag_defaults() -> dict[str, object]:
-    """The defaults of the flags in `run_flags`: a workdir's flags.json written before a flag existed
-    resumes when this run leaves that flag at its default (retirement's flags excepted: absent, they
-    mean off; see `resume_without_retirement`)."""
-    current = run_flags()  # not retirement's: a run saved without them trained without it
-    return {**{f.name: f.default for f in _lrlab_flags() if f.name in current and f.name not in RETIRE_FLAGS},
-            **(PACE_OFF if FLAGS.retire else {})}
-
-
-def info(load_seconds: float | None = None) -> dict[str, Any]:
-    """What the command adds to results.json: its flags (and the seconds spent loading the data)."""
-    out: dict[str, Any] = {"flags": flag_values()}
-    if load_seconds is not None:
-        out["stage_seconds"] = {"load_data": load_seconds}
-    return out
-
-
-def workdir(experiment: str) -> workdir_lib.Workdir:
-    """--workdir prepared and claimed with this command's flags (a run with other flags is refused
-    with the differences named); says so when it already holds this run's results (`.finished`)."""
-    run = workdir_lib.Workdir(FLAGS.workdir, experiment, checkpoint_every=FLAGS.checkpoint_every,
-                              overwrite=FLAGS.overwrite)
-    resume_without_retirement(run)
-    try:
-        finished = run.claim(run_flags(), label=lambda k: f"--{k}", noun="flags", defaults=run_flag_defaults())
-    except workdir_lib.WorkdirError as e:
-        fail(f"--workdir={e}")
-    if finished:
-        print(f"{experiment}: --workdir={run.path} already holds this run's results (use --overwrite to recompute)")
-    return run
-
-
-@contextlib.contextmanager
-def resumable(experiment: str, run: workdir_lib.Workdir) -> Iterator[stop_lib.StopSignal]:
-    """Runs the training inside with a StopSignal (yielded). SIGTERM or Ctrl-C: the runner has saved
-    a checkpoint; say how to resume and exit 128 + signal. A checkpoint of another run, a failed
-    write or a run the library refuses: one clear line."""
-    try:
-        with stop_lib.StopSignal() as stop, writing(f"to {run.path}"):
-            yield stop
-    except stop_lib.Interrupted as e:
-        print(f"{experiment}: stopped by {e.signal_name} at step {e.step}; checkpoint saved in {e.directory}. "
-              f"Rerun the same command with --workdir={run.path} to resume.", file=sys.stderr)
-        sys.exit(128 + signal.Signals[e.signal_name].value)
-    except (checkpoints.CheckpointMismatch, checkpoints.CheckpointDamaged) as e:
-        fail(f"--workdir={run.path}: {e}; use another --workdir or --overwrite")
-    except (workdir_lib.WorkdirError, dataset_lib.DatasetError) as e:
-        fail(str(e))
-
-
-@contextlib.contextmanager
-def writing(what: str):
-    """Turns a failed write (disk full, permissions) into one clear line; files are atomic."""
-    try:
-        yield
-    except checkpoints.CheckpointWriteError as e:  # says itself what was not written
-        fail(str(e))
-    except OSError as e:
-        fail(f"cannot write {what}: {e.strerror or e} (nothing half-written is left behind)")
-
-
-def print_saved(paths: dict[str, pathlib.Path], start: float) -> None:
-    """The closing lines of every experiment: total wall time since `start`, and what was saved where."""
-    print(f"total wall time {time.perf_counter() - start:.1f} s")
-    if not workdir_lib.is_writer():
-        print(f"process {jax.process_index()}: process 0 wrote the results")
-        return
-    for what, path in paths.items():
-        print(f"saved {what}: {path}")
-
-
-def describe_task(task: task_lib.Task) -> str:
-    """The header's description of the task: model, weights, data."""
-    width = f"width {task.info['width']:g}, " if "width" in task.info else ""
-    return (f"{task.info.get('model_name', task.model.name)} ({width}{task.count_parameters():,} weights) on "
-            f"{task.name} ({task.num_train:,} training examples)")
-
-
-def describe_budget(task: task_lib.Task) -> str:
-    where = (f"{min(FLAGS.eval_examples, task.num_train)} training examples" if task.eval is None
-             else f"the {task.eval_name} set ({task_lib.num_examples(task.eval):,} examples)")
-    if FLAGS.protocol != protocols.SUBSET:
-        where = (f"the running mean of the training batches ({protocols.describe(FLAGS.protocol, FLAGS.eval_every)}), "
-                 "strictly,")
-    return (f"target {task.target.describe()} on {where} every {FLAGS.eval_every} steps, budget "
-            f"{FLAGS.max_steps} steps" + (f" / {FLAGS.max_seconds:g} s" if FLAGS.max_seconds else ""))
+def flag_label(path: str) -> str:
+    """The flags that set the identity's dotted `path` ("settings.budget.max_steps" -> "--max_steps")."""
+    for prefix, flags_ in IDENTITY_FLAGS:
+        if path == prefix or path.startswith(prefix + "."):
+            return flags_
+    return path
