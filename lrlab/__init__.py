@@ -31,14 +31,14 @@ from lrlab.task.adapters import LinenModel, NNXModel
 from lrlab.task.classification import classification, image_classification
 from lrlab.task.target import Target
 from lrlab.task.task import Task
-from lrlab.training.exploit_explore import PBTConfig
+from lrlab.training.exploit_explore import Bound, PBTConfig
 from lrlab.training.pruning import PruneSpec
 from lrlab.training.range_test import lr_range_test
 from lrlab.training.retirement import RetireSpec
 from lrlab.training.settings import SweepSettings
 from lrlab.version import __version__
 
-__all__ = ["Budget", "HParam", "LinenModel", "Members", "NNXModel", "Optimizer", "PBTConfig", "PruneSpec",
+__all__ = ["Bound", "Budget", "HParam", "LinenModel", "Members", "NNXModel", "Optimizer", "PBTConfig", "PruneSpec",
            "RetireSpec",
            "ScheduleSpec", "SweepSettings", "Target", "Task", "classification", "grid", "image_classification",
            "lr_finder", "lr_range_test", "lr_valley", "model_scaling", "optimizer", "optimizer_comparison", "pbt",

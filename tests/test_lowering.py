@@ -74,15 +74,27 @@ def _choose(monkeypatch, speeds, cost=0.0, k=16, **kw):
     return lowering.choose(cfg, pop, None, sampling.data_key(0), 1000, mesh, **kw), timed
 
 
+def test_the_prior_keeps_a_models_own_convolutions_unvmapped():
+    """nn.Conv layers: canonical, one member per vmap; layers written for im2col (lrlab's blocks) and
+    models without convolutions: im2col, a few members per vmap by size."""
+    M, C, X = conv.MATMUL, conv.CANONICAL, conv.XLA
+    assert lowering.prior_of({"Conv_0": None, "Conv_1": None}, 0, 16, 3478) == ([C, M, X], 1)
+    assert lowering.prior_of({"ConvReluPool_0": M}, 0, 16, 3478) == ([M, C, X], 4)
+    assert lowering.prior_of({}, 0, 16, 3478) == ([M, C, X], 4)
+    assert lowering.prior_of({"Conv_0": None}, 8, 16, 3478) == ([C, M, X], 8)  # a chunk size given stays
+    assert adapters.conv_preferences(adapters.as_model(UserCNN()), np.zeros((1, 28, 28, 1), np.float32)) == {
+        "Conv_0": None, "Conv_1": None}
+
+
 def test_choice_follows_the_measurements(monkeypatch):
-    """Every formulation at the prior (4 members per vmap for this small model), chunk sizes up
-    while faster, then down, the other formulations at the winner."""
+    """Every formulation at the prior (one member per vmap for a model's own convolutions), chunk
+    sizes up while faster, then down, the other formulations at the winner."""
     times = dict(zip([1, 2, 4, 8, 16], [5, 1.5, 2, 4, 6]))
     speeds = {(c, n): f * t for c, f in ((conv.MATMUL, 1), (conv.CANONICAL, 3), (conv.XLA, 10)) for n, t in times.items()}
     choice, timed = _choose(monkeypatch, speeds)
     assert choice.lowering == lowering.Lowering(conv.MATMUL, 2) and choice.how == "measured"
-    assert timed == [(conv.MATMUL, 4), (conv.CANONICAL, 4), (conv.XLA, 4), (conv.MATMUL, 8), (conv.MATMUL, 2),
-                     (conv.MATMUL, 1), (conv.CANONICAL, 2), (conv.XLA, 2)]
+    assert timed == [(conv.CANONICAL, 1), (conv.MATMUL, 1), (conv.XLA, 1), (conv.MATMUL, 2), (conv.MATMUL, 4),
+                     (conv.CANONICAL, 2), (conv.XLA, 2)]
     assert [(c["conv"], c["member_chunk"]) for c in choice.candidates] == timed
     speeds[(conv.CANONICAL, 2)] = 1  # the formulations rank otherwise at the chunk size chosen
     assert _choose(monkeypatch, speeds)[0].lowering == lowering.Lowering(conv.CANONICAL, 2)
@@ -93,7 +105,7 @@ def test_measuring_stops_within_its_share_of_the_run(monkeypatch):
     after the first (the prior), whose lowering is kept."""
     speeds = {(c, n): 0.001 / n for c in conv.FORMULATIONS for n in [1, 2, 4, 8, 16]}
     choice, timed = _choose(monkeypatch, speeds, cost=10.0)
-    assert timed == [(conv.MATMUL, 4)] and choice.lowering == lowering.Lowering(conv.MATMUL, 4)
+    assert timed == [(conv.CANONICAL, 1)] and choice.lowering == lowering.Lowering(conv.CANONICAL, 1)
 
 
 def test_given_and_small_runs_are_not_measured(monkeypatch):
@@ -105,7 +117,7 @@ def test_given_and_small_runs_are_not_measured(monkeypatch):
     cfg = sweep.engine_config(task, lrlab.grid("adam", learning_rate=[1e-3]).optimizer, settings(), 100)
     pop = population.init_population(cfg, lrlab.grid("adam", learning_rate=[1e-3, 1e-2]).hparams, 0)
     choice = lowering.choose(cfg, pop, None, sampling.data_key(0), 10, placement.make_mesh(jax.devices()[:1]))
-    assert (choice.how, choice.lowering) == ("prior", lowering.Lowering(conv.MATMUL, 2))  # both in one vmap
+    assert (choice.how, choice.lowering) == ("prior", lowering.Lowering(conv.CANONICAL, 1))
     assert choice.layers == {"Conv_0": adapters.LOWERED, "Conv_1": adapters.LOWERED}
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+import lrlab
 from lrlab.optim import members as members_lib
 from lrlab.optim import optimizers
 
@@ -140,3 +141,25 @@ def test_new_learning_rates_do_not_recompile():
         updates, _ = step(state, {"w": jnp.ones((4, 3))})
         np.testing.assert_allclose(updates["w"][:, 0], -np.array(lrs), rtol=1e-4)
     assert step._cache_size() == 1
+
+
+def test_an_optax_factory_passes_as_it_is():
+    """optax.adamw's float arguments are hyperparameters; mu_dtype, mask and nesterov keep their
+    defaults (static settings); a grid over a static setting or over bools is one line."""
+    adamw = optimizers.optimizer(optax.adamw)
+    assert {"learning_rate", "b1", "b2", "eps", "weight_decay"} <= set(adamw.hparams)
+    assert {"mu_dtype", "mask", "nesterov"} <= set(adamw.static)
+    members = lrlab.grid(optax.adamw, learning_rate=[1e-3, 1e-2], weight_decay=[1e-4])
+    assert members.size == 2 and members.hparams["weight_decay"].tolist() == pytest.approx([1e-4, 1e-4])
+    with pytest.raises(ValueError, match="nesterov is a static setting of adamw"):
+        lrlab.grid(optax.adamw, learning_rate=[1e-3], nesterov=[True, False])
+    with pytest.raises(ValueError, match="weight_decay: hyperparameter values are numbers, got bool"):
+        lrlab.grid(optax.adamw, learning_rate=[1e-3], weight_decay=[True])
+    nesterov = optimizers.optimizer(optax.adamw, nesterov=True)
+    assert nesterov.static["nesterov"] is True and nesterov.factory.keywords == {"nesterov": True}
+
+
+def test_a_factory_that_returns_no_transformation_is_one_line():
+    bad = optimizers.optimizer(lambda learning_rate: learning_rate * 2, name="bad")
+    with pytest.raises(ValueError, match="bad: the factory returned float, not an optax.GradientTransformation"):
+        bad.init_state({"w": np.zeros((1, 3), np.float32)}, {"learning_rate": np.ones(1, np.float32)})

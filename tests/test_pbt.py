@@ -277,3 +277,15 @@ def test_command_and_a_resumed_run_agree_on_a_consistent_lineage(cli_runs, mnist
     message = "--explore: 'momentum': adam has no hyperparameter 'momentum' (it has learning_rate, b1, b2, eps)"
     assert procs["bad"].returncode == 1 and err.strip() == f"lrlab: error: {message}"
     assert not (root / "bad").exists()
+
+
+def test_explore_takes_the_command_lines_strings_from_python():
+    from lrlab.optim import optimizers
+
+    adam = optimizers.get("adam")
+    given = exploit_explore.PBTConfig(explore=("learning_rate:1e-4:0.3", "b1"))
+    assert given.names == ("learning_rate", "b1")
+    resolved = given.resolved(adam)
+    assert resolved.explore == exploit_explore.parse_explore(["learning_rate:1e-4:0.3", "b1"], adam)
+    with pytest.raises(ValueError, match="explored twice"):
+        exploit_explore.PBTConfig(explore=("learning_rate", exploit_explore.Bound("learning_rate", 1e-4, 1.0, True)))

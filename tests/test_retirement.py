@@ -58,6 +58,9 @@ def test_pace_rule_retires_only_members_whose_best_pace_misses_the_target_by_the
     replay = lambda values: retirement.replay(spec, ACC, None, steps, values, 1000)  # noqa: E731
     slow = [0.2 + 0.01 * i for i in range(len(steps))]  # 0.0002 per step: 0.23 + 0.0002 * 850 = 0.4 by the budget
     assert replay(slow) == 250  # short at 150 (the first evaluation with a pace), 200 and 250
+    tracker = retirement.Tracker(spec, ACC, None, 1000, 1)
+    assert next(s for s, v in zip(steps, slow) if tracker.update(np.array([0]), np.array([s]), np.array([v]))[0]) == 250
+    assert list(tracker.reason) == [retirement.PACE]  # which rule retired it
     fast_then_flat = [0.5, 0.8, 0.9, 0.95] + [0.96] * 16  # the plateau keeps its fast start's credit
     assert replay(fast_then_flat) is None
     late = [0.1, 0.1, 0.1, 0.1, 0.1, 0.3, 0.6, 0.9] + [0.98] * 12  # no pace at all, then a take-off
@@ -101,6 +104,12 @@ def test_members_at_chance_are_retired_and_repacked_the_others_unchanged(small_d
         assert retired.curves[m]["train_accuracy"] == plain.curves[m]["train_accuracy"]
         assert retired.final.steps_to_target[m] == plain.final.steps_to_target[m]
     assert hook.state()["streak"][0] >= 2
+    assert list(hook.tracker.reason) == [retirement.CHANCE, "", "", retirement.CHANCE]  # the rule, per member
+    rows = [{"status": population.STATUS_NAMES[s], "steps_trained": int(n)}
+            for s, n in zip(status, retired.final.steps_trained)]
+    retirement.name_rules(rows, hook.tracker.reason)
+    assert rows[0] == {"status": "retired", "steps_trained": 20, "retired_by": "chance", "retired_at": 20}
+    assert "retired_by" not in rows[1]
     assert sum(retirement.Retirement(spec, cfg.task.target, chance, 60, 4).state()["streak"]) == 0
 
 

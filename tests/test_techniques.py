@@ -17,7 +17,7 @@ from lrlab.training import pruning, sweep
 from lrlab.training import settings as settings_lib
 
 BUDGET = loop.Budget(max_steps=20, eval_every=10)
-UNREACHABLE = 2.0  # a target accuracy no member reaches: all train 20 steps
+UNREACHABLE = 1.0  # every evaluation image right: no member gets there in these budgets, all train on
 
 
 def _leaves(tree):

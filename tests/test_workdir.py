@@ -6,10 +6,12 @@ import json
 
 import pytest
 
+from lrlab.store import records
 from lrlab.store import workdir as workdir_lib
 from lrlab.store.workdir import Workdir, WorkdirError
 
 IDENTITY = {"settings": {"budget": {"max_steps": 100}, "seed": 0}, "task": "mnist"}
+RESULTS = {"schema_version": records.SCHEMA_VERSION, "experiment": "lr_valley", "members": []}
 
 
 def claimed(path, identity=IDENTITY, **kw):
@@ -34,7 +36,7 @@ def test_a_held_folder_is_refused_until_released(tmp_path):
 
 def test_results_are_found_and_another_identity_is_refused_with_its_differences(tmp_path):
     run = claimed(tmp_path / "w")
-    run.save_results({"records": []})
+    run.save_results(RESULTS)
     run.release()
     again = Workdir(tmp_path / "w", "lr_valley")
     assert again.claim(IDENTITY) and again.finished
@@ -47,7 +49,7 @@ def test_results_are_found_and_another_identity_is_refused_with_its_differences(
 
 def test_overwrite_removes_only_what_lrlab_wrote(tmp_path):
     run = claimed(tmp_path / "w")
-    run.save_results({"records": []})
+    run.save_results(RESULTS)
     run.release()
     (tmp_path / "w" / "checkpoints").mkdir(exist_ok=True)
     mine = tmp_path / "w" / "checkpoints" / "important.txt"
@@ -63,3 +65,58 @@ def test_an_unwritable_folder_is_one_line(tmp_path):
     blocker.write_text("")
     with pytest.raises(WorkdirError, match="cannot write there"):
         Workdir(blocker / "w", "lr_valley").prepare()
+
+
+def _valley_task(labels=None, model=None):
+    import flax.linen as nn
+    import numpy as np
+
+    import lrlab
+
+    class Linear(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(300, 8)).astype(np.float32)
+    labels = rng.integers(0, 10, 300).astype(np.int32) if labels is None else labels
+    return lrlab.classification(model or Linear(), {"image": images, "label": labels}, inputs=lambda b: b["image"])
+
+
+def test_a_rerun_must_match_the_data_and_the_model_code_by_content(tmp_path):
+    import flax.linen as nn
+
+    import lrlab
+
+    settings = lrlab.SweepSettings(budget=lrlab.Budget(max_steps=10, eval_every=10), progress=False,
+                                   eval_examples=100, views=lrlab.Views(optuna_storage="none"))
+    members = lrlab.grid("adam", learning_rate=[1e-3])
+    task = _valley_task()
+    first = lrlab.lr_valley(task, members, settings, workdir=tmp_path / "w")
+    again = lrlab.lr_valley(_valley_task(), members, settings, workdir=tmp_path / "w")
+    assert again.records == first.records  # the same content: reloaded
+    relabelled = _valley_task(labels=(task.train["label"] + 1) % 10)
+    with pytest.raises(WorkdirError, match=r"content\.data\.train="):
+        lrlab.lr_valley(relabelled, members, settings, workdir=tmp_path / "w")
+
+    class Linear(nn.Module):  # the same name and fields, another body
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(10, use_bias=False)(x.reshape(x.shape[0], -1))
+
+    with pytest.raises(WorkdirError, match=r"content\.model_code="):
+        lrlab.lr_valley(_valley_task(model=Linear()), members, settings, workdir=tmp_path / "w")
+    saved = json.loads((tmp_path / "w" / workdir_lib.IDENTITY_FILE).read_text())
+    del saved["content"], saved["optimizer_code"]  # an identity saved before contents were compared
+    (tmp_path / "w" / workdir_lib.IDENTITY_FILE).write_text(json.dumps(saved))
+    assert lrlab.lr_valley(_valley_task(), members, settings, workdir=tmp_path / "w").records == first.records
+
+
+def test_results_that_are_not_this_experiments_are_recomputed(tmp_path):
+    run = claimed(tmp_path / "w")
+    run.save_results({})
+    run.release()
+    again = Workdir(tmp_path / "w", "lr_valley")
+    assert not again.claim(IDENTITY)
+    again.release()

@@ -102,14 +102,23 @@ class Choice:
         return "\n".join(rows)
 
 
-def prior_convs(chunk: int) -> list[str]:
-    """The formulations in the order tried, the prior first: im2col matmuls, which never meet the
-    slow paths of a convolution (grouped when vmapped; a non-canonical gradient layout inside a loop
-    on XLA:CPU) and were the fastest on most models measured (benchmarks/own_model.py); a model whose
-    convolutions are cheaper as written (large activations, where im2col's copies cost more than
-    the slow path) gets them from a run large enough to measure."""
-    del chunk  # the same order at every chunk size: the measurement, not the prior, tells them apart
-    return [conv_lib.MATMUL, conv_lib.CANONICAL, conv_lib.XLA]
+def prior_of(layers: dict[str, str | None], requested_chunk: int, k: int, weights: int) -> tuple[list[str], int]:
+    """The formulations in the order tried (the prior first) and the prior members per vmap, for a
+    model whose lowerable conv layers say which formulation they were written for (`layers`,
+    `adapters.conv_preferences`; empty: no convolution).
+
+    A model's own convolutions (nn.Conv, nnx.Conv) keep their formulation with canonical gradient
+    layouts (`conv.CANONICAL`: never far from the model as written, where im2col's copies of large
+    activations cost more than they save) and one member per vmap (a vmapped convolution is a grouped
+    one, slow on every backend measured). Layers written for im2col (lrlab's conv blocks) and models
+    without convolutions keep the im2col formulation and a few members per vmap
+    (`member_chunk_size`). Measured: benchmarks/own_model.py, benchmarks/member_chunking.py."""
+    chunk = member_chunk_size(requested_chunk, k, weights)
+    order = [conv_lib.MATMUL, conv_lib.CANONICAL, conv_lib.XLA]
+    if layers and not all(p == conv_lib.MATMUL for p in layers.values()):
+        order = [conv_lib.CANONICAL, conv_lib.MATMUL, conv_lib.XLA]
+        chunk = requested_chunk and chunk or 1
+    return order, chunk
 
 
 def chunk_candidates(k: int) -> list[int]:
@@ -193,8 +202,9 @@ def choose(cfg: EngineConfig, pop: Population, data: TrainData, data_key: jax.Ar
     weights = sum(x.size for x in jax.tree_util.tree_leaves(pop.params)) // pop.size
     layers = adapters.conv_layers(cfg.task.model, cfg.task.example_input())
     lowerable = any(s == adapters.LOWERED for s in layers.values())
-    prior_chunk = member_chunk_size(member_chunk, k, weights)
-    convs = [conv] if conv != AUTO else prior_convs(prior_chunk) if lowerable else [conv_lib.XLA]
+    preferences = adapters.conv_preferences(cfg.task.model, cfg.task.example_input()) if lowerable else {}
+    order, prior_chunk = prior_of(preferences, member_chunk, k, weights)
+    convs = [conv] if conv != AUTO else order if lowerable else [conv_lib.XLA]
     chunks = [prior_chunk] if member_chunk else chunk_candidates(k)
     prior = Lowering(convs[0], prior_chunk)
     if saved is not None:

@@ -98,11 +98,18 @@ def start(argv: list[str]) -> float:
     return time.perf_counter()
 
 
+MAX_CPU_DEVICES_PER_CORE = 8  # beyond this the CPU client gains nothing (and fails at a few thousand)
+
+
 def cpu_device_count(value: str, distributed: bool) -> int:
     """The CPU devices of --cpu_devices: a number (0 counts as 1), or auto: one per core this process
     may use (benchmarks/cpu_devices.py measured it faster on a 2-core host at K=48), one per process
     in a multi-process run (each process is already one of the cores' workers)."""
     if value != "auto":
+        cores = len(os.sched_getaffinity(0))
+        if int(value) > MAX_CPU_DEVICES_PER_CORE * cores:
+            fail(f"--cpu_devices={value}: more than {MAX_CPU_DEVICES_PER_CORE} per core of the {cores} this process "
+                 "may use (auto: one per core)")
         return max(int(value), 1)
     return 1 if distributed else len(os.sched_getaffinity(0))
 

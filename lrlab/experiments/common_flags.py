@@ -33,6 +33,9 @@ BUILT_IN_TASK_FLAGS = ("model", "width", "dataset", "data_dir", "batch_norm", "c
 
 
 # Flags that change how a run is carried out, not what it computes: a resumed run may change them.
+MAX_INT32 = 2**31 - 1  # the device's step counters and sizes are int32
+MAX_SEED = 2**31 - 1  # seeds, and seed + replicate, must stay a PRNG key's int32
+MAX_MEMBERS = 1_000_000  # more learning rates than any grid needs; the memory check refuses what does not fit
 OPERATIONAL_FLAGS = frozenset({"workdir", "overwrite", "checkpoint_every", "cpu_devices", "distributed",
                                "coordinator_address", "num_processes", "process_id", "progress", "data_dir",
                                "member_chunk", "lowering"})
@@ -242,10 +245,11 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
             lambda d: _check(d["lr_min"] < d["lr_max"] or (d["num_lrs"] == 1 and d["lr_min"] == d["lr_max"]),
                              f"--lr_min ({d['lr_min']}) must be below --lr_max ({d['lr_max']})"),
             message="learning-rate range")
-        flags.register_validator("num_lrs", lambda v: _check(v >= 1, "must be at least 1"))
-    for name in ("batch_size", "eval_every", "eval_examples", "max_steps"):
-        flags.register_validator(name, lambda v: _check(v >= 1, "must be at least 1"))
-    flags.register_validator("seed", lambda v: _check(v >= 0, "must be 0 or positive"))
+        flags.register_validator("num_lrs", lambda v: _check(1 <= v <= MAX_MEMBERS,
+                                                              f"must be between 1 and {MAX_MEMBERS:,}"))
+    for name in ("batch_size", "eval_every", "eval_examples", "max_steps"):  # step counters are int32 on the device
+        flags.register_validator(name, lambda v: _check(1 <= v <= MAX_INT32 // 2, f"must be between 1 and {MAX_INT32 // 2:,}"))
+    flags.register_validator("seed", lambda v: _check(0 <= v <= MAX_SEED, f"must be between 0 and {MAX_SEED:,}"))
     flags.register_multi_flags_validator(
         ["eval_every", "max_steps"], lambda f: _check(f["eval_every"] <= f["max_steps"], (
             f"--eval_every={f['eval_every']} is above --max_steps={f['max_steps']}: no member would be evaluated "
@@ -347,7 +351,9 @@ IDENTITY_FLAGS = (
     ("settings.retire.grace_steps", "--retire_grace_steps"), ("settings.retire.evaluations", "--retire_evaluations"),
     ("settings.retire.margin", "--retire_margin"), ("settings.retire", "--retire"),
     ("populations", "--optimizer/--lrs/--hparam (the members)"), ("population", "--optimizer/--lrs/--hparam (the members)"),
-    ("task.target", "--target_accuracy/--target_goal"), ("task", "--task/--model/--width/--dataset (the task)"),
+    ("content.data", "the data (by content)"), ("content.model_code", "the model's code"),
+    ("optimizer_code", "the optimizer's code"), ("task.target", "--target_accuracy/--target_goal"),
+    ("task", "--task/--model/--width/--dataset (the task)"),
     ("widths", "--widths/--model (the tasks)"), ("ranges", "--search"), ("seed", "--search_seed"),
     ("pbt", "PBT's flags (--ready_steps, --truncation, --explore, ...)"),
 )

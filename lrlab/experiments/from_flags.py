@@ -41,11 +41,16 @@ def task(width: float | None = None, batch_norm: bool | None = None, dataset: da
             built = task_lib.load_task(FLAGS.task)
         except ValueError as e:
             fail(f"--task={FLAGS.task}: {e}")
-        return built if FLAGS.target_goal is None else built.with_target(FLAGS.target_goal)
+        try:
+            return built if FLAGS.target_goal is None else built.with_target(FLAGS.target_goal)
+        except ValueError as e:
+            fail(f"--target_goal={FLAGS.target_goal:g}: {e}")
     ds = dataset or load_dataset()
     model = models.make_model(FLAGS.model, FLAGS.width if width is None else width, ds.num_classes, FLAGS.conv_impl,
                               batch_norm=FLAGS.batch_norm if batch_norm is None else batch_norm)
     goal = FLAGS.target_accuracy if FLAGS.target_goal is None else FLAGS.target_goal
+    if not 0 < goal <= 1:
+        fail(f"--target_goal={goal:g}: an accuracy's goal must lie in (0, 1]")
     info = {"model_name": FLAGS.model, "width": FLAGS.width if width is None else width}
     return classification.image_classification(model, ds, target_accuracy=goal,
                                       augment=(FLAGS.augment_shift, FLAGS.augment_degrees), info=info)

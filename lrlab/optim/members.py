@@ -67,9 +67,19 @@ def grid(optimizer_spec: str | Optimizer | Callable, name: str = "", **values: f
     `grid(adamw, learning_rate=[1e-3, 1e-2], weight_decay=[1e-4, 1e-2])` (4 members).
     """
     opt = get(optimizer_spec)
+    static = sorted(set(values) & set(opt.static))
+    if static:
+        name_ = static[0]
+        raise ValueError(f"{name_} is a static setting of {opt.name} (now {opt.static[name_]!r}), not a float "
+                         f"hyperparameter: give it with lrlab.optimizer({opt.name}, {name_}=...), one population per "
+                         "value")
     unknown = sorted(set(values) - set(opt.hparams))
     if unknown:
         raise ValueError(f"{opt.name} has no hyperparameter {', '.join(unknown)} (it has {', '.join(opt.hparams)})")
+    for k, v in values.items():
+        kinds = {np.asarray(v).dtype.kind}
+        if not kinds <= set("iuf"):
+            raise ValueError(f"{k}: hyperparameter values are numbers, got {np.asarray(v).dtype} ({v!r})")
     axes = {k: [float(x) for x in np.ravel(np.asarray(v, np.float64))] for k, v in values.items()}
     for k, v in axes.items():
         if not v:

@@ -40,11 +40,13 @@ from lrlab.optim.schedules import ScheduleSpec, factor_schedule
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Optimizer:
-    """An optimizer family: an Optax factory whose arguments are all float hyperparameters."""
+    """An optimizer family: an Optax factory, its float arguments the hyperparameters (per member),
+    its other arguments static settings at their values in `static` (the same for every member)."""
 
     name: str
     factory: Callable[..., optax.GradientTransformation]
-    hparams: Mapping[str, HParam]  # every argument of `factory`, the learning rate first
+    hparams: Mapping[str, HParam]  # every float argument of `factory`, the learning rate first
+    static: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the others: argument -> its value
 
     def __post_init__(self):
         if LEARNING_RATE not in self.hparams:
@@ -89,6 +91,14 @@ class Optimizer:
         if missing:
             raise KeyError(f"{self.name}: no values for {', '.join(missing)}")
         hparams_K = {k: np.asarray(hparams_K[k], np.float32) for k in self.hparams}
+        first = {k: float(v[0]) for k, v in hparams_K.items()}
+        try:
+            made = self.factory(**first)
+        except Exception as e:  # noqa: BLE001 - the user's factory: one line
+            raise ValueError(f"{self.name}: the factory failed ({type(e).__name__}: {e})") from None
+        if not isinstance(made, optax.GradientTransformation):
+            raise ValueError(f"{self.name}: the factory returned {type(made).__name__}, not an "
+                             "optax.GradientTransformation")
         injected = self._injected(schedule)
         return jax.vmap(lambda p, h: injected(**h).init(p))(params_K, hparams_K)
 
@@ -113,14 +123,18 @@ def optimizer(factory: Callable[..., optax.GradientTransformation], name: str | 
     """An `Optimizer` of any factory of named float hyperparameters, for example
     `optimizer(lambda learning_rate, weight_decay: optax.adamw(learning_rate, weight_decay=weight_decay))`.
 
-    Every argument of the factory is a hyperparameter; its default is the factory's own default,
-    or the value (or `HParam`) given here; one without either must be given by every population.
+    Every float argument of the factory (a float or int default, or none) is a hyperparameter; its
+    default is the factory's own default, or the value (or `HParam`) given here; one without either
+    must be given by every population. An argument whose default is not a number (None, a bool, a
+    dtype, a mask: `optax.adamw`'s `mu_dtype`, `nesterov`) is a static setting: the factory's default,
+    or the value given here, for every member. So an Optax factory passes as it is.
     """
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):
         raise ValueError(f"cannot read the arguments of {factory!r}") from None
     specs: dict[str, HParam] = {}
+    static: dict[str, Any] = {}
     for arg in signature.parameters.values():
         if arg.kind in (arg.VAR_POSITIONAL, arg.VAR_KEYWORD):
             raise ValueError(f"{getattr(factory, '__name__', factory)}: name every hyperparameter "
@@ -130,11 +144,12 @@ def optimizer(factory: Callable[..., optax.GradientTransformation], name: str | 
             specs[arg.name] = given if isinstance(given, HParam) else RATE
         elif isinstance(given, HParam):
             specs[arg.name] = given
+        elif _is_static(arg.default) and (given is None or _is_static(given)):
+            static[arg.name] = arg.default if given is None else given
         else:
             default = given if given is not None else (None if arg.default is arg.empty else arg.default)
-            if default is not None and not isinstance(default, (int, float)):
-                raise ValueError(f"{arg.name}: hyperparameters are floats; close over other arguments "
-                                 f"(got a default of type {type(default).__name__})")
+            if default is not None and _is_static(default):
+                raise ValueError(f"{arg.name}: a float hyperparameter, got {default!r}")
             specs[arg.name] = HParam(None if default is None else float(default))
     if hparams:
         raise ValueError(f"the factory has no argument {', '.join(hparams)}")
@@ -143,7 +158,16 @@ def optimizer(factory: Callable[..., optax.GradientTransformation], name: str | 
         label = "custom"
     if LEARNING_RATE not in specs:
         raise ValueError(f"{label}: the factory must take a `learning_rate` argument")
-    return Optimizer(label, factory, {LEARNING_RATE: specs.pop(LEARNING_RATE), **specs})
+    given_static = {k: v for k, v in static.items() if signature.parameters[k].default is not v}
+    if given_static:  # static values given here: the factory called with them
+        factory = functools.partial(factory, **given_static)
+    return Optimizer(label, factory, {LEARNING_RATE: specs.pop(LEARNING_RATE), **specs}, static)
+
+
+def _is_static(value: Any) -> bool:
+    """Whether an argument's default (or given value) makes it a static setting, not a float
+    hyperparameter: anything but an int or a float (a bool, None, a dtype, a callable...)."""
+    return value is not inspect.Parameter.empty and (isinstance(value, bool) or not isinstance(value, (int, float)))
 
 
 def _momentum(learning_rate, momentum):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -167,3 +168,8 @@ def task_header(task: Any, settings: Any = None) -> dict[str, Any]:
         header.update({"steps_to_target_resolution": settings.budget.eval_every,
                        "max_steps": settings.budget.max_steps, "settings": settings.to_json()})
     return header
+
+
+def status_text(record: Mapping[str, Any]) -> str:
+    """A member's status as tables print it: with the rule that retired it ("retired (pace)")."""
+    return f"{record['status']} ({record['retired_by']})" if record.get("retired_by") else record["status"]

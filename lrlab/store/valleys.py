@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from lrlab.store.ranking import best_and_band
-from lrlab.store.records import cell, group_of
+from lrlab.store.records import cell, group_of, status_text
 
 
 def format_table(records: list[dict[str, Any]], eval_every: int, target_key: str = "train_accuracy") -> str:
@@ -25,10 +25,10 @@ def format_table(records: list[dict[str, Any]], eval_every: int, target_key: str
         seeds = len({r.get("seed") for r in rows})
         lines.append(f"\n{opt}: {len(rows) // seeds} learning rates" + (f" x {seeds} seeds" if seeds > 1 else "")
                      + f" (steps to target resolved to {eval_every} steps)")
-        lines.append(f"{'learning_rate':>13}  {'status':<9}  {'steps':>6}  {'examples':>9}  {'seconds':>8}  "
+        lines.append(f"{'learning_rate':>13}  {'status':<16}  {'steps':>6}  {'examples':>9}  {'seconds':>8}  "
                      f"{target_key:>{width}}" + (f"  {'test_' + metric:>{test_width}}" if with_test else ""))
         for r in rows:
-            lines.append(f"{r['learning_rate']:>13.4g}  {r['status']:<9}  {cell(r['steps_to_target'], 6, 'd')}  "
+            lines.append(f"{r['learning_rate']:>13.4g}  {status_text(r):<16}  {cell(r['steps_to_target'], 6, 'd')}  "
                          f"{cell(r['examples_to_target'], 9, 'd')}  {cell(r['seconds_to_target'], 8, '.1f')}  "
                          f"{cell(r.get('final_' + target_key), width, '.4f')}"
                          + (f"  {cell(r.get(test_key), test_width, '.4f')}" if with_test else ""))

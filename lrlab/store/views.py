@@ -46,7 +46,7 @@ MISS_VALUE = ("steps_to_target when reached; a miss: max_steps * (1 + the shortf
 # technique, width, seed...) name a member together with its hyperparameters.
 RESULT_FIELDS = frozenset({"optimizer", "group", "learning_rate", "status", "steps_to_target", "examples_to_target",
                            "seconds_to_target", "steps_trained", "objective", "index", "round", "best_target_value",
-                           "optuna_trial", "parameters"})
+                           "optuna_trial", "parameters", "retired_by", "retired_at"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +96,8 @@ def check_storage(url: str) -> None:
         folder = path.parent if str(path.parent) else pathlib.Path(".")
         if not folder.is_dir():
             raise ValueError(f"cannot write {path}: no folder {folder}")
+        if path.is_dir():
+            raise ValueError(f"cannot use {path}: it is a folder, not a database file")
         if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
             raise ValueError(f"cannot write {path}: permission denied")
         return

@@ -37,6 +37,7 @@ CHECKPOINTS = "checkpoints"
 IDENTITY_FILE = "identity.json"  # what decides the run's results: a resume must match it
 FLAGS_FILE = "flags.json"  # a command-line run's flags, as runs made before identity.json saved them
 LOWERING = "lowering.json"  # beside a population's checkpoints: the lowering chosen for it (engine/lowering.py)
+CONTENT_KEYS = ("content", "optimizer_code")  # identity parts by content (digests of data and code)
 MANIFEST = ".lrlab-outputs.json"  # every path lrlab wrote in the folder: what `overwrite` removes
 LOCK = ".lrlab-lock"  # held (flock) by the run using the folder; says who holds it
 # The views of a run's members for other tools (views.py writes them, Workdir.save_views names them).
@@ -314,7 +315,10 @@ class Workdir:
         self.finished = self.results_path.exists()
         if self.finished:
             try:
-                self.read_results()
+                saved_results = self.read_results()
+                if not (isinstance(saved_results, dict) and saved_results.get("experiment") == self.experiment
+                        and saved_results.get("schema_version") in records.READABLE_SCHEMAS):
+                    raise ValueError(f"not {self.experiment}'s results of schema version {records.SCHEMA_VERSION}")
             except (OSError, ValueError) as e:  # JSON and Unicode decoding errors are ValueErrors
                 logging.warning("%s is unreadable (%s); recomputing it from the checkpoints", self.results_path,
                                 errors.one_line(e))
@@ -331,6 +335,9 @@ class Workdir:
         """WorkdirError naming each setting where the saved identity and this run's differ."""
         before, now = _flat(saved), _flat(current)
         diffs, named = [], set()
+        for key in CONTENT_KEYS:  # an identity saved before lrlab compared contents: its settings decide
+            if key not in saved:
+                now = {p: v for p, v in now.items() if p != key and not p.startswith(key + ".")}
         for path in sorted(set(before) | set(now)):
             if _canonical(before.get(path)) != _canonical(now.get(path)):
                 side = before if path not in before else now if path not in now else None

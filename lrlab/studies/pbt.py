@@ -84,7 +84,9 @@ def pbt(task: Task, members: Members, cfg: PBTConfig = PBTConfig(), settings: Sw
         workdir: Any = None, *, stop: stop_lib.StopSignal | None = None, overwrite: bool = False,
         exploit_seed: int | None = None, info: dict[str, Any] | None = None) -> PBTRun:
     """PBT of one population on `task`, as `python -m lrlab.experiments.pbt` runs it: with a
-    `workdir`, resumable, and writing results.json and pbt.png there."""
+    `workdir`, resumable, and writing results.json and pbt.png there. `cfg.explore` takes Bounds or
+    the command line's strings ("learning_rate:1e-4:0.3")."""
+    cfg = cfg.resolved(members.optimizer)
 
     def train(scope: Scope) -> Trained:
         result = run_pbt(task, members, cfg, settings, scope=scope, stop=stop, exploit_seed=exploit_seed)

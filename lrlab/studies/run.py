@@ -33,6 +33,7 @@ def run(experiment: str, result_type: type[R], *, identity: Mapping[str, Any], t
     `train`'s `Trained` comes last and may override the header (model_scaling's widths).
     """
     started = time.perf_counter()
+    identity = {**identity, "content": task.fingerprint()}  # the data and the model's code, by content
     handle = workdir_lib.resolve(workdir, experiment, identity, overwrite)
     try:
         if handle is not None and handle.finished:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lrlab import digests
 from lrlab.task import conv as conv_lib
 
 # How a Linen module is told it trains, by the name of its __call__ argument (inverted: True means
@@ -121,6 +122,20 @@ class LinenModel:
         """A short description and a digest of the whole configuration (checkpoint identity)."""
         return f"{self.name} (linen, config {_digest(repr(self.module))})"
 
+    def code_digest(self, x: Any) -> str:
+        """A digest of the model's code: the source of every module class its initialisation on `x`
+        calls (shapes only, nothing computed)."""
+        classes: set[type] = set()
+
+        def record(next_fun, args, kwargs, context):
+            classes.add(type(context.module))
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(record):
+            jax.eval_shape(lambda k: self.module.init(k, x, **self._mode(False)), jax.random.PRNGKey(0))
+        ordered = sorted(classes, key=lambda c: f"{c.__module__}.{c.__qualname__}")
+        return digests.text_digest("\n".join(digests.source_of(c) for c in ordered))
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class NNXModel:
@@ -142,6 +157,8 @@ class NNXModel:
         graphdef, params, rngs, rest = nnx.split(module, nnx.Param, nnx.RngState, ...)
         abstract = lambda s: jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), s)
         object.__setattr__(self, "_name", type(module).__name__)
+        object.__setattr__(self, "_classes", sorted({type(m) for _, m in nnx.iter_modules(module)},
+                                                    key=lambda c: f"{c.__module__}.{c.__qualname__}"))
         object.__setattr__(self, "_graphdef", graphdef)
         object.__setattr__(self, "_params", abstract(params))
         object.__setattr__(self, "_rngs", abstract(rngs))
@@ -203,6 +220,13 @@ class NNXModel:
     def describe(self) -> str:
         return f"{self.name} (nnx, config {_digest(repr(self._graphdef))})"
 
+    def code_digest(self, x: Any) -> str:
+        """A digest of the model's code: its constructor's and every module class's source."""
+        del x
+        parts = ([digests.source_of(self.make)] if self.make is not None else []) + \
+            [digests.source_of(c) for c in self._classes]
+        return digests.text_digest("\n".join(parts))
+
 
 Model = LinenModel | NNXModel
 
@@ -223,6 +247,24 @@ def as_model(model: Any) -> Model:
     if callable(model):
         return NNXModel(make=model)
     raise ValueError(f"not a Flax model: {model!r} (give a linen Module, an nnx Module, or rngs -> nnx Module)")
+
+
+def conv_preferences(model: Model, x: Any) -> dict[str, str | None]:
+    """Each lowerable conv module of `model` on `x` -> the formulation it says it was written for
+    (`preferred_conv`: lrlab's conv blocks, matmul), or None (nn.Conv, nnx.Conv: as written)."""
+    if not isinstance(model, LinenModel):
+        return {path: None for path in conv_layers(model, x)}
+    found: dict[str, str | None] = {}
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name == "__call__" and getattr(module, "conv_general_dilated", _ABSENT) is None:
+            found["/".join(module.path)] = getattr(type(module), "preferred_conv", None)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda k: model.module.init(k, x, **model._mode(False)), jax.random.PRNGKey(0))
+    return found
 
 
 def conv_layers(model: Model, x: Any) -> Layers:

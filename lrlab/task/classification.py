@@ -40,13 +40,37 @@ def label_chance(labels: np.ndarray) -> dict[str, float]:
 def classification(model: Any, train: Arrays, *, label: str = "label", inputs: Callable[[Any], Any] = _default_inputs,
                    target: Target | None = None, **kwargs: Any) -> Task:
     """A classification task: cross-entropy loss, accuracy and loss as metrics, a 97% accuracy
-    target by default; `label` names the array of integer classes."""
-    return Task(model=model, train=train, inputs=inputs,
+    target by default; `label` names the array of integer classes (one per example, from 0 to the
+    model's outputs - 1: checked here, in one line)."""
+    for split, arrays in (("training", train), ("eval", kwargs.get("eval")), ("test", kwargs.get("test"))):
+        if arrays is not None:
+            check_labels(np.asarray(arrays[label]) if label in arrays else None, label, split)
+    task = Task(model=model, train=train, inputs=inputs,
                 loss=lambda logits, batch: cross_entropy(logits, batch[label]),
                 metrics={"accuracy": lambda logits, batch: correct(logits, batch[label]),
                          "loss": lambda logits, batch: cross_entropy(logits, batch[label])},
                 target=target or Target("accuracy", 0.97, "max"),
                 **{"chance": lambda arrays: label_chance(arrays[label]), **kwargs})
+    variables = jax.eval_shape(task.model.init, jax.random.PRNGKey(0), task.example_input())
+    logits = jax.eval_shape(lambda v: task.model.apply(v, task.example_input(), False, None)[0], variables)
+    if len(getattr(logits, "shape", ())) != 2:
+        raise ValueError(f"a classifier's output must be [batch, classes] logits, got shape {getattr(logits, 'shape', None)}")
+    top = max(int(a[label].max()) for a in (task.train, task.eval, task.test) if a is not None)
+    if top >= logits.shape[-1]:
+        raise ValueError(f"label {top} needs at least {top + 1} outputs; the model gives {logits.shape[-1]}")
+    return task
+
+
+def check_labels(labels: np.ndarray | None, label: str, split: str) -> None:
+    """ValueError in one line unless `labels` are one non-negative integer class per example."""
+    if labels is None:
+        raise ValueError(f"the {split} arrays have no {label!r} array (name it with label=)")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{split} labels {label!r} must be integer classes, got dtype {labels.dtype}")
+    if labels.ndim != 1:
+        raise ValueError(f"{split} labels {label!r} must be one class per example (shape [N]), got {list(labels.shape)}")
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"{split} labels {label!r} must be 0 or positive, got {labels.min()}")
 
 
 def image_inputs(batch: Mapping[str, Any]) -> jax.Array:

@@ -10,7 +10,7 @@ its bias and rectifying, which is equal and cheaper.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -39,6 +39,10 @@ class ConvReluPool(nn.Module):
     measured slower on CPU: the conv at the 4 pool phases with an elementwise max, and a custom
     first-argmax pool gradient; XLA:CPU adds layout copies to both.)
     """
+
+    # Written for the im2col formulation (the pool before the bias, the 'valid' outputs only), and
+    # measured fastest in it alone and vmapped (benchmarks/member_chunking.py): the engine's prior.
+    preferred_conv: ClassVar[str] = conv.MATMUL
 
     features: int
     kernel_size: int = 5

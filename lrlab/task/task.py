@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lrlab import errors
+from lrlab import digests, errors
 from lrlab.task import adapters, sampling
 from lrlab.task.target import Target
 
@@ -101,6 +101,31 @@ class Task:
     def num_train(self) -> int:
         return num_examples(self.train)
 
+    def probe(self) -> None:
+        """Checks, before anything compiles, what would otherwise train nonsense or fail deep in a
+        traced step: non-finite float inputs, and the model's outputs against the loss and metrics
+        (each must give one value per example). ValueError in one line; shapes only, nothing run."""
+        for split, arrays in (("training", self.train), ("eval", self.eval), ("test", self.test)):
+            for key, values in (arrays or {}).items():
+                if values.dtype.kind == "f" and not np.isfinite(values).all():
+                    raise ValueError(f"the {split} array {key!r} holds NaN or infinite values")
+        batch = take(self.train, np.arange(min(2, self.num_train)))
+        b = num_examples(batch)
+        try:
+            variables = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), self.example_input())
+
+            def outputs(v: Any, arrays: Any) -> Any:
+                out, _ = self.model.apply(v, self.inputs(arrays), False, None)
+                return self.loss(out, arrays), {name: fn(out, arrays) for name, fn in self.metrics.items()}
+
+            loss, metrics = jax.eval_shape(outputs, variables, batch)
+        except Exception as e:  # noqa: BLE001 - the user's model, loss or metrics: one line
+            raise ValueError(f"the model, loss and metrics do not fit the data ({errors.one_line(e)})") from None
+        for name, value in (("the loss", loss), *((f"metric {m!r}", v) for m, v in metrics.items())):
+            if getattr(value, "shape", None) != (b,):
+                raise ValueError(f"{name} must give one value per example: shape ({b},) for a batch of {b}, got "
+                                 f"{getattr(value, 'shape', type(value).__name__)}")
+
     @property
     def target_key(self) -> str:
         """The name of the target metric in records and curves: `<eval_name>_<metric>`."""
@@ -135,6 +160,14 @@ class Task:
             return None if arrays is None else {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()}
         return {"task": self.name, "model": self.model.describe(), "train": shapes(self.train),
                 "eval": shapes(self.eval), "target": self.target.describe()}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the task holds, by content: digests of its data (training, evaluation and test sets) and
+        of its model's code. A rerun on a workdir must match it, so that relabelled data or a rewritten
+        model body is never taken for the run the workdir holds."""
+        return {"data": {name: digests.arrays_digest(arrays) for name, arrays in
+                         (("train", self.train), ("eval", self.eval), ("test", self.test))},
+                "model_code": self.model.code_digest(self.example_input())}
 
     def describe(self) -> dict[str, Any]:
         """results.json's `task`: name, model, weights, data sizes, the target and where it is measured."""

@@ -75,6 +75,9 @@ def due(spec: RetireSpec, streak: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return (np.asarray(streak) >= spec.evaluations) & (np.asarray(steps) >= spec.grace_steps)
 
 
+CHANCE, PACE = "chance", "pace"  # the rule that retired a member (records' `retired_by`)
+
+
 class Tracker:
     """Both rules' state for `k` members (numpy, host): the at-chance streak, and for the pace rule
     the latest PACE_SPAN evaluations, the best pace and the out-of-pace streak."""
@@ -86,6 +89,7 @@ class Tracker:
         self.best_pace = np.zeros(k)
         self.recent = np.full((k, PACE_SPAN, 2), np.nan)  # (step, score) of the latest evaluations, oldest first
         self.seen = np.zeros(k, np.int64)
+        self.reason = np.full(k, "", object)  # the rule that retired each member: CHANCE, PACE, or "" (not retired)
 
     def update(self, members: np.ndarray, steps: np.ndarray, values: np.ndarray,
                decided: np.ndarray | None = None) -> np.ndarray:
@@ -98,6 +102,7 @@ class Tracker:
         with np.errstate(invalid="ignore"):
             score = np.asarray(target.score(decided), np.float64)
         retire = np.zeros(len(members), bool)
+        by_pace = np.zeros(len(members), bool)
         if self.chance is not None:
             self.streak[members] = update_streak(self.streak[members], target, values, self.chance, spec.margin)
             retire |= due(spec, self.streak[members], steps)
@@ -111,7 +116,10 @@ class Tracker:
                 short = measured & (projected < target.score(target.goal))
             self.best_pace[members] = best
             self.pace_streak[members] = np.where(short, self.pace_streak[members] + 1, 0)
-            retire |= (self.pace_streak[members] >= spec.pace_evaluations) & (steps >= spec.pace_grace_steps)
+            by_pace = (self.pace_streak[members] >= spec.pace_evaluations) & (steps >= spec.pace_grace_steps)
+        self.reason[members] = np.where(self.reason[members] != "", self.reason[members],
+                                        np.where(retire, CHANCE, np.where(by_pace, PACE, "")))
+        retire |= by_pace
         self.recent[members, :-1] = self.recent[members, 1:]
         self.recent[members, -1] = np.stack([steps, score], axis=-1)
         self.seen[members] += 1
@@ -120,7 +128,7 @@ class Tracker:
     def state(self) -> dict[str, Any]:
         return {"streak": self.streak.tolist(), "pace_streak": self.pace_streak.tolist(),
                 "best_pace": self.best_pace.tolist(), "recent": np.nan_to_num(self.recent, nan=-1e30).tolist(),
-                "seen": self.seen.tolist()}
+                "seen": self.seen.tolist(), "reason": self.reason.tolist()}
 
     def restore(self, state: dict[str, Any]) -> None:
         """A checkpoint's state; one written before the pace rule existed restores its streaks only."""
@@ -132,6 +140,8 @@ class Tracker:
             recent = np.asarray(state["recent"], np.float64)
             self.recent = np.where(recent == -1e30, np.nan, recent)
             self.seen = np.asarray(state["seen"], np.int64)
+        if state.get("reason"):
+            self.reason = np.asarray(state["reason"], object)
 
 
 def replay(spec: RetireSpec, target: Target, chance: float | None, steps: Sequence[int], values: Sequence[float],
@@ -196,3 +206,12 @@ def hooks(spec: RetireSpec | None, task: Task, data: TrainData, k: int, max_step
     if chance is None and spec.pace == 0:
         return []
     return [Retirement(spec, task.target, chance, max_steps, k)]
+
+
+def name_rules(records: Sequence[dict[str, Any]], reasons: Sequence[str]) -> None:
+    """Adds to each retired member's record the rule that retired it (`retired_by`: chance or pace)
+    and the step it stopped at (`retired_at`)."""
+    for record, reason in zip(records, reasons):
+        if record["status"] == "retired":
+            record["retired_by"] = reason or None
+            record["retired_at"] = record["steps_trained"]

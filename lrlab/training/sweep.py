@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from lrlab import digests
 from lrlab.engine import loop, lowering, memory, placement, population, protocols
 from lrlab.engine.config import EngineConfig
 from lrlab.engine.population import TrainData
@@ -48,6 +49,7 @@ def check_fits(task: Task, settings: SweepSettings, populations: Sequence[Member
     """The settings that must fit the task's data, and each population the devices' memory
     (`memory.check`), checked before any work: ValueError naming the setting (as the command
     line's flag) and the data's size otherwise, memory.TooLarge for a population too large."""
+    task.probe()
     n = task.num_train
     if settings.patience and not 0 < settings.validation_examples < n:
         raise ValueError(f"validation_examples={settings.validation_examples}: {task.name} has only {n:,} training "
@@ -83,7 +85,8 @@ def identity(task: Task, members: Members, settings: SweepSettings, **extra: Any
 def api_identity(task: Task, populations: Sequence[Members], settings: Any, **extra: Any) -> dict[str, Any]:
     """What a workdir claimed from Python must match on resume (the command line saves its flags)."""
     return {"task": task.identity(), "populations": {m.name: m.to_json() for m in populations},
-            "settings": settings.to_json(), **extra}
+            "settings": settings.to_json(),
+            "optimizer_code": {m.name: digests.code_digest(m.optimizer.factory) for m in populations}, **extra}
 
 
 def lowered_programs(cfg: EngineConfig, pop: population.Population, data: TrainData, settings: SweepSettings,
@@ -143,6 +146,9 @@ def train_population(task: Task, members: Members, settings: SweepSettings, data
                                      tests, settings.batch_size, task.target_key, task.metric_keys())
     for record, seed in zip(records, [] if seed_K is None else seed_K):
         record["seed"] = int(seed)
+    for hook in hooks:
+        if isinstance(hook, retirement.Retirement):
+            retirement.name_rules(records, hook.tracker.reason)
     stats = {
         "mode": "sequential" if settings.sequential else "vectorized",
         "members": members.size,
@@ -191,7 +197,7 @@ def train_sequential(cfg: EngineConfig, members: Members, data: TrainData, setti
                                        seed_K=None if seed_K is None else seed_K[:1])
     programs, choice = lowered_programs(cfg, first, data, settings, scope, placement.make_mesh(jax.local_devices()[:1]))
     cfg = programs.cfg
-    outputs = []
+    outputs, reasons = [], []
     for i in range(members.size):
         one = members.subset([i])
         pop = population.init_population(cfg, one.hparams, settings.seed, member_ids=np.array([i]),
@@ -204,6 +210,10 @@ def train_sequential(cfg: EngineConfig, members: Members, data: TrainData, setti
                                     progress=settings.progress, desc=f"{desc} member {i + 1}/{members.size}",
                                     checkpoints=scope.child(f"member-{i}").checkpoints({**ident, "member": i}),
                                     stop=stop, hooks=hooks_i))
+        reasons.append(next((h.tracker.reason[0] for h in hooks_i if isinstance(h, retirement.Retirement)), ""))
+    for hook in hooks:  # the rule that retired each member, as a population's hook would hold it
+        if isinstance(hook, retirement.Retirement):
+            hook.tracker.reason = np.asarray(reasons, object)
     final = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *[o.final for o in outputs])
     return loop.RunOutput(
         final=final,
