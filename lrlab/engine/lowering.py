@@ -117,7 +117,7 @@ def prior_of(layers: dict[str, str | None], requested_chunk: int, k: int, weight
     order = [conv_lib.MATMUL, conv_lib.CANONICAL, conv_lib.XLA]
     if layers and not all(p == conv_lib.MATMUL for p in layers.values()):
         order = [conv_lib.CANONICAL, conv_lib.MATMUL, conv_lib.XLA]
-        chunk = requested_chunk and chunk or 1
+        chunk = chunk if requested_chunk else 1
     return order, chunk
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -33,10 +32,6 @@ from lrlab.task import conv as conv_lib
 # How a Linen module is told it trains, by the name of its __call__ argument (inverted: True means
 # "not training").
 TRAIN_ARGS = {"train": False, "training": False, "is_training": False, "deterministic": True}
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 LOWERED = "lowered"
@@ -120,19 +115,25 @@ class LinenModel:
 
     def describe(self) -> str:
         """A short description and a digest of the whole configuration (checkpoint identity)."""
-        return f"{self.name} (linen, config {_digest(repr(self.module))})"
+        return f"{self.name} (linen, config {digests.text_digest(repr(self.module))})"
 
-    def code_digest(self, x: Any) -> str:
-        """A digest of the model's code: the source of every module class its initialisation on `x`
-        calls (shapes only, nothing computed)."""
-        classes: set[type] = set()
+    def modules_called(self, x: Any) -> list[tuple[str, str, nn.Module]]:
+        """(path, method name, module) of every module method call the initialisation on `x` makes,
+        in call order (shapes only, nothing computed; the modules' fields stay readable)."""
+        called: list[tuple[str, str, nn.Module]] = []
 
         def record(next_fun, args, kwargs, context):
-            classes.add(type(context.module))
+            called.append(("/".join(context.module.path), context.method_name, context.module))
             return next_fun(*args, **kwargs)
 
         with nn.intercept_methods(record):
             jax.eval_shape(lambda k: self.module.init(k, x, **self._mode(False)), jax.random.PRNGKey(0))
+        return called
+
+    def code_digest(self, x: Any) -> str:
+        """A digest of the model's code: the source of every module class its initialisation on `x`
+        calls."""
+        classes = {type(module) for _, _, module in self.modules_called(x)}
         ordered = sorted(classes, key=lambda c: f"{c.__module__}.{c.__qualname__}")
         return digests.text_digest("\n".join(digests.source_of(c) for c in ordered))
 
@@ -218,7 +219,7 @@ class NNXModel:
         return self._name
 
     def describe(self) -> str:
-        return f"{self.name} (nnx, config {_digest(repr(self._graphdef))})"
+        return f"{self.name} (nnx, config {digests.text_digest(repr(self._graphdef))})"
 
     def code_digest(self, x: Any) -> str:
         """A digest of the model's code: its constructor's and every module class's source."""
@@ -254,17 +255,8 @@ def conv_preferences(model: Model, x: Any) -> dict[str, str | None]:
     (`preferred_conv`: lrlab's conv blocks, matmul), or None (nn.Conv, nnx.Conv: as written)."""
     if not isinstance(model, LinenModel):
         return {path: None for path in conv_layers(model, x)}
-    found: dict[str, str | None] = {}
-
-    def record(next_fun, args, kwargs, context):
-        module = context.module
-        if context.method_name == "__call__" and getattr(module, "conv_general_dilated", _ABSENT) is None:
-            found["/".join(module.path)] = getattr(type(module), "preferred_conv", None)
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-        jax.eval_shape(lambda k: model.module.init(k, x, **model._mode(False)), jax.random.PRNGKey(0))
-    return found
+    return {path: getattr(type(module), "preferred_conv", None) for path, method, module in model.modules_called(x)
+            if method == "__call__" and getattr(module, "conv_general_dilated", _ABSENT) is None}
 
 
 def conv_layers(model: Model, x: Any) -> Layers:

@@ -104,7 +104,10 @@ class Task:
     def probe(self) -> None:
         """Checks, before anything compiles, what would otherwise train nonsense or fail deep in a
         traced step: non-finite float inputs, and the model's outputs against the loss and metrics
-        (each must give one value per example). ValueError in one line; shapes only, nothing run."""
+        (each must give one value per example). ValueError in one line; shapes only, nothing run.
+        Once per task: every sweep of a run calls it, and the answer cannot change."""
+        if getattr(self, "_probed", False):
+            return
         for split, arrays in (("training", self.train), ("eval", self.eval), ("test", self.test)):
             for key, values in (arrays or {}).items():
                 if values.dtype.kind == "f" and not np.isfinite(values).all():
@@ -125,6 +128,7 @@ class Task:
             if getattr(value, "shape", None) != (b,):
                 raise ValueError(f"{name} must give one value per example: shape ({b},) for a batch of {b}, got "
                                  f"{getattr(value, 'shape', type(value).__name__)}")
+        object.__setattr__(self, "_probed", True)
 
     @property
     def target_key(self) -> str:
