@@ -11,6 +11,7 @@ techniques, random_search, bayes_search, pbt, lr_finder, model_scaling, optimize
 search_compare.
 """
 
+from lrlab.engine.devices import use_cpu_devices
 from lrlab.engine.loop import Budget
 from lrlab.optim.hparams import HParam
 from lrlab.optim.members import Members, grid
@@ -43,4 +44,4 @@ __all__ = ["Bound", "Budget", "HParam", "LinenModel", "Members", "NNXModel", "Op
            "ScheduleSpec", "SweepSettings", "Target", "Task", "classification", "grid", "image_classification",
            "lr_finder", "lr_range_test", "lr_valley", "model_scaling", "optimizer", "optimizer_comparison", "pbt",
            "random_search", "bayes_search", "schedules", "search_compare", "techniques"]
-__all__ += ["Views", "__version__"]
+__all__ += ["Views", "__version__", "use_cpu_devices"]

@@ -25,7 +25,7 @@ CONFIGS = {
                     *COMMON]),
     "random_search": ("random_search", ["--num_samples=5", "--search=learning_rate:1e-4:1", "--search_seed=3",
                                         "--target_accuracy=0.8", *COMMON]),
-    "lr_finder": ("lr_finder", ["--optimizer=adam,sgd", "--num_steps=60", "--num_seeds=2", "--batch_size=50",
+    "lr_finder": ("lr_finder", ["--optimizer=adam,sgd", "--num_steps=60", "--num_seeds=2", "--batch_size=50", "--confirm=0",
                                 "--noprogress"]),
 }
 KEYS = ("optimizer", "technique", "learning_rate", "status", "steps_to_target", "steps_trained")

@@ -1,7 +1,6 @@
 """lr_valley from the command line: a tiny run end to end, and bad input refused in one line."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -69,14 +68,6 @@ def test_run_without_retirement_resumes_without_it(tmp_path):
     assert (workdir / "results.json").exists()
     refused = run_valley("--optimizer=sgd", "--lrs=0.1", "--retire", f"--workdir={workdir}", *TINY)
     assert refused.returncode == 1 and "--retire=(not set) there, (set) here" in refused.stderr
-
-
-def test_cpu_devices_auto_is_one_per_core_and_one_per_process_when_distributed():
-    from lrlab.experiments import command
-
-    assert command.cpu_device_count("auto", distributed=False) == len(os.sched_getaffinity(0))
-    assert command.cpu_device_count("auto", distributed=True) == 1
-    assert command.cpu_device_count("0", distributed=False) == 1 and command.cpu_device_count("3", distributed=True) == 3
 
 
 def test_refused_rerun_does_not_claim_the_workdir(tmp_path):

@@ -160,6 +160,9 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_resumable(tmp_path):
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert "cannot write checkpoint" in err and "the previous checkpoint is intact" in err
         assert "space" in err.lower()
+        assert "Traceback" not in out and "asyncio" not in out + err
+        left = [p.name for p in folder.iterdir() if "tmp" in p.name or (p.name.isdigit() and not (p / "files.json").exists())]
+        assert not left, left  # no partial step left behind
         filler.unlink()
         again = subprocess.run(args, capture_output=True, text=True, timeout=600)
         assert again.returncode == 0, again.stderr
@@ -230,3 +233,24 @@ def test_two_processes_equal_one_and_resume_after_sigkill(tmp_path):
         assert proc.returncode == 0, err[-3000:]
         assert "lrlab: resuming from step" in out
     check(killed)
+
+
+@pytest.mark.parametrize("differ", ["workdir", "max_steps"])
+def test_processes_that_disagree_refuse_at_start_in_one_line(tmp_path, differ):
+    """Two processes of one run given another --workdir (or --max_steps) each: both refuse at start,
+    in one line naming the flag, and nothing is written (they used to hang after a checkpoint)."""
+    args = [*VALLEY, "--optimizer=adam", "--lrs=1e-3,1e-2", "--max_steps=100", "--noprogress"]
+    port = free_port()
+    procs = []
+    for i in range(2):
+        mine = [f"--workdir={tmp_path / ('w' + str(i) if differ == 'workdir' else 'w')}"]
+        mine += [f"--max_steps={100 + 50 * i}"] if differ == "max_steps" else []
+        procs.append(subprocess.Popen([*args, *mine, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                                       f"--process_id={i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env={**os.environ, "JAX_PLATFORMS": "cpu"}))
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, (out, err)
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"--{differ} differ between the 2 processes" in err
+    assert not list(tmp_path.iterdir())

@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from lrlab.store import checkpoints
+
 FLAGS = ["--optimizer=adam,sgd", "--num_lrs=3", "--lr_min=1e-3", "--lr_max=1e-1", "--max_steps=150",
          "--eval_every=10", "--eval_examples=250", "--batch_size=32", "--noprogress"]
 COMPARED = ("optimizer", "learning_rate", "status", "steps_to_target", "steps_trained",
@@ -43,11 +45,7 @@ def checkpoint_steps(workdir, optimizer, recorded=False):
     folder = workdir / "checkpoints" / optimizer
     steps = [p for p in folder.iterdir() if p.name.isdigit()] if folder.exists() else []
     if recorded:
-        try:
-            digests = json.loads((folder / "digests.json").read_text())
-        except (OSError, ValueError):
-            return []
-        steps = [p for p in steps if p.name in digests]
+        steps = [p for p in steps if (p / checkpoints.RECORD).exists()]
     return steps
 
 

@@ -120,3 +120,16 @@ def test_results_that_are_not_this_experiments_are_recomputed(tmp_path):
     again = Workdir(tmp_path / "w", "lr_valley")
     assert not again.claim(IDENTITY)
     again.release()
+
+
+@pytest.mark.parametrize("name", [workdir_lib.TENSORBOARD, workdir_lib.MEMBERS_CSV, workdir_lib.RESULTS])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_users_file_where_an_output_goes_is_refused_and_kept(tmp_path, name, overwrite):
+    """A file lrlab did not write, where one of its outputs goes, is never renamed or replaced."""
+    folder = tmp_path / "w"
+    folder.mkdir()
+    (folder / name).write_text("the user's")
+    with pytest.raises(WorkdirError, match=f"{name} is there and lrlab did not write it: move it away"):
+        claimed(folder, overwrite=overwrite)
+    assert (folder / name).read_text() == "the user's"
+    assert [p.name for p in folder.iterdir()] == [name]  # nothing added either

@@ -30,6 +30,7 @@ from lrlab.engine.config import EngineConfig
 from lrlab.engine.population import Population, TrainData
 from lrlab.engine.segment import SegmentMetrics
 from lrlab.engine.stop import Interrupted, StopSignal
+from lrlab.task import sampling
 
 STOP_CHECK_SECONDS = 10.0  # the longest the loop trains between two checks of the stop signal
 PROBE_STEPS = 10  # at most this many steps per chunk until the time per step is measured,
@@ -304,13 +305,15 @@ class Loop:
         self.chunk = max(d for d in range(1, min(limit, remaining) + 1) if remaining % d == 0)
         return self.chunk
 
-    def segment(self, data: TrainData, data_key: jax.Array, goal: jax.Array, max_steps: jax.Array
+    def segment(self, data: TrainData, order: sampling.EpochOrders | jax.Array, goal: jax.Array, max_steps: jax.Array
                 ) -> SegmentMetrics | None:
-        """Runs the next chunk of `sub`; after one that evaluates, updates the statuses, the clock
-        and the curves and returns its metrics (None after a chunk that only trains)."""
+        """Runs the next chunk of `sub` (`order`: the shared batch order's epochs, or a key where each
+        member has its own order); after one that evaluates, updates the statuses, the clock and the
+        curves and returns its metrics (None after a chunk that only trains)."""
         num_steps = self.next_chunk()
         evaluate = self.step + num_steps == min(self.interval_start + self.budget.eval_every, self.budget.max_steps)
-        args = (self.sub, data, jnp.int32(self.step), data_key, goal, max_steps, jnp.bool_(evaluate))
+        batches = order.for_segment(self.step, num_steps) if isinstance(order, sampling.EpochOrders) else order
+        args = (self.sub, data, jnp.int32(self.step), batches, goal, max_steps, jnp.bool_(evaluate))
         program = self.programs.get(num_steps, args)
         start = time.perf_counter()
         self.sub, metrics = program(*args)
@@ -444,6 +447,8 @@ def train(
     if not loop.sizes and loop.sub is not None:
         loop.sizes = [loop.sub.size]
     data = programs.replicate(data)
+    order = (sampling.EpochOrders(data_key, data.num_train, programs.cfg.batch_size, programs.replicate)
+             if segment_lib.shares_batch_order(programs.cfg, pop) else data_key)
     target = programs.cfg.task.target
     goal = jnp.float32(target.goal if freeze_at_target else target.unreachable)
     max_steps = jnp.int32(budget.max_steps)
@@ -460,7 +465,7 @@ def train(
                     leave=True, dynamic_ncols=True)
     with bar:
         while loop.active:
-            metrics = loop.segment(data, data_key, goal, max_steps)
+            metrics = loop.segment(data, order, goal, max_steps)
             if metrics is not None:
                 for hook in hooks:
                     hook.after_segment(loop, metrics)

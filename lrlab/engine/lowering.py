@@ -25,11 +25,11 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from lrlab.engine import placement
+from lrlab.engine import placement, segment
 from lrlab.engine.config import EngineConfig
 from lrlab.engine.member_map import member_chunk_size
 from lrlab.engine.population import Population, TrainData
-from lrlab.task import adapters
+from lrlab.task import adapters, sampling
 from lrlab.task import conv as conv_lib
 
 AUTO = "auto"
@@ -139,8 +139,19 @@ class _Probe:
     def __init__(self, cfg: EngineConfig, pop: Population, data: TrainData, data_key: jax.Array,
                  mesh: jax.sharding.Mesh):
         self.cfg, self.pop, self.data, self.data_key, self.mesh = cfg, pop, data, data_key, mesh
+        self._order: Any = None
         self.timed: dict[tuple[str, int], dict[str, Any]] = {}
         self.seconds = 0.0
+
+    def order(self) -> Any:
+        """The batch order the probe's steps read (the loop's: epochs drawn once, not inside the timing)."""
+        if self._order is None:
+            self._order = self.data_key
+            if segment.shares_batch_order(self.cfg, self.pop):
+                self._order = sampling.EpochOrders(self.data_key, self.data.num_train, self.cfg.batch_size, lambda x:
+                                                   placement.place(x, placement.replicated(self.mesh))
+                                                   ).for_segment(0, PROBE_STEPS)
+        return self._order
 
     def member_step_seconds(self, conv: str, chunk: int) -> float:
         """Seconds per member-step of one device's member loop at `chunk` members per vmap: a
@@ -152,7 +163,7 @@ class _Probe:
             sub = placement.place(placement.gather_members(self.pop, np.arange(chunk * devices) % self.pop.size),
                                   placement.member_sharding(self.mesh))
             cfg = dataclasses.replace(self.cfg, conv=conv, member_chunk=chunk)
-            args = (sub, self.data, np.int32(0), self.data_key)
+            args = (sub, self.data, np.int32(0), self.order())
             compile_start = time.perf_counter()
             program = placement.make_training_fn(cfg, PROBE_STEPS, self.mesh).lower(*args).compile()
             compile_seconds = time.perf_counter() - compile_start

@@ -79,13 +79,21 @@ def make_metrics_fn(cfg: EngineConfig) -> Callable:
     return evaluate
 
 
+def shares_batch_order(cfg: EngineConfig, pop: Population) -> bool:
+    """True when every member follows one batch order (the data key's); False when each member has
+    its own (distinct seeds, or replicates' batch keys)."""
+    return not (cfg.distinct_seeds or pop.batch_key is not None)
+
+
 def make_training(cfg: EngineConfig, num_steps: int) -> Callable:
-    """Builds train(pop, data, step0, data_key) -> (pop, loss_SK), unjitted: `num_steps` optimizer
+    """Builds train(pop, data, step0, order) -> (pop, loss_SK), unjitted: `num_steps` optimizer
     steps for every running member, one `lax.scan` of the member-mapped step, with each step's
     training loss (float32[S, K], NaN where a member did not step). A member that diverges stops
     there (its steps and losses end) and gets back its state from the segment's start, as does
     every member that was not running: no non-finite value stays in a state. The part of a segment
-    that trains, and what `lowering` times."""
+    that trains, and what `lowering` times. `order`: the shared batch order's `sampling.BatchOrder`
+    (from the loop's `sampling.EpochOrders`) or its key (the permutations drawn here); with a batch
+    order per member, any key (unused)."""
     member_step = make_member_step(cfg)
 
     def member_idle(state: MemberState, rng, active, batch, step):
@@ -93,9 +101,9 @@ def make_training(cfg: EngineConfig, num_steps: int) -> Callable:
         del rng, active, batch, step
         return state, jnp.float32(jnp.nan), jnp.bool_(False), jnp.float32(0.0)
 
-    def train(pop: Population, data: TrainData, step0, data_key):
+    def train(pop: Population, data: TrainData, step0, order):
         n = data.num_train
-        if cfg.distinct_seeds or pop.batch_key is not None:  # each member its own batch order: idx[K, S, B]
+        if not shares_batch_order(cfg, pop):  # each member its own batch order: idx[K, S, B]
             member_keys = pop.batch_key if pop.batch_key is not None else jax.vmap(
                 lambda r: jax.random.fold_in(r, BATCH_ORDER_SALT))(pop.rng)
             idx = jax.vmap(lambda key: sampling.segment_batch_indices(key, step0, num_steps, n, cfg.batch_size))(
@@ -103,8 +111,12 @@ def make_training(cfg: EngineConfig, num_steps: int) -> Callable:
             )
             idx_steps = jnp.swapaxes(idx, 0, 1)
             batch_axis = 0
-        else:  # shared order: the batch is broadcast to all members, not copied
-            idx_steps = sampling.segment_batch_indices(data_key, step0, num_steps, n, cfg.batch_size)
+        elif isinstance(order, sampling.BatchOrder):  # shared order, drawn by the host loop once per epoch
+            idx_steps = sampling.indices_in_orders(order.orders_EN, order.first_epoch, step0, num_steps, n,
+                                                   cfg.batch_size)
+            batch_axis = None  # the batch is broadcast to all members, not copied
+        else:  # shared order from its key
+            idx_steps = sampling.segment_batch_indices(order, step0, num_steps, n, cfg.batch_size)
             batch_axis = None
         k, chunk = members_and_chunk(cfg, pop.params)
         vstep = member_map(member_step, (0, 0, 0, batch_axis, None), k, chunk, busy=2, idle=member_idle)
@@ -145,8 +157,8 @@ def make_training(cfg: EngineConfig, num_steps: int) -> Callable:
 
 
 def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
-    """Builds segment(pop, data, step0, data_key, goal, max_steps, evaluate) -> (pop, SegmentMetrics),
-    unjitted.
+    """Builds segment(pop, data, step0, order, goal, max_steps, evaluate) -> (pop, SegmentMetrics),
+    unjitted (`order` as in `make_training`).
 
     `num_steps` optimizer steps for every running member (`make_training`), then, when `evaluate`
     (a boolean array: data, so one program serves both), the task's metrics for all members and
@@ -159,8 +171,8 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
     metrics_fn = make_metrics_fn(cfg)
     target = cfg.task.target
 
-    def segment(pop: Population, data: TrainData, step0, data_key, goal, max_steps, evaluate):
-        trained, loss_SK = train(pop, data, step0, data_key)
+    def segment(pop: Population, data: TrainData, step0, order, goal, max_steps, evaluate):
+        trained, loss_SK = train(pop, data, step0, order)
         k = pop.size
         stream_name = protocols.stream_name(target.metric)  # the running mean joins the metrics (and the curves)
         names = tuple(cfg.task.metrics) + ((stream_name,) if cfg.stream_every else ())

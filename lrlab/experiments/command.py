@@ -9,6 +9,7 @@ Each experiment module defines its flags at import (`common_flags.define_flags()
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging as python_logging
 import os
@@ -20,8 +21,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+import numpy as np
 from absl import flags, logging
+from jax.experimental import multihost_utils
 
+from lrlab.engine import devices as devices_lib
 from lrlab.engine import protocols
 from lrlab.engine import stop as stop_lib
 from lrlab.experiments import common_flags
@@ -83,35 +87,32 @@ def start(argv: list[str]) -> float:
     distributed = FLAGS.distributed
     if distributed is None:  # a Cloud TPU VM pod names its workers in the environment
         distributed = bool(given) or len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-    devices = cpu_device_count(FLAGS.cpu_devices, distributed)
-    if devices > 1:
-        try:
-            jax.config.update("jax_num_cpu_devices", devices)
-        except RuntimeError:  # JAX already started in this process (embedded): its devices stay
-            if FLAGS.cpu_devices != "auto":
-                fail(f"--cpu_devices={FLAGS.cpu_devices}: JAX has already started in this process")
+    try:
+        devices_lib.use_cpu_devices(FLAGS.cpu_devices, distributed)
+    except ValueError as e:
+        fail(f"--cpu_devices={FLAGS.cpu_devices}: {str(e).split(': ', 1)[1]}")
     if distributed:
         try:
             jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
         except Exception as e:  # noqa: BLE001 - any failure here is the cluster set-up's
             fail(f"--distributed: jax.distributed.initialize() failed: {str(e).splitlines()[0]}")
+        if differ := flags_that_differ_between_processes():
+            fail(f"--{', --'.join(differ)} differ between the {jax.process_count()} processes: give every process "
+                 "the same flags (only --process_id differs)")
     return time.perf_counter()
 
 
-MAX_CPU_DEVICES_PER_CORE = 8  # beyond this the CPU client gains nothing (and fails at a few thousand)
+PER_PROCESS_FLAGS = ("process_id",)  # the flags that differ between the processes of one run by design
 
 
-def cpu_device_count(value: str, distributed: bool) -> int:
-    """The CPU devices of --cpu_devices: a number (0 counts as 1), or auto: one per core this process
-    may use (benchmarks/cpu_devices.py measured it faster on a 2-core host at K=48), one per process
-    in a multi-process run (each process is already one of the cores' workers)."""
-    if value != "auto":
-        cores = len(os.sched_getaffinity(0))
-        if int(value) > MAX_CPU_DEVICES_PER_CORE * cores:
-            fail(f"--cpu_devices={value}: more than {MAX_CPU_DEVICES_PER_CORE} per core of the {cores} this process "
-                 "may use (auto: one per core)")
-        return max(int(value), 1)
-    return 1 if distributed else len(os.sched_getaffinity(0))
+def flags_that_differ_between_processes() -> list[str]:
+    """lrlab's flags whose values are not the same in every process (each process compares digests
+    of its values with all the others', at start, so processes that disagree refuse instead of hanging)."""
+    values = {k: v for k, v in sorted(flag_values().items()) if k not in PER_PROCESS_FLAGS}
+    digests_F2 = np.stack([np.frombuffer(hashlib.blake2b(repr(v).encode(), digest_size=8).digest(), np.uint32)
+                          for v in values.values()])
+    everyone = np.asarray(multihost_utils.process_allgather(digests_F2))  # [processes, flags, 2]
+    return [name for i, name in enumerate(values) if not (everyone[:, i] == everyone[0, i]).all()]
 
 
 def _lrlab_flags() -> list[flags.Flag]:

@@ -4,8 +4,10 @@ several seeds as one population, and the rate each rule reads off the loss-again
   python -m lrlab.experiments.lr_finder --optimizer=adam
   python -m lrlab.experiments.lr_finder --optimizer=adam,sgd --valley=runs/valley --workdir=runs/finder
 
-Writes results.json and lr_finder.png to --workdir and prints the suggestions; with --valley (an
-lr_valley results.json or its workdir) also how far each suggestion is from the valley's best rate.
+Writes results.json and lr_finder.png to --workdir and prints the suggestions; with --confirm=N (the
+default: training.confirm.CANDIDATES) it then trains N candidate rates to the target as one
+population and reports the fastest with its cost; with --valley (an lr_valley results.json or its
+workdir) also how far each suggestion is from the valley's best rate and the grid's cost.
 The library call: `lrlab.lr_finder(task, optimizers, settings, workdir)`.
 """
 
@@ -18,7 +20,7 @@ from absl import app, flags
 from lrlab.experiments import command, common_flags, from_flags
 from lrlab.store import records
 from lrlab.studies import lr_finder
-from lrlab.training import range_test
+from lrlab.training import confirm, range_test
 from lrlab.version import __version__
 
 FLAGS = flags.FLAGS
@@ -29,6 +31,9 @@ flags.DEFINE_integer("num_steps", range_test.NUM_STEPS, "Steps of the ramp (one 
                      "earlier once every seed's smoothed loss exceeds 4x its minimum.")
 flags.DEFINE_integer("num_seeds", range_test.NUM_SEEDS, "Seeds (members of the population: each its own "
                      "initialisation, batch order and dropout); the rules read their mean loss.")
+flags.DEFINE_integer("confirm", confirm.CANDIDATES, "Then train this many rates (the rules' suggestions and "
+                     "their neighbours on a log grid) to the target as one population, retirement on, and report the "
+                     "fastest; 0: only the range test.", lower_bound=0, upper_bound=common_flags.MAX_MEMBERS)
 flags.DEFINE_string("valley", None, "An lr_valley results.json (or its --workdir): compare each suggestion "
                     "with the valley's best rate.")
 flags.register_validator("lr_min", lambda v: np.isfinite(v) and v > 0, "must be positive")
@@ -62,10 +67,11 @@ def main(argv: list[str]) -> None:
     opts = [from_flags.optimizer(name) for name in names]
     print(f"lrlab {__version__}: range test of {', '.join(o.name for o in opts)} on {command.describe_task(task)}; rate "
           f"{FLAGS.lr_min:g} to {FLAGS.lr_max:g} over {FLAGS.num_steps} steps, {FLAGS.num_seeds} seeds as one "
-          f"population, batch {FLAGS.batch_size}, on {jax.default_backend()}", flush=True)
+          f"population, batch {FLAGS.batch_size}, on {jax.default_backend()}"
+          + (f"; then {FLAGS.confirm} candidates trained to the target" if FLAGS.confirm else ""), flush=True)
     with command.resumable("lr_finder", run):
         result = lr_finder.lr_finder(task, opts, from_flags.settings(), run, lr_min=FLAGS.lr_min, lr_max=FLAGS.lr_max,
-                                     num_steps=FLAGS.num_steps, num_seeds=FLAGS.num_seeds,
+                                     num_steps=FLAGS.num_steps, num_seeds=FLAGS.num_seeds, confirm=FLAGS.confirm,
                                      overrides={o.name: from_flags.hparam_overrides(o.name) for o in opts},
                                      valley_members=valley_members, info=command.info())
     print(result.report())

@@ -4,8 +4,9 @@ A checkpoint is taken at a segment boundary: every member's parameters, optimize
 (`population`), and the loop's JSON state (step, curves, seconds, statuses: `runner`). Orbax
 writes each step to a temporary folder and renames it when complete, so a kill mid-save leaves the
 previous checkpoint intact. After each save lrlab records the size and CRC-32 of every file of the
-step (`digests.json` beside the steps); a restore checks them first, and a damaged or incomplete
-latest checkpoint falls back to the previous intact one, saying so in one line.
+step in the step's own folder (`files.json`, written atomically). A restore checks that record
+first: a damaged checkpoint is passed over, and one without a readable record is "unverified" and
+used only when no verified checkpoint is left. Either fallback is said in one line.
 
 `StopSignal` turns SIGTERM (what a preempted VM receives) and Ctrl-C into a request the loop
 honours at its next stop check (a few seconds at most): save, then raise `Interrupted`. A second
@@ -15,7 +16,10 @@ signal ends the process at once.
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import pathlib
+import shutil
+import sys
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +33,8 @@ from lrlab.engine import placement
 from lrlab.engine import population as population_lib
 from lrlab.store import files
 
-DIGESTS = "digests.json"  # beside the step folders: step -> {file: [size, crc32]}
+RECORD = "files.json"  # in each step's folder: {file: [size, crc32]} of the step's other files
+LEGACY_DIGESTS = "digests.json"  # beside the step folders (older workdirs): step -> {file: [size, crc32]}
 BLOCK = 1 << 22  # bytes read at a time while computing a digest
 
 
@@ -48,7 +53,7 @@ class CheckpointWriteError(OSError):
 def digest(folder: pathlib.Path) -> dict[str, list[int]]:
     """{relative path: [size, crc32]} of every file under `folder`."""
     out = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / RECORD):
         crc = 0
         with open(path, "rb") as f:
             while block := f.read(BLOCK):
@@ -57,10 +62,18 @@ def digest(folder: pathlib.Path) -> dict[str, list[int]]:
     return out
 
 
-def damage(folder: pathlib.Path, recorded: dict[str, list[int]] | None) -> str | None:
-    """Why the checkpoint in `folder` cannot be trusted (None: intact)."""
-    if recorded is None:
-        return "has no record of its files (incomplete)"
+def record(folder: pathlib.Path, legacy: dict[str, Any] | None = None) -> dict[str, list[int]] | None:
+    """The record of the step in `folder` ({file: [size, crc32]}), or None when it has no readable one."""
+    try:
+        recorded = json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        recorded = (legacy or {}).get(folder.name)
+    ok = isinstance(recorded, dict) and all(isinstance(v, list) and len(v) == 2 for v in recorded.values())
+    return recorded if ok else None
+
+
+def damage(folder: pathlib.Path, recorded: dict[str, list[int]]) -> str | None:
+    """Why the checkpoint in `folder` cannot be trusted against its record (None: intact)."""
     found = digest(folder)
     missing = sorted(set(recorded) - set(found))
     if missing:
@@ -88,6 +101,7 @@ class RunCheckpoints:
         self.every = every
         self.on_save = on_save
         self.notify = notify or logging.info
+        self._quiet: _QuietWriters | None = None
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False),
@@ -97,46 +111,60 @@ class RunCheckpoints:
         """True when `segments` completed segments call for a periodic checkpoint."""
         return self.every > 0 and segments % self.every == 0
 
-    def _digests(self) -> dict[str, Any]:
+    def _legacy(self) -> dict[str, Any]:
         try:
-            return json.loads((self.directory / DIGESTS).read_text())
+            return json.loads((self.directory / LEGACY_DIGESTS).read_text())
         except (OSError, ValueError):
             return {}
 
     def save(self, step: int, population: population_lib.Population, state: dict[str, Any]) -> None:
         """Saves the whole population and the loop's state as checkpoint number `step` (the
-        training step: numbers grow with every checkpoint of a run), then its
-        digest. A failed write raises CheckpointWriteError (one line); the previous one stays."""
+        training step: numbers grow with every checkpoint of a run), then its record. A failed
+        write raises CheckpointWriteError (one line), removes the partial step, and the previous
+        checkpoint stays."""
         runner_state = {"identity": self.identity, **state}
+        quiet = _QuietWriters()
         try:
             self.manager.save(step, args=ocp.args.Composite(
                 population=ocp.args.StandardSave(population), runner=ocp.args.JsonSave(runner_state)), force=True)
             self.manager.wait_until_finished()
             if jax.process_index() == 0:
-                steps = {str(s) for s in self.manager.all_steps()}
-                digests = {k: v for k, v in self._digests().items() if k in steps}
-                digests[str(step)] = digest(self.directory / str(step))
-                files.write_json(self.directory / DIGESTS, digests)
+                folder = self.directory / str(step)
+                files.write_json(folder / RECORD, digest(folder))
         except Exception as e:  # noqa: BLE001 - Orbax raises many types for one cause: say it in one line
+            if jax.process_index() == 0:
+                self._remove_partial(step)
+            self._quiet = quiet  # Orbax's writers still finish after the failure: kept quiet until close()
             raise CheckpointWriteError(f"cannot write checkpoint {step} in {self.directory}: "
                                        f"{_cause(e)}; the previous checkpoint is intact") from None
+        quiet.close()
         if self.on_save is not None:
             self.on_save()
 
+    def _remove_partial(self, step: int) -> None:
+        """Removes what a failed save of `step` left: Orbax's temporary folders and an unrecorded step."""
+        for leftover in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        folder = self.directory / str(step)
+        if folder.is_dir() and record(folder) is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def restore(self, template: population_lib.Population, mesh) -> tuple[population_lib.Population, dict[str, Any]] | None:
-        """The latest intact checkpoint (population replicated over `mesh`, loop state), or None
-        when there is none at all. A damaged later one is passed over, with one line saying so."""
+        """The latest verified intact checkpoint (population replicated over `mesh`, loop state), or
+        None when there is none at all. Damaged ones are passed over; unverified ones (no readable
+        record: a kill between the save and its record, or a record lost) come last. Each fallback
+        is said in one line."""
         steps = sorted(self.manager.all_steps(), reverse=True)
         if not steps:
             return None
-        digests = self._digests()
-        # A kill between Orbax's commit and the record leaves the newest step complete but unrecorded:
-        # an older verified one is preferred, and the unrecorded one is the last resort.
-        unrecorded = [s for s in steps[:1] if str(s) not in digests]
+        legacy = self._legacy()
+        records = {s: record(self.directory / str(s), legacy) for s in steps}
+        verified = [s for s in steps if records[s] is not None]
         passed: list[str] = []
-        for step in [s for s in steps if s not in unrecorded] + unrecorded:
+        for step in verified + [s for s in steps if records[s] is None]:
             folder = self.directory / str(step)
-            why = None if step in unrecorded else damage(folder, digests.get(str(step)))
+            recorded = records[step]
+            why = None if recorded is None else damage(folder, recorded)
             if why is None:
                 try:
                     restored = self._restore(step, template, mesh)
@@ -145,14 +173,23 @@ class RunCheckpoints:
                 except Exception as e:  # noqa: BLE001 - files intact but unreadable: damaged as well
                     why = f"is unreadable ({errors.one_line(e)})"
                 else:
-                    if passed or any(s > step for s in steps):  # later ones go: training writes them again
-                        for later in (s for s in steps if s > step):
-                            self.manager.delete(later)
-                        why_not = "; ".join(passed) or f"checkpoint {self.directory / str(steps[0])} was not recorded"
-                        self.notify(f"{why_not}: resuming from checkpoint {step} instead (the later one is removed)")
+                    if recorded is None:
+                        passed.append(f"checkpoint {folder} is unverified (no record of its files): "
+                                      f"resuming from it, as no verified checkpoint is intact")
+                        self.notify("; ".join(passed))
+                    elif passed or any(s > step for s in steps):
+                        unverified = [f"checkpoint {self.directory / str(s)} is unverified (no record of its files)"
+                                      for s in steps if s > step and records[s] is None]
+                        self.notify(f"{'; '.join(passed + unverified)}: resuming from checkpoint {step} "
+                                    f"instead (the later one is removed)")
+                    for later in (s for s in steps if s > step):  # training writes them again
+                        self.manager.delete(later)
                     self.notify(f"resuming from step {restored[1]['step']} (checkpoint {folder})")
                     return restored
-            passed.append(f"checkpoint {folder} {why}")
+            if recorded is not None:
+                passed.append(f"checkpoint {folder} {why}")
+            else:
+                passed.append(f"checkpoint {folder} is unverified and {why}")
         raise CheckpointDamaged(f"no intact checkpoint to resume from: {'; '.join(passed)}")
 
     def _restore(self, step: int, template: population_lib.Population, mesh) -> tuple[population_lib.Population, dict[str, Any]]:
@@ -172,6 +209,35 @@ class RunCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+        if self._quiet is not None:
+            self._quiet.close()
+            self._quiet = None
+
+
+class _QuietWriters(pylogging.Filter):
+    """While a save runs, drops the echoes of one failed write that Orbax's writer threads print
+    (each thread's logged traceback, and the "Event loop is closed" of writes finishing after the
+    save gave up): the failure is reported once, as CheckpointWriteError."""
+
+    ECHO = "_SignalingThread.run() raised an exception"
+
+    def __init__(self):
+        super().__init__()
+        self._hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
+        pylogging.getLogger("absl").addFilter(self)
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return self.ECHO not in record.getMessage()
+
+    def _unraisable(self, unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+            self._hook(unraisable)
+
+    def close(self) -> None:
+        if sys.unraisablehook == self._unraisable:
+            sys.unraisablehook = self._hook
+        pylogging.getLogger("absl").removeFilter(self)
 
 
 def _short(value: Any, limit: int = 120) -> str:

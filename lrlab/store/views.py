@@ -352,8 +352,10 @@ def write_tensorboard(directory: pathlib.Path, summary: Mapping[str, Any], recor
     from tensorboardX import SummaryWriter
 
     tmp, old = directory.with_name(f".{directory.name}.tmp"), directory.with_name(f".{directory.name}.old")
-    for stale in (tmp, old):
+    for stale in (tmp, old):  # a previous write's, cut short
         shutil.rmtree(stale, ignore_errors=True)
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{directory} is a file: lrlab writes the TensorBoard runs as a folder there")
     for r, name in zip(records, member_names(records)):
         curve = r.get("curve") or {}
         steps = [int(s) for s in curve.get("step", [])]

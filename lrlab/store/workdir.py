@@ -27,6 +27,7 @@ import jax
 from absl import logging
 
 from lrlab import errors
+from lrlab.store import checkpoints as checkpoints_lib
 from lrlab.store import files, records
 from lrlab.store import views as views_lib
 from lrlab.store.checkpoints import RunCheckpoints
@@ -46,6 +47,8 @@ TENSORBOARD = "tb"
 MEMBERS_CSV = "members.csv"
 # What a folder written before the manifest existed holds of lrlab's (its figures are left, and named).
 UNLISTED_OUTPUTS = (RESULTS, ORBAX, FLAGS_FILE, IDENTITY_FILE, OPTUNA_DB, TENSORBOARD, MEMBERS_CSV)
+# The outputs a run replaces whole: a path of that name lrlab did not write is refused at the claim.
+OUTPUT_NAMES = (RESULTS, ORBAX, IDENTITY_FILE, OPTUNA_DB, TENSORBOARD, MEMBERS_CSV)
 
 
 class WorkdirError(Exception):
@@ -241,7 +244,7 @@ class Workdir:
             checkpoints = self.path / CHECKPOINTS
             if checkpoints.is_dir():
                 listed += [str(p.relative_to(self.path)) for p in checkpoints.rglob("*")
-                           if p.is_dir() and (p / "digests.json").exists()]
+                           if p.is_dir() and _holds_checkpoints(p)]
         parents = set()
         for name in sorted(set(listed) - {LOCK}, key=lambda n: -n.count("/")):
             target = self.path / name
@@ -286,6 +289,8 @@ class Workdir:
         identity.json existed (its flags.json) resumes once the command line has matched its flags
         (`flags_matched`).
         """
+        if self.path.is_dir():
+            self._refuse_foreign_outputs()
         self.prepare()
         if self.overwrite and is_writer():
             self._remove_outputs()
@@ -326,6 +331,19 @@ class Workdir:
         if self.finished:
             logging.info("%s already holds this run's results (use %s to recompute)", self.path, self.overwrite_name)
         return self.finished
+
+    def _refuse_foreign_outputs(self) -> None:
+        """Refuses a folder where one of lrlab's output names is taken by something lrlab did not
+        write (a user's file where tb/ or members.csv goes): lrlab never replaces it."""
+        listed = self._manifest()
+        if listed is None and ((self.path / IDENTITY_FILE).exists() or (self.path / FLAGS_FILE).exists()):
+            return  # written by an lrlab older than the manifest: its outputs are lrlab's
+        foreign = [n for n in OUTPUT_NAMES if (self.path / n).exists() or (self.path / n).is_symlink()]
+        foreign = [n for n in foreign if n not in (listed or [])]
+        if foreign:
+            raise WorkdirError(f"{self.where}: {', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} there and "
+                               f"lrlab did not write {'it' if len(foreign) == 1 else 'them'}: move "
+                               f"{'it' if len(foreign) == 1 else 'them'} away, or use another workdir")
 
     @property
     def hint(self) -> str:
@@ -485,3 +503,9 @@ def resolve(workdir: str | os.PathLike | Workdir | None, experiment: str, identi
     if not run.claimed:
         run.claim(identity)
     return run
+
+
+def _holds_checkpoints(folder: pathlib.Path) -> bool:
+    """True for a folder of lrlab's checkpoint steps (their records, or the older index beside them)."""
+    return (folder / checkpoints_lib.LEGACY_DIGESTS).exists() or any(
+        (step / checkpoints_lib.RECORD).exists() for step in folder.iterdir() if step.name.isdigit())

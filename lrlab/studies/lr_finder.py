@@ -1,7 +1,8 @@
 """lr_finder: the learning-rate range test (`training.range_test`) of each optimizer, its rules'
-suggestions, and how far they are from a valley's best rate.
+suggestions (on the seeds' mean curve, and their spread across seeds), the confirmation of the
+suggestions by training (`training.confirm`), and how far each is from a valley's best rate.
 
-    python -m lrlab.experiments.lr_finder --optimizer=adam,sgd
+    python -m lrlab.experiments.lr_finder --optimizer=adam,sgd --confirm=6
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from lrlab.engine.stop import StopSignal
 from lrlab.optim import optimizers
@@ -19,6 +21,7 @@ from lrlab.store.result import StudyResult, Trained
 from lrlab.store.workdir import Scope
 from lrlab.studies.run import run
 from lrlab.task.task import Task
+from lrlab.training import confirm as confirm_lib
 from lrlab.training.range_test import (
     BETA,
     DIVERGE_FACTOR,
@@ -51,9 +54,34 @@ def suggestions_table(records: list[dict[str, Any]], headline: str = HEADLINE) -
             ended += ", every seed diverged: stopped"
         lines.append(f"{rec['optimizer']:<9}  " + "  ".join(cells) + f"  {rec['steps_run']:>5d}  "
                      f"{rec['model_steps']:>11d}  {low:>17}  {ended}")
-    lines.append("* the headline rule. steep: fastest fall of the smoothed loss against log(rate); minimum: a "
-                 "tenth of the rate at the lowest smoothed loss; valley: fastai's default")
+    lines.append("* the headline rule. valley: fastai's default; slide: fastai's interval slide; minimum: a tenth "
+                 "of the rate at the lowest smoothed loss; steep: fastest fall of the smoothed loss against log(rate)")
+    ratio = lambda v: "-" if v is None else f"{v:.2g}x"  # noqa: E731
+    spreads = [f"{rec['optimizer']}: " + ", ".join(f"{r} {ratio(rec['spread'][r])}" for r in RULES)
+               for rec in records if rec.get("spread")]
+    if spreads:
+        lines.append("spread across seeds (highest / lowest suggestion): " + "; ".join(spreads))
     return "\n".join(lines)
+
+
+def valley_cost(members: list[dict[str, Any]], optimizer: str) -> int:
+    """The model-steps a valley grid spent on `optimizer`: every member's steps trained."""
+    return int(sum(m.get("steps_trained") or 0 for m in members if m["optimizer"] == optimizer))
+
+
+def confirmation_text(name: str, confirmed: dict[str, Any], ramp_steps: int, grid_steps: int | None,
+                      grid_best: int | None) -> str:
+    """One line per optimizer: the confirmed rate, its steps, and the cost beside the valley grid's."""
+    best = confirmed["best"]
+    found = ("no candidate reached the target" if best is None else
+             f"confirmed {best['learning_rate']:.4g} (target in {best['steps_to_target']} steps"
+             + (f", {best['steps_to_target'] / grid_best:.2g}x the grid's best)" if grid_best else ")"))
+    total = ramp_steps + confirmed["model_steps"]
+    cost = f"{ramp_steps:,} ramp + {confirmed['model_steps']:,} confirmation = {total:,} model-steps"
+    if grid_steps:
+        cost += f", {total / grid_steps:.1%} of the valley grid's {grid_steps:,}"
+    return f"{name}: {found} of {len(confirmed['candidates'])} candidates " \
+           f"({', '.join(format(r, '.3g') for r in confirmed['candidates'])}); {cost}"
 
 
 def versus_valley(suggestions: dict[str, dict[str, float | int] | None], members: list[dict[str, Any]],
@@ -70,7 +98,8 @@ def versus_valley(suggestions: dict[str, dict[str, float | int] | None], members
     fewest = min(m["steps_to_target"] for m in reached)
     best = [m["learning_rate"] for m in reached if m["steps_to_target"] == fewest]
     lrs = [m["learning_rate"] for m in reached]
-    out: dict[str, Any] = {"best": [min(best), max(best)], "best_steps": fewest, "band": [min(lrs), max(lrs)]}
+    out: dict[str, Any] = {"best": [min(best), max(best)], "best_steps": fewest, "band": [min(lrs), max(lrs)],
+                           "grid_model_steps": valley_cost(members, optimizer)}
     for rule, pick in suggestions.items():
         if pick is None:
             out[rule] = None
@@ -101,19 +130,30 @@ RULE_TEXT = {
     "smoothing": f"exponential moving average (beta {BETA}, bias-corrected) of the loss averaged over seeds",
     "trim": f"the first num_steps // 10 and the last 5 points left out; the curve cut where the smoothed loss "
             f"exceeds {DIVERGE_FACTOR:g}x its minimum",
-    "steep": "the most negative slope of the smoothed loss against log(rate), before its minimum",
-    "minimum": "the rate at the lowest smoothed loss, divided by 10",
     "valley": "fastai's valley: about halfway down the longest decreasing stretch",
+    "slide": "fastai's slide: from the end, the first rate whose loss slope is within 0.005 of the slope 15 "
+             "points to its right",
+    "minimum": "the rate at the lowest smoothed loss, divided by 10",
+    "steep": "the most negative slope of the smoothed loss against log(rate), before its minimum",
+    "confirm": f"the suggestions snapped to a log grid of {confirm_lib.GRID_PER_DECADE} points a decade, and their "
+               "neighbours, trained to the target as one population; the fastest is the found rate",
 }
 
 
-def summarize(tests: dict[str, FinderResult], valley_members: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def summarize(tests: dict[str, FinderResult], valley_members: list[dict[str, Any]] | None = None,
+              confirmed: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """results.json's body for range tests (optimizer -> FinderResult): the headline suggestion per
-    optimizer, the rules, the comparison with an lr_valley sweep's records (if given), timing, and
-    every test's curves."""
+    optimizer (the confirmed rate where a confirmation ran), the rules, the confirmation, the
+    comparison with an lr_valley sweep's records (if given), timing, and every test's curves."""
+    confirmed = confirmed or {}
+    suggested = {name: t.suggested_lr for name, t in tests.items()}
+    for name, c in confirmed.items():
+        if c["best"] is not None:
+            suggested[name] = c["best"]["learning_rate"]
     return {
         "headline_rule": HEADLINE,
-        "suggested": {name: t.suggested_lr for name, t in tests.items()},
+        "suggested": suggested,
+        "confirmed": {name: {k: v for k, v in c.items() if k != "members"} for name, c in confirmed.items()},
         "rules": RULE_TEXT,
         "versus_valley": None if valley_members is None else
         {name: versus_valley(t.suggestions, valley_members, name) for name, t in tests.items()},
@@ -129,6 +169,10 @@ def summary_text(summary: dict[str, Any]) -> str:
     text = suggestions_table(list(summary["tests"].values()), summary["headline_rule"])
     if summary.get("versus_valley"):
         text += "\n" + versus_valley_table(summary["versus_valley"])
+    for name, confirmed in (summary.get("confirmed") or {}).items():
+        versus = (summary.get("versus_valley") or {}).get(name) or {}
+        text += "\n" + confirmation_text(name, confirmed, summary["timing"][name]["model_steps"],
+                                         versus.get("grid_model_steps"), versus.get("best_steps"))
     return text
 
 
@@ -151,8 +195,10 @@ class FinderRun(StudyResult):
             rate = self.summary["suggested"][name]
             timing = self.summary["timing"][name]
             shown = "none (curve too short)" if rate is None else f"{rate:.4g}"
+            how = ("confirmed by training" if (self.summary.get("confirmed") or {}).get(name, {}).get("best")
+                   else f"{self.summary['headline_rule']} rule")
             lines.append(f"{name}: suggested learning rate {shown} "
-                         f"({self.summary['headline_rule']} rule); {timing['model_steps']} model-steps, compile "
+                         f"({how}); range test {timing['model_steps']} model-steps, compile "
                          f"{timing['compile_seconds']:.1f} s, training {timing['train_seconds']:.1f} s")
         return "\n".join(lines)
 
@@ -167,21 +213,38 @@ class FinderRun(StudyResult):
 def lr_finder(task: Task, optimizer_specs: Sequence[str | Optimizer], settings: SweepSettings = SweepSettings(),
               workdir: Any = None, *, lr_min: float = LR_MIN, lr_max: float = LR_MAX, num_steps: int = NUM_STEPS,
               num_seeds: int = NUM_SEEDS, overrides: Mapping[str, Mapping[str, float]] | None = None,
-              valley_members: list[dict[str, Any]] | None = None, stop: StopSignal | None = None,
+              confirm: int = confirm_lib.CANDIDATES, valley_members: list[dict[str, Any]] | None = None,
+              stop: StopSignal | None = None,
               overwrite: bool = False, info: Mapping[str, Any] | None = None) -> FinderRun:
     """The range test of each optimizer on `task`, as `python -m lrlab.experiments.lr_finder` runs
-    it; `overrides` (per optimizer name) sets their other hyperparameters, `valley_members` (an
-    lr_valley run's records) adds how far each suggestion is from the valley's best rate."""
+    it; `overrides` (per optimizer name) sets their other hyperparameters. `confirm` > 0 then trains
+    that many candidates around the rules' suggestions to the target (`training.confirm`, under
+    `settings`' budget and retirement) and reports the fastest. `valley_members` (an lr_valley run's
+    records) adds how far each suggestion is from the valley's best rate, and the grid's cost."""
     opts = [optimizers.get(o) for o in optimizer_specs]
-    ramp = {"lr_min": lr_min, "lr_max": lr_max, "num_steps": num_steps, "num_seeds": num_seeds}
+    if confirm < 0:
+        raise ValueError(f"confirm: a number of candidates (0: none), got {confirm}")
+    ramp = {"lr_min": lr_min, "lr_max": lr_max, "num_steps": num_steps, "num_seeds": num_seeds, "confirm": confirm}
     identity = {"task": task.identity(), "optimizers": [o.name for o in opts], "overrides": overrides or {},
                 "settings": settings.to_json(), **ramp}
 
     def train(scope: Scope) -> Trained:
-        tests = {o.name: lr_range_test(task, o, lr_min, lr_max, num_steps, num_seeds, settings,
-                                       overrides=(overrides or {}).get(o.name), scope=scope.child(o.name), stop=stop)
-                 for o in opts}
-        return Trained({**ramp, **summarize(tests, valley_members)})
+        tests, confirmed = {}, {}
+        for o in opts:
+            given = (overrides or {}).get(o.name)
+            tests[o.name] = test = lr_range_test(task, o, lr_min, lr_max, num_steps, num_seeds, settings,
+                                                 overrides=given, scope=scope.child(o.name), stop=stop)
+            if confirm:
+                order = [HEADLINE, *(r for r in RULES if r != HEADLINE)]
+                suggested = [test.suggestions[r]["learning_rate"] for r in order if test.suggestions[r] is not None]
+                if not suggested:
+                    logging.warning("%s: no rule suggested a rate (the curve is too short): nothing to confirm", o.name)
+                    continue
+                rates = confirm_lib.candidates(suggested, confirm)
+                confirmed[o.name] = confirm_lib.confirm(task, o, rates, settings, overrides=given,
+                                                        scope=scope.child(f"{o.name}-confirm"), stop=stop)
+        members = [m for c in confirmed.values() for m in c["members"]]
+        return Trained({**ramp, **summarize(tests, valley_members, confirmed), "members": members}, members=members)
 
     return run(EXPERIMENT, FinderRun, identity=identity, task=task, settings=settings, train=train, workdir=workdir,
                overwrite=overwrite, info=info)

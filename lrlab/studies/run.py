@@ -15,6 +15,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from absl import logging
+
+from lrlab.engine import devices
 from lrlab.store import records
 from lrlab.store import workdir as workdir_lib
 from lrlab.store.result import StudyResult, Trained
@@ -33,6 +36,8 @@ def run(experiment: str, result_type: type[R], *, identity: Mapping[str, Any], t
     `train`'s `Trained` comes last and may override the header (model_scaling's widths).
     """
     started = time.perf_counter()
+    if not isinstance(workdir, workdir_lib.Workdir) and (hint := devices.single_device_hint()):
+        logging.info(hint)  # the command line splits the host itself (--cpu_devices)
     identity = {**identity, "content": task.fingerprint()}  # the data and the model's code, by content
     handle = workdir_lib.resolve(workdir, experiment, identity, overwrite)
     try:

@@ -7,6 +7,9 @@ data path is one gather on the device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,18 +57,35 @@ def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size
     return jax.lax.dynamic_slice_in_dim(perm, offset * batch_size, batch_size)
 
 
+def epochs_touched(num_steps: int, num_examples: int, batch_size: int) -> int:
+    """How many epochs a segment of `num_steps` steps can touch (its orders' leading size)."""
+    steps_per_epoch = num_examples // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples")
+    return num_steps // steps_per_epoch + 2
+
+
+def indices_in_orders(orders_EN: jax.Array, first_epoch: jax.Array, step0: jax.Array, num_steps: int,
+                      num_examples: int, batch_size: int) -> jax.Array:
+    """int32[num_steps, batch_size]: the batches of steps step0 .. step0+num_steps-1, read from the
+    permutations of epochs first_epoch, first_epoch+1, ... (`orders_EN`, one row per epoch)."""
+    steps_per_epoch = num_examples // batch_size
+    steps = step0 + jnp.arange(num_steps)
+    epoch, offset = jnp.divmod(steps, steps_per_epoch)
+    cols = offset[:, None] * batch_size + jnp.arange(batch_size)[None, :]
+    return orders_EN[(epoch - first_epoch)[:, None], cols]
+
+
 def segment_batch_indices(
     key: jax.Array, step0: jax.Array, num_steps: int, num_examples: int, batch_size: int
 ) -> jax.Array:
     """`batch_indices` for steps step0 .. step0+num_steps-1 as int32[num_steps, batch_size].
 
-    Same values, but each epoch's permutation (far more than a small model's step on a CPU) is
-    drawn once per segment instead of once per step, and only for the epochs the segment touches.
+    Same values, but each epoch's permutation is drawn once per segment instead of once per step,
+    and only for the epochs the segment touches (`EpochOrders` draws it once per epoch instead).
     """
     steps_per_epoch = num_examples // batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples")
-    max_epochs = num_steps // steps_per_epoch + 2  # epochs a segment can touch
+    max_epochs = epochs_touched(num_steps, num_examples, batch_size)
     first_epoch = step0 // steps_per_epoch
     last_epoch = (step0 + num_steps - 1) // steps_per_epoch
 
@@ -74,7 +94,44 @@ def segment_batch_indices(
                             lambda: jnp.zeros((num_examples,), jnp.int32))
 
     perms_EN = jax.lax.map(perm_if_touched, first_epoch + jnp.arange(max_epochs))
-    steps = step0 + jnp.arange(num_steps)
-    epoch, offset = jnp.divmod(steps, steps_per_epoch)
-    cols = offset[:, None] * batch_size + jnp.arange(batch_size)[None, :]
-    return perms_EN[(epoch - first_epoch)[:, None], cols]
+    return indices_in_orders(perms_EN, first_epoch, step0, num_steps, num_examples, batch_size)
+
+
+class BatchOrder(NamedTuple):
+    """A segment's share of the batch order every member follows: the permutations of the epochs it
+    may touch (int32[E, N]; rows past its last epoch are zeros, never read) from `first_epoch` on."""
+
+    orders_EN: jax.Array
+    first_epoch: jax.Array
+
+
+class EpochOrders:
+    """The shared batch order, drawn once per epoch by the host loop and kept while segments read it.
+
+    A permutation of a large training set (a million windows of text: about half a second) costs
+    far more than a small model's segment, and the segment would draw it again each time. The values
+    are `segment_batch_indices`'; `place` puts each segment's orders where the program reads them.
+    """
+
+    def __init__(self, key: jax.Array, num_examples: int, batch_size: int, place: Callable[[Any], Any] = lambda x: x):
+        self.key, self.num_examples, self.batch_size, self.place = key, num_examples, batch_size, place
+        self._permutation = jax.jit(epoch_permutation, static_argnums=2)
+        self._epochs: dict[int, np.ndarray] = {}
+        self._last: tuple[tuple[int, ...], BatchOrder] | None = None
+
+    def for_segment(self, step0: int, num_steps: int) -> BatchOrder:
+        """The orders of the segment of `num_steps` steps from `step0`."""
+        steps_per_epoch = self.num_examples // self.batch_size
+        count = epochs_touched(num_steps, self.num_examples, self.batch_size)
+        first, last = step0 // steps_per_epoch, (step0 + num_steps - 1) // steps_per_epoch
+        rows = tuple(e if e <= last else -1 for e in range(first, first + count))
+        if self._last is not None and self._last[0] == rows:
+            return self._last[1]
+        for e in rows:
+            if e >= 0 and e not in self._epochs:
+                self._epochs[e] = np.asarray(self._permutation(self.key, np.int32(e), self.num_examples))
+        self._epochs = {e: v for e, v in self._epochs.items() if e >= first}  # earlier epochs are done
+        zeros = np.zeros((self.num_examples,), np.int32)
+        order = BatchOrder(np.stack([self._epochs[e] if e >= 0 else zeros for e in rows]), np.int32(first))
+        self._last = (rows, self.place(order))
+        return self._last[1]

@@ -8,11 +8,15 @@ rate at step t is lr_min * (lr_max / lr_min)^(t / (T - 1)). The members differ o
 batch order, dropout). The run stops early once every member's smoothed loss has exceeded 4x its
 minimum or gone non-finite (fastai's divergence rule).
 
-The rules (pure numpy, on the bias-corrected exponential moving average of the loss averaged over
-seeds, fastai's trimming: the first T // 10 and the last 5 points left out):
-  steep    the rate where the smoothed loss falls fastest against log(rate), before its minimum
+The rules (pure numpy, fastai's four, on the bias-corrected exponential moving average of the loss,
+with fastai's trimming: the first T // 10 and the last 5 points left out; unlike fastai, the average
+and the stop rule start afresh after the first T // 10, so an early spike fools neither). Each reads the curve
+averaged over seeds (the suggestion) and each seed's own curve (its spread across seeds):
+  valley   fastai's default: the longest decreasing stretch of the loss, a point about halfway down it
+  slide    fastai's interval slide: from the end, the first rate whose loss slope matches the slope
+           15 points to its right within 0.005
   minimum  the rate of the lowest smoothed loss, divided by 10
-  valley   fastai's rule: the longest decreasing stretch of the loss, a point about halfway down it
+  steep    the rate where the smoothed loss falls fastest against log(rate), before its minimum
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from lrlab.task.task import Task
 from lrlab.training.settings import SweepSettings
 from lrlab.training.sweep import engine_config, lowered_programs, sweep_data
 
-RULES = ("steep", "minimum", "valley")
+RULES = ("valley", "slide", "minimum", "steep")  # fastai's four, its default first
 # The rule whose rate the experiment reports first. Measured on small_cnn, MNIST, batch 100 (README),
 # against lr_valley's fastest rates to 97% (Adam 0.0147-0.0215, SGD 0.316-0.464): minimum/10 gave Adam
 # 0.017-0.020 at ramps of 100 to 300 steps (among the fastest) and SGD 0.075-0.107 (3-4x below, still
@@ -44,6 +48,7 @@ RULES = ("steep", "minimum", "valley")
 HEADLINE = "minimum"
 LR_MIN, LR_MAX, NUM_STEPS, NUM_SEEDS = 1e-7, 10.0, 100, 4  # fastai's defaults; 4 seeds
 BETA = 0.98  # fastai's smoothing of the recorded loss
+SLIDE_WINDOW, SLIDE_THRESHOLD = 15, 0.005  # fastai's slide rule: lr_diff and thresh
 DIVERGE_FACTOR = 4.0  # fastai: stop once the smoothed loss exceeds 4x its minimum
 EVAL_EXAMPLES = 100  # the segment program always evaluates; the range test does not need it
 
@@ -53,10 +58,14 @@ def ramp_rates(lr_min: float, lr_max: float, num_steps: int) -> np.ndarray:
     return np.geomspace(lr_min, lr_max, num_steps)
 
 
-def smooth(loss_S: np.ndarray, beta: float = BETA) -> np.ndarray:
+def smooth(loss_S: np.ndarray, beta: float = BETA, restart: int = 0) -> np.ndarray:
     """fastai's smoothing: exponential moving average with bias correction, along the last axis.
-    A non-finite loss makes every later value NaN (the average has lost its meaning)."""
+    A non-finite loss makes every later value NaN (the average has lost its meaning). With
+    `restart` > 0 the average starts afresh there (`trimmed_start`: what no rule reads, an early
+    spike or NaN, then leaves nothing in the curve the rules read; fastai's average runs from 0)."""
     loss = np.asarray(loss_S, np.float64)
+    if 0 < restart < loss.shape[-1]:
+        return np.concatenate([smooth(loss[..., :restart], beta), smooth(loss[..., restart:], beta)], axis=-1)
     out = np.empty_like(loss)
     avg = np.zeros(loss.shape[:-1])
     bad = np.zeros(loss.shape[:-1], bool)
@@ -68,18 +77,24 @@ def smooth(loss_S: np.ndarray, beta: float = BETA) -> np.ndarray:
     return out
 
 
-def divergence_step(smoothed_S: np.ndarray, factor: float = DIVERGE_FACTOR) -> int | None:
-    """The first step whose smoothed loss is non-finite or above `factor` x the minimum so far
-    (fastai's stop rule), or None."""
-    s = np.asarray(smoothed_S, np.float64)
+def trimmed_start(num_steps: int) -> int:
+    """The points at the ramp's start that no rule reads (fastai's num_steps // 10): nor does the stop
+    rule here, so an early spike (one bad batch) neither ends the test nor hides the curve."""
+    return num_steps // 10
+
+
+def divergence_step(smoothed_S: np.ndarray, factor: float = DIVERGE_FACTOR, start: int = 0) -> int | None:
+    """The first step from `start` on whose smoothed loss is non-finite or above `factor` x the
+    minimum since `start` (fastai's stop rule, which starts at 0), or None."""
+    s = np.asarray(smoothed_S, np.float64)[start:]
     running_min = np.minimum.accumulate(np.where(np.isfinite(s), s, np.inf))
     hit = np.flatnonzero(~np.isfinite(s) | (s > factor * running_min))
-    return int(hit[0]) if hit.size else None
+    return start + int(hit[0]) if hit.size else None
 
 
-def all_diverged(smoothed_KS: np.ndarray, factor: float = DIVERGE_FACTOR) -> bool:
+def all_diverged(smoothed_KS: np.ndarray, factor: float = DIVERGE_FACTOR, start: int = 0) -> bool:
     """True when every member (row) has diverged by divergence_step's rule: the range test stops."""
-    return all(divergence_step(row, factor) is not None for row in np.asarray(smoothed_KS))
+    return all(divergence_step(row, factor, start) is not None for row in np.asarray(smoothed_KS))
 
 
 def steep(lr_S: np.ndarray, smoothed_S: np.ndarray) -> int | None:
@@ -115,6 +130,24 @@ def valley(smoothed_S: np.ndarray) -> int:
     return max(start + int(third) + int(third / 2), 0)
 
 
+def slide(smoothed_S: np.ndarray, window: int = SLIDE_WINDOW, threshold: float = SLIDE_THRESHOLD) -> int | None:
+    """fastai's `slide` rule: with g the gradient of the loss along the points, walk a pair of points
+    `window` apart from the curve's end leftwards while |g[right] - g[left]| > `threshold`; the
+    suggestion is the last left point walked (the first one, `window` before the end, if none).
+    None when the curve is shorter than `window` + 1 points (fastai's index would fail)."""
+    loss = np.asarray(smoothed_S, np.float64)
+    if len(loss) < window + 1:
+        return None
+    grad = np.gradient(loss)
+    right = len(loss) - 1
+    left = right - window
+    pick = left
+    while left >= 0 and abs(grad[right] - grad[left]) > threshold:
+        pick = left
+        right, left = right - 1, left - 1
+    return pick
+
+
 def suggest(lr_S: np.ndarray, smoothed_S: np.ndarray, num_steps: int, skip_end: int = 5
             ) -> dict[str, dict[str, float | int] | None]:
     """Each rule's suggestion {"learning_rate", "step", "loss"} (None where it has no answer).
@@ -124,15 +157,15 @@ def suggest(lr_S: np.ndarray, smoothed_S: np.ndarray, num_steps: int, skip_end: 
     (for minimum: at the minimum, whose rate is ten times the suggestion).
     """
     smoothed_S = np.asarray(smoothed_S, np.float64)
-    stop = divergence_step(smoothed_S)
+    first = trimmed_start(num_steps)
+    stop = divergence_step(smoothed_S, start=first)
     end = (len(smoothed_S) if stop is None else stop + 1) - skip_end
-    first = num_steps // 10
     finite = np.isfinite(smoothed_S[first:max(end, first)])
     end = first + (int(np.argmin(finite)) if not finite.all() else finite.size)
     if end - first < 3:
         return {rule: None for rule in RULES}
     lr, loss = np.asarray(lr_S[first:end], np.float64), smoothed_S[first:end]
-    picks = {"steep": steep(lr, loss), "minimum": minimum(loss), "valley": valley(loss)}
+    picks = {"valley": valley(loss), "slide": slide(loss), "minimum": minimum(loss), "steep": steep(lr, loss)}
     out: dict[str, dict[str, float | int] | None] = {}
     for rule, i in picks.items():
         if i is None:
@@ -140,6 +173,16 @@ def suggest(lr_S: np.ndarray, smoothed_S: np.ndarray, num_steps: int, skip_end: 
             continue
         rate = float(lr[i]) / (10.0 if rule == "minimum" else 1.0)
         out[rule] = {"learning_rate": rate, "step": first + i, "loss": float(loss[i])}
+    return out
+
+
+def spread(per_seed: list[dict[str, dict[str, float | int] | None]]) -> dict[str, float | None]:
+    """Per rule, the highest of its per-seed suggestions over the lowest (1: every seed agrees);
+    None where a seed has no suggestion."""
+    out: dict[str, float | None] = {}
+    for rule in RULES:
+        rates = [s[rule]["learning_rate"] if s[rule] is not None else None for s in per_seed]
+        out[rule] = None if not rates or None in rates else max(rates) / min(rates)
     return out
 
 
@@ -156,7 +199,9 @@ class FinderResult:
     loss_KS: np.ndarray  # float32[K, S]: each seed's training loss (NaN where it did not step)
     smoothed_KS: np.ndarray  # float64[K, S]: each seed's smoothed loss (the stop rule)
     smoothed_S: np.ndarray  # float64[S]: the smoothed loss averaged over seeds (the rules)
-    suggestions: dict[str, dict[str, float | int] | None]  # rule -> {learning_rate, step, loss}
+    suggestions: dict[str, dict[str, float | int] | None]  # rule -> {learning_rate, step, loss}, mean curve
+    seed_suggestions: list[dict[str, dict[str, float | int] | None]]  # the same, per seed's own curve
+    spread: dict[str, float | None]  # rule -> highest / lowest of its per-seed suggestions
     steps_run: int
     diverged_at: int | None  # the step where the seed-averaged curve diverged (None: never)
     stopped_early: bool  # every seed diverged before the ramp's end
@@ -196,8 +241,9 @@ class RampHook(loop_lib.Hook):
 
     def after_segment(self, loop: loop_lib.Loop, metrics: segment.SegmentMetrics) -> None:
         self.losses.append(loop.host["step_loss"][:self.num_seeds].astype(np.float32))
-        self.smoothed_KS = smooth(self.loss_KS)
-        if self.stop_at_divergence and loop.step < self.num_steps and all_diverged(self.smoothed_KS):
+        self.smoothed_KS = smooth(self.loss_KS, restart=trimmed_start(self.num_steps))
+        if self.stop_at_divergence and loop.step < self.num_steps and all_diverged(
+                self.smoothed_KS, start=trimmed_start(self.num_steps)):
             loop.finish("diverged")
 
     def state(self) -> dict[str, Any]:
@@ -206,7 +252,7 @@ class RampHook(loop_lib.Hook):
     def restore(self, state: dict[str, Any]) -> None:
         if state:
             self.losses = [np.asarray(state["loss_KS"], np.float32).reshape(self.num_seeds, -1)]
-            self.smoothed_KS = smooth(self.loss_KS)
+            self.smoothed_KS = smooth(self.loss_KS, restart=trimmed_start(self.num_steps))
 
     def postfix(self, loop: loop_lib.Loop) -> dict[str, Any]:
         return {"lr": f"{self.lr_T[loop.step - 1]:.3g}", "smoothed loss": f"{np.nanmean(self.smoothed_KS[:, -1]):.3g}"}
@@ -262,10 +308,13 @@ def lr_range_test(
                          desc=desc or f"{opt.name} range test", checkpoints=scope.checkpoints(identity), stop=stop)
     loss_KS = hook.loss_KS
     steps = loss_KS.shape[1]
-    lr_S, smoothed_S = lr_T[:steps], smooth(loss_KS.mean(axis=0))
+    first = trimmed_start(num_steps)
+    lr_S, smoothed_S, smoothed_KS = lr_T[:steps], smooth(loss_KS.mean(axis=0), restart=first), smooth(loss_KS, restart=first)
+    per_seed = [suggest(lr_S, row, num_steps) for row in smoothed_KS]
     return FinderResult(
         optimizer=opt.name, lr_min=lr_min, lr_max=lr_max, num_steps=num_steps, num_seeds=num_seeds,
-        lr_S=lr_S, loss_KS=loss_KS, smoothed_KS=smooth(loss_KS), smoothed_S=smoothed_S,
-        suggestions=suggest(lr_S, smoothed_S, num_steps), steps_run=steps,
-        diverged_at=divergence_step(smoothed_S), stopped_early=steps < num_steps,
+        lr_S=lr_S, loss_KS=loss_KS, smoothed_KS=smoothed_KS, smoothed_S=smoothed_S,
+        suggestions=suggest(lr_S, smoothed_S, num_steps), seed_suggestions=per_seed, spread=spread(per_seed),
+        steps_run=steps,
+        diverged_at=divergence_step(smoothed_S, start=first), stopped_early=steps < num_steps,
         model_steps=num_seeds * steps, compile_seconds=out.compile_seconds, train_seconds=out.train_seconds)

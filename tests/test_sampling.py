@@ -1,0 +1,42 @@
+"""The shared batch order drawn once per epoch by the host loop (task/sampling.py: EpochOrders)
+gives every segment the batches that drawing it inside the segment gives."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lrlab.task import sampling
+
+
+def test_epoch_orders_give_the_segments_indices_across_epoch_boundaries():
+    key, n, batch = sampling.data_key(3), 300, 10  # 30 steps an epoch
+    orders = sampling.EpochOrders(key, n, batch)
+    step = 0
+    for num_steps in (7, 7, 16, 30, 45, 1, 64, 5):  # varying chunks, some spanning two or three epochs
+        order = orders.for_segment(step, num_steps)
+        got = sampling.indices_in_orders(jnp.asarray(order.orders_EN), jnp.asarray(order.first_epoch), jnp.int32(step),
+                                         num_steps, n, batch)
+        want = sampling.segment_batch_indices(key, jnp.int32(step), num_steps, n, batch)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        step += num_steps
+
+
+def test_each_epoch_is_drawn_once():
+    key, n, batch = sampling.data_key(0), 1000, 10  # 100 steps an epoch
+    orders = sampling.EpochOrders(key, n, batch)
+    drawn = []
+    permutation = orders._permutation
+    orders._permutation = lambda k, e, size: drawn.append(int(e)) or permutation(k, e, size)
+    for step in range(0, 250, 10):
+        orders.for_segment(step, 10)
+    assert drawn == [0, 1, 2]
+    assert orders.for_segment(240, 10) is orders.for_segment(240, 10)  # the same segment: the same placed arrays
+
+
+def test_a_segment_program_reads_the_same_batches_from_orders_or_from_the_key():
+    """The traced program's two sources of the shared order agree (the loop passes orders)."""
+    key, n, batch, steps = sampling.data_key(1), 200, 8, 40
+    order = sampling.EpochOrders(key, n, batch).for_segment(20, steps)
+    from_orders = jax.jit(lambda o, s: sampling.indices_in_orders(o.orders_EN, o.first_epoch, s, steps, n, batch))
+    from_key = jax.jit(lambda k, s: sampling.segment_batch_indices(k, s, steps, n, batch))
+    np.testing.assert_array_equal(np.asarray(from_orders(order, jnp.int32(20))), np.asarray(from_key(key, jnp.int32(20))))
