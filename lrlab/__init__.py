@@ -7,8 +7,8 @@
     print(result.report()); result.best(); result.band()
 
 The experiments (each also `python -m lrlab.experiments.<name>`): lr_valley, schedules,
-techniques, random_search, bayes_search, pbt, lr_finder, model_scaling, optimizer_comparison,
-search_compare.
+techniques, random_search, bayes_search, pbt, lr_finder, lr_free, model_scaling,
+optimizer_comparison, search_compare.
 """
 
 from lrlab.engine.devices import use_cpu_devices
@@ -20,6 +20,7 @@ from lrlab.optim.schedules import ScheduleSpec
 from lrlab.store.views import Views
 from lrlab.studies.bayes_search import bayes_search
 from lrlab.studies.lr_finder import lr_finder
+from lrlab.studies.lr_free import lr_free
 from lrlab.studies.lr_valley import lr_valley
 from lrlab.studies.model_scaling import model_scaling
 from lrlab.studies.optimizer_comparison import optimizer_comparison
@@ -42,6 +43,6 @@ from lrlab.version import __version__
 __all__ = ["Bound", "Budget", "HParam", "LinenModel", "Members", "NNXModel", "Optimizer", "PBTConfig", "PruneSpec",
            "RetireSpec",
            "ScheduleSpec", "SweepSettings", "Target", "Task", "classification", "grid", "image_classification",
-           "lr_finder", "lr_range_test", "lr_valley", "model_scaling", "optimizer", "optimizer_comparison", "pbt",
+           "lr_finder", "lr_free", "lr_range_test", "lr_valley", "model_scaling", "optimizer", "optimizer_comparison", "pbt",
            "random_search", "bayes_search", "schedules", "search_compare", "techniques"]
 __all__ += ["Views", "__version__", "use_cpu_devices"]

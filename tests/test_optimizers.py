@@ -69,7 +69,7 @@ def test_flag_override_changes_hyperparameter():
 
 
 @pytest.mark.parametrize("text,expected", [("adam", ["adam"]), ("sgd, adam", ["sgd", "adam"]),
-                                           ("all", list(optimizers.OPTIMIZERS))])
+                                           ("all", list(optimizers.STUDY_OPTIMIZERS))])
 def test_parse_optimizer_list(text, expected):
     assert optimizers.parse_optimizer_list(text) == expected
 

@@ -79,6 +79,12 @@ class Population(flax.struct.PyTreeNode):
         return {"params": self.params, **self.model_state}
 
 
+def eval_variables(cfg: EngineConfig, pop: Population) -> dict[str, Any]:
+    """What evaluation applies the model to, per member: the parameters the optimizer evaluates
+    (a schedule-free method's averaged point; the trained parameters otherwise) and the model state."""
+    return {"params": cfg.optimizer.evaluated_params(pop.opt_state, pop.params), **pop.model_state}
+
+
 class TrainData(NamedTuple):
     """Device-resident arrays (pytrees with a leading example axis): the training set, the
     evaluation set (padded to a multiple of the eval chunk, weight 0 on padding), early stopping's

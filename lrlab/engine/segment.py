@@ -22,6 +22,7 @@ from lrlab.engine.population import (
     STOPPED,
     Population,
     TrainData,
+    eval_variables,
 )
 from lrlab.engine.step import MemberState, cast_floats, make_member_step, tree_select
 from lrlab.task import sampling
@@ -179,7 +180,7 @@ def make_segment(cfg: EngineConfig, num_steps: int) -> Callable:
         nan_K = jnp.full((k,), jnp.nan, jnp.float32)
 
         def evaluated(trained: Population):
-            variables = trained.variables
+            variables = eval_variables(cfg, trained)
             was_running = pop.status == RUNNING  # every member whose evaluation is recorded
             metrics_K = metrics_fn(variables, data.eval, data.eval_weight, was_running)
             running = trained.status == RUNNING

@@ -84,7 +84,8 @@ def make_member_step(cfg: EngineConfig) -> Callable:
         (_, (loss, model_state, metric_sum)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         if dynamic_scale:
             grads = jax.tree_util.tree_map(lambda g: g / state.loss_scale, grads)
-        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        extra = {"value": loss} if cfg.optimizer.needs_value else {}  # the member's own (unscaled) loss
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params, **extra)
         new_params = optax.apply_updates(state.params, updates)
         loss_finite = jnp.isfinite(loss)
         overflow = jnp.bool_(False)  # a bool either way: the idle branch of member_map gives one

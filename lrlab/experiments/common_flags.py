@@ -110,8 +110,10 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
     flags.DEFINE_string("task", None, "A task of your own: MODULE:CALLABLE returning an lrlab Task (model, loss, "
                         "metrics, target, data), imported by name. Replaces --model, --dataset and their flags.")
     flags.DEFINE_string("optimizer", default_optimizer,
-                        f"One of {', '.join(optimizers.OPTIMIZERS)}, a comma list, 'all', or MODULE:NAME naming an "
-                        "Optax factory of float hyperparameters (each may vary per member).")
+                        f"One of {', '.join(optimizers.OPTIMIZERS)}, a comma list, 'all' (the study's six: "
+                        f"{', '.join(optimizers.STUDY_OPTIMIZERS)}), or MODULE:NAME naming an Optax factory of float "
+                        "hyperparameters (each may vary per member). For the learning-rate-free methods (prodigy "
+                        "onwards) the learning rate is a multiplier of the method's own step size (1: as published).")
     flags.DEFINE_multi_string("hparam", [], "NAME=V1[,V2...]: a hyperparameter's values (repeat the flag per "
                               "hyperparameter); the population is their product with the learning rates.")
     flags.DEFINE_enum("model", "small_cnn", models.MODELS,

@@ -19,6 +19,11 @@ The study's six (Mack 2018) are registry entries with TensorFlow 1's defaults, w
             square starts at 1.0 (TF1 initialises it to ones), no momentum, not centred
 Each hyperparameter's default, valid range, search range and help live once, in its `HParam`:
 the command-line flags, the searches and PBT read them from here.
+
+The learning-rate-free family (`lr_free.py`: prodigy, dog, momo, the schedule-free methods, ...) are
+registry entries too, their learning rate a multiplier of the method's own step size (default 1).
+An optimizer may need each member's loss in its update (`needs_value`) or evaluate other
+parameters than it trains (`eval_params`): the engine reads both from here.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from lrlab.by_name import load_callable
+from lrlab.optim import lr_free
 from lrlab.optim.hparams import LEARNING_RATE, POSITIVE, RATE, UNIT, HParam
 from lrlab.optim.schedules import ScheduleSpec, factor_schedule
 
@@ -47,12 +54,23 @@ class Optimizer:
     factory: Callable[..., optax.GradientTransformation]
     hparams: Mapping[str, HParam]  # every float argument of `factory`, the learning rate first
     static: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the others: argument -> its value
+    needs_value: bool = False  # the update reads each member's loss: update(..., value=loss)
+    eval_params: Callable[[Any, Any], Any] | None = None  # (the factory's state, params) -> what evaluation reads
+    takes_schedule: bool = True  # False: a learning-rate schedule is refused (schedule-free methods)
+    lr_free: bool = False  # the learning rate is a multiplier of the method's own step size (default 1)
 
     def __post_init__(self):
         if LEARNING_RATE not in self.hparams:
             raise ValueError(f"optimizer {self.name}: its factory must take a `learning_rate` argument")
-        if self.hparams[LEARNING_RATE].default is not None:
+        if self.hparams[LEARNING_RATE].default is not None and not self.lr_free:
             raise ValueError(f"optimizer {self.name}: the learning rate has no default (each member gives its own)")
+
+    def evaluated_params(self, opt_state_K: Any, params_K: Any) -> Any:
+        """The parameters evaluation reads, per member: `params_K` itself, or the optimizer's own
+        evaluation point (`eval_params` of the injected factory's state)."""
+        if self.eval_params is None:
+            return params_K
+        return jax.vmap(lambda state, params: self.eval_params(state.inner_state, params))(opt_state_K, params_K)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -73,6 +91,9 @@ class Optimizer:
     def _injected(self, schedule: ScheduleSpec | None):
         factory = self.factory
         if schedule is not None and (schedule.name != "constant" or schedule.warmup_steps):
+            if not self.takes_schedule:
+                raise ValueError(f"{self.name} takes no learning-rate schedule (it is schedule-free): leave the "
+                                 "schedule constant")
             factory = _scheduled(factory, factor_schedule(schedule))
         return optax.inject_hyperparams(factory)
 
@@ -100,7 +121,9 @@ class Optimizer:
             raise ValueError(f"{self.name}: the factory returned {type(made).__name__}, not an "
                              "optax.GradientTransformation")
         injected = self._injected(schedule)
-        return jax.vmap(lambda p, h: injected(**h).init(p))(params_K, hparams_K)
+        state = jax.vmap(lambda p, h: injected(**h).init(p))(params_K, hparams_K)
+        # one buffer per leaf: an init may give two fields the same array (prodigy), and the engine donates each
+        return jax.tree_util.tree_map(jnp.copy, state)
 
 
 def _scheduled(factory: Callable[..., optax.GradientTransformation],
@@ -159,9 +182,10 @@ def optimizer(factory: Callable[..., optax.GradientTransformation], name: str | 
     if LEARNING_RATE not in specs:
         raise ValueError(f"{label}: the factory must take a `learning_rate` argument")
     given_static = {k: v for k, v in static.items() if signature.parameters[k].default is not v}
+    properties = lr_free.PROPERTIES.get(factory, {})  # an Optax function that needs the loss, or evaluates elsewhere
     if given_static:  # static values given here: the factory called with them
         factory = functools.partial(factory, **given_static)
-    return Optimizer(label, factory, {LEARNING_RATE: specs.pop(LEARNING_RATE), **specs}, static)
+    return Optimizer(label, factory, {LEARNING_RATE: specs.pop(LEARNING_RATE), **specs}, static, **properties)
 
 
 def _is_static(value: Any) -> bool:
@@ -219,6 +243,11 @@ REGISTRY: dict[str, Optimizer] = {
         "initial_scale": HParam(1.0, **POSITIVE, search=(0.0, 1.0, False),
                                 help="RMSProp initial mean square (TF1 initialises it to 1.0).")}),
 }
+STUDY_OPTIMIZERS = tuple(REGISTRY)  # the study's six: what 'all' names
+REGISTRY.update({name: Optimizer(name, method.factory, {LEARNING_RATE: lr_free.MULTIPLIER},
+                                 needs_value=method.needs_value, eval_params=method.eval_params,
+                                 takes_schedule=method.takes_schedule, lr_free=True)
+                 for name, method in lr_free.METHODS.items()})
 OPTIMIZERS = tuple(REGISTRY)
 
 
@@ -241,10 +270,10 @@ def get(spec: str | Optimizer | Callable) -> Optimizer:
 
 
 def parse_optimizer_list(text: str) -> list[str]:
-    """'adam', 'sgd,adam', 'all' or MODULE:NAME entries -> names, in registry order for 'all';
-    ValueError if unknown or listed twice."""
+    """'adam', 'sgd,adam', 'all' (the study's six) or MODULE:NAME entries -> names, in registry order
+    for 'all'; ValueError if unknown or listed twice."""
     if text.strip() == "all":
-        return list(OPTIMIZERS)
+        return list(STUDY_OPTIMIZERS)
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in REGISTRY and ":" not in n]
     if not names or unknown:

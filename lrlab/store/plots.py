@@ -9,6 +9,7 @@ from typing import Any
 
 import matplotlib
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np
 
 from lrlab.store import (
     files,
@@ -437,3 +438,50 @@ def valley_seeds(rows: list[dict[str, Any]], path: str | os.PathLike, *, budget_
     ax.plot([], [], "-", color="grey", alpha=0.6, linewidth=2.5, label="interquartile range (dotted: to a miss)")
     ax.axhline(budget_steps, color="grey", linewidth=0.6, linestyle=":")
     _save_steps_vs_rate(fig, ax, path, eval_every, title or "Learning-rate valley across seeds")
+
+
+def relative_valleys(records: list[dict[str, Any]], references: dict[str, tuple[float, bool]],
+                     path: str | os.PathLike, *, budget_steps: int, title: str = "") -> None:
+    """Steps to target (median over seeds) against each valley's rate over its reference
+    (`references`: name -> (reference, tuned): an LR-free method's default, multiplier 1; a tuned
+    optimizer's best rate, drawn bold), log-log: where each is flat."""
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for name, (reference, tuned) in references.items():
+        rows = [r for r in records if r["optimizer"] == name]
+        rates = sorted({r["learning_rate"] for r in rows})
+        steps = []
+        for rate in rates:
+            at = [r["steps_to_target"] for r in rows if r["learning_rate"] == rate]
+            steps.append(float(np.median(at)) if all(s is not None for s in at) else float("nan"))
+        ax.plot(np.asarray(rates) / reference, steps, "-" if tuned else "--", marker="." if tuned else "",
+                linewidth=2.2 if tuned else 1.0, label=f"{name} (rate / best {reference:.3g})" if tuned else name)
+    ax.axvline(1.0, color="grey", linewidth=0.6, linestyle=":")
+    ax.axhline(budget_steps, color="grey", linewidth=0.6, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate over the reference (LR-free: the multiplier; tuned: over its best rate)")
+    ax.set_ylabel("steps to target (median over seeds)")
+    ax.set_title(title or "Valleys relative to each method's default")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    save_figure(fig, path)
+
+
+def performance_profile(ratios: dict[str, dict[str, float | None]], path: str | os.PathLike, *,
+                        title: str = "", max_ratio: float = 4.0) -> None:
+    """AlgoPerf's performance profile: per method, the fraction of tasks (the keys of `ratios`, each
+    {method: time-to-target ratio, None for a miss}) it trains within tau of the fastest, against tau."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    methods = list(dict.fromkeys(m for per_task in ratios.values() for m in per_task))
+    taus = np.linspace(1.0, max_ratio, 301)
+    for method in methods:
+        got = [per_task.get(method) for per_task in ratios.values()]
+        frac = [np.mean([r is not None and r <= tau for r in got]) for tau in taus]
+        ax.step(taus, frac, where="post", label=method)
+    ax.set_xlabel("tau: time to target over the fastest (steps)")
+    ax.set_ylabel(f"fraction of the {len(ratios)} task(s) within tau")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title or "Performance profile")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    save_figure(fig, path)

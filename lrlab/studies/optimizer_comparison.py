@@ -131,7 +131,7 @@ class TestCurves(loop.SegmentCallback):
 
         def fn(sub: population.Population, entries: np.ndarray, pos: np.ndarray, step: int) -> dict[str, np.ndarray]:
             start = time.perf_counter()
-            variables_K = jax.tree_util.tree_map(lambda x: x[entries], placement.to_host(sub.variables))
+            variables_K = jax.tree_util.tree_map(lambda x: x[entries], placement.to_host(population.eval_variables(cfg, sub)))
             metrics = evaluate(variables_K, arrays_E, weight_E)
             self.seconds += time.perf_counter() - start
             return {f"test_{m}": np.asarray(v) for m, v in metrics.items()}

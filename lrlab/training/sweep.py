@@ -107,7 +107,7 @@ def test_metrics(cfg: EngineConfig, final: population.Population) -> dict[str, n
     """Each member's metrics on the task's test set (None without one)."""
     if cfg.task.test is None:
         return None
-    return loop.evaluate_members(cfg, final.variables, cfg.task.test)
+    return loop.evaluate_members(cfg, population.eval_variables(cfg, final), cfg.task.test)
 
 
 def train_population(task: Task, members: Members, settings: SweepSettings, data: TrainData, eval_chunk: int, *,

@@ -1,0 +1,96 @@
+"""The lr_free study: on each task, `python -m lrlab.experiments.lr_free` (the tuned valleys of Adam
+and SGD with momentum beside every learning-rate-free method at its default and over its multiplier
+sweep), then the verdicts and the performance profile across tasks.
+
+    python experiments/lr_free/study.py --root=runs/lr_free_study --seeds=1
+
+Writes experiments/lr_free/results/<task>.json.gz (each run's results.json), the figures in
+experiments/lr_free/figures/ (each task's valleys, and the profile across tasks) and prints the
+verdict table of REPORT.md.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from lrlab.store import plots  # noqa: E402
+from lrlab.studies import lr_free  # noqa: E402
+
+HERE = pathlib.Path(__file__).parent
+flags.DEFINE_string("root", "runs/lr_free_study", "Where the runs' workdirs go.")
+flags.DEFINE_integer("seeds", 1, "--seeds of every run.")
+flags.DEFINE_list("tasks", None, "Only these tasks (default: all).")
+FLAGS = flags.FLAGS
+
+GRID = ["--lr_min=1e-6", "--lr_max=100", "--num_lrs=24", "--multiplier_min=1e-3", "--multiplier_max=1e3",
+        "--multipliers_per_decade=1"]
+TASKS = {
+    "small_cnn": ["--model=small_cnn", "--batch_size=100", "--target_accuracy=0.97", "--max_steps=3000",
+                  "--eval_every=50", "--eval_examples=2000"],
+    "tutorial_cnn": ["--model=tutorial_cnn", "--width=1", "--batch_size=100", "--target_accuracy=0.95",
+                     "--max_steps=600", "--eval_every=50", "--eval_examples=1000"],
+    "mnist_cnn": ["--task=lrlab.examples.mnist_cnn:task", "--max_steps=1000", "--eval_every=50"],
+    "char_lm": ["--task=lrlab.examples.char_lm:task", "--max_steps=1500", "--eval_every=100"],
+}
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    root = pathlib.Path(FLAGS.root)
+    for folder in ("results", "figures"):
+        (HERE / folder).mkdir(exist_ok=True)
+    profile, verdicts = {}, {}
+    for name in FLAGS.tasks or TASKS:
+        workdir = root / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "lrlab.experiments.lr_free", *TASKS[name], *GRID, f"--seeds={FLAGS.seeds}",
+                f"--workdir={workdir}", "--noprogress"]
+        start = time.perf_counter()
+        with open(root / f"{name}.log", "w") as log:
+            done = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT)
+        if done.returncode:
+            raise SystemExit(f"{name} failed: see {root / f'{name}.log'}")
+        summary = json.loads((workdir / "results.json").read_text())
+        summary["study"] = {"command": " ".join(["python", "-m", "lrlab.experiments.lr_free", *args[3:]]),
+                            "wall_seconds": time.perf_counter() - start}
+        with gzip.open(HERE / "results" / f"{name}.json.gz", "wt") as f:
+            json.dump(summary, f)
+        shutil.copy(workdir / "lr_free.png", HERE / "figures" / f"{name}-valleys.png")
+        profile[name] = lr_free.profile_ratios(summary["methods"])
+        verdicts[name] = {r["optimizer"]: r for r in summary["methods"]}
+        print(f"{name}: done in {time.perf_counter() - start:.0f} s", flush=True)
+    plots.performance_profile(profile, HERE / "figures" / "profile.png",
+                              title=f"Performance profile across {len(profile)} tasks (LR-free at their defaults, "
+                                    "tuned at their best rates)")
+    print(verdict_table(verdicts))
+
+
+def verdict_table(verdicts: dict) -> str:
+    """Per method: on each task its default's ratio to the tuned best (medians over seeds) and the verdict."""
+    tasks = list(verdicts)
+    methods = list(next(iter(verdicts.values())))
+    lines = ["| method | " + " | ".join(tasks) + " | passes everywhere |", "|---" * (len(tasks) + 2) + "|"]
+    for m in methods:
+        cells, passes = [], True
+        for t in tasks:
+            r = verdicts[t][m]
+            ratio = r["median_best_ratio"] if r["kind"] == "tuned" else r["median_default_ratio"]
+            band = r["median_band_decades"]
+            cells.append(("missed" if ratio is None else f"{ratio:.2f}x")
+                         + (f", band {band:.1f} dec" if band is not None else ""))
+            passes = passes and r["passes_at_default"]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {'-' if verdicts[tasks[0]][m]['kind'] == 'tuned' else 'yes' if passes else 'no'} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    app.run(main)
