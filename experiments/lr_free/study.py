@@ -88,7 +88,8 @@ def verdict_table(verdicts: dict) -> str:
             cells.append(("missed" if ratio is None else f"{ratio:.2f}x")
                          + (f", band {band:.1f} dec" if band is not None else ""))
             passes = passes and r["passes_at_default"]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {'-' if verdicts[tasks[0]][m]['kind'] == 'tuned' else 'yes' if passes else 'no'} |")
+        verdict = "-" if verdicts[tasks[0]][m]["kind"] == "tuned" else "yes" if passes else "no"
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {verdict} |")
     return "\n".join(lines)
 
 
