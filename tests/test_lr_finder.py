@@ -74,6 +74,7 @@ def runs(tmp_path_factory):
         "range": command("--lr_min=1", "--lr_max=0.1", f"--workdir={root / 'bad-range'}"),
         "schedule": command("--schedule=cosine_restarts", f"--workdir={root / 'bad-schedule'}"),
         "valley": command(f"--valley={root / 'nothing-here'}", f"--workdir={root / 'bad-valley'}"),
+        "hparam": command("--hparam=b1=0.8,0.9", f"--workdir={root / 'bad-hparam'}"),
     })
     yield runs
     for proc in runs.procs.values():
@@ -83,7 +84,8 @@ def runs(tmp_path_factory):
 
 BAD = {"range": ("FATAL Flags parsing error", "--lr_min must be below --lr_max"),
        "schedule": ("FATAL Flags parsing error", "--schedule=cosine_restarts"),
-       "valley": ("lrlab: error: ", "--valley=")}
+       "valley": ("lrlab: error: ", "--valley="),
+       "hparam": ("FATAL Flags parsing error", "give each other hyperparameter one value")}
 
 
 @pytest.mark.parametrize("name", list(BAD))

@@ -126,3 +126,17 @@ def test_a_schedule_free_method_refuses_a_schedule():
 
     with pytest.raises(ValueError, match="schedule_free_adamw takes no learning-rate schedule"):
         optimizers.get("schedule_free_adamw").make_tx(schedules.ScheduleSpec("exponential", decay_factor=0.1, total_steps=100))
+
+
+def test_a_factory_that_needs_the_loss_undeclared_is_one_line_before_any_work():
+    """A user's chain around momo needs `value`, which lrlab passes only when told: refused at init,
+    naming the fix; declared, it trains."""
+    def clipped_momo(learning_rate):
+        return optax.chain(optax.clip_by_global_norm(1.0), optax.contrib.momo(learning_rate))
+
+    params_K = {"w": jnp.ones((2, 3))}
+    with pytest.raises(ValueError, match=r"clipped_momo: its update needs each step's loss \(value=\): declare it"):
+        optimizers.optimizer(clipped_momo).init_state(params_K, {"learning_rate": [1.0, 0.5]})
+    declared = optimizers.optimizer(clipped_momo, needs_value=True)
+    assert declared.needs_value
+    declared.init_state(params_K, {"learning_rate": [1.0, 0.5]})

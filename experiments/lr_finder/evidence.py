@@ -40,7 +40,7 @@ TASKS = {
                        "--max_steps=3000", "--eval_every=50", "--eval_examples=2000"],
                       ["--lr_min=1e-6", "--lr_max=100"], []),
     "mnist_cnn-adamw": (["--task=lrlab.examples.mnist_cnn:task", "--optimizer=lrlab.examples.mnist_cnn:adamw",
-                         "--max_steps=1000", "--eval_every=50"],
+                         "--hparam=weight_decay=1e-4", "--max_steps=1000", "--eval_every=50"],
                         ["--lr_min=1e-5", "--lr_max=10"], []),
     "char_lm-adam": (["--task=lrlab.examples.char_lm:task", "--optimizer=adam", "--max_steps=1500", "--eval_every=100"],
                      ["--lr_min=1e-6", "--lr_max=10"], []),

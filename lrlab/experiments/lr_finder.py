@@ -47,9 +47,29 @@ flags.register_validator("schedule", lambda v: v == "constant", "the range test 
 flags.register_validator("warmup_steps", lambda v: v == 0, "the range test ramps the rate itself: no warmup")
 common_flags.refuse_flags({"sequential": "the range test trains its seeds as one population",
                   "early_stopping": "not used by the range test (it stops at divergence)",
-                  "prune": "not used by the range test (every seed runs the ramp)",
-                  "hparam": "the range test ramps the learning rate of one population: set other "
-                            "hyperparameters with their own flags"})
+                  "prune": "not used by the range test (every seed runs the ramp)"})
+
+
+def _one_value_each(entries: list[str]) -> bool:
+    try:
+        axes = common_flags.parse_hparam_axes(entries)
+    except ValueError:
+        return True  # the shared validator names the error
+    return all(len(values) == 1 for values in axes.values())
+
+
+flags.register_validator("hparam", _one_value_each, "the range test ramps the learning rate of one population: "
+                         "give each other hyperparameter one value (NAME=V)")
+
+
+def overrides(opt) -> dict[str, float]:
+    """The optimizer's fixed hyperparameters: its registry flags, and --hparam NAME=V (a factory's own)."""
+    given = {k: v[0] for k, v in common_flags.parse_hparam_axes(FLAGS.hparam).items()}
+    unknown = sorted(set(given) - set(opt.hparams))
+    if unknown:
+        command.fail(f"--hparam: {opt.name} has no hyperparameter {', '.join(unknown)} (it has "
+                     f"{', '.join(opt.hparams)})")
+    return {**from_flags.hparam_overrides(opt.name), **given}
 
 
 def main(argv: list[str]) -> None:
@@ -72,7 +92,7 @@ def main(argv: list[str]) -> None:
     with command.resumable("lr_finder", run):
         result = lr_finder.lr_finder(task, opts, from_flags.settings(), run, lr_min=FLAGS.lr_min, lr_max=FLAGS.lr_max,
                                      num_steps=FLAGS.num_steps, num_seeds=FLAGS.num_seeds, confirm=FLAGS.confirm,
-                                     overrides={o.name: from_flags.hparam_overrides(o.name) for o in opts},
+                                     overrides={o.name: overrides(o) for o in opts},
                                      valley_members=valley_members, info=command.info())
     print(result.report())
     command.print_saved(result.paths, start)

@@ -121,9 +121,23 @@ class Optimizer:
             raise ValueError(f"{self.name}: the factory returned {type(made).__name__}, not an "
                              "optax.GradientTransformation")
         injected = self._injected(schedule)
+        if not self.needs_value:
+            self._check_update(made, jax.tree_util.tree_map(lambda x: x[0], params_K))
         state = jax.vmap(lambda p, h: injected(**h).init(p))(params_K, hparams_K)
         # one buffer per leaf: an init may give two fields the same array (prodigy), and the engine donates each
         return jax.tree_util.tree_map(jnp.copy, state)
+
+
+    def _check_update(self, tx: optax.GradientTransformation, params: Any) -> None:
+        """Traces one update without running it: a transformation that needs the loss, not declared
+        so, is one line here instead of an error inside the compiled step."""
+        try:
+            jax.eval_shape(lambda p: tx.update(p, tx.init(p), p), params)
+        except TypeError as e:
+            if "value" in str(e):
+                raise ValueError(f"{self.name}: its update needs each step's loss (value=): declare it with "
+                                 f"lrlab.optimizer(factory, needs_value=True)") from None
+            raise
 
 
 def _scheduled(factory: Callable[..., optax.GradientTransformation],
@@ -141,7 +155,8 @@ def _scheduled(factory: Callable[..., optax.GradientTransformation],
     return build
 
 
-def optimizer(factory: Callable[..., optax.GradientTransformation], name: str | None = None,
+def optimizer(factory: Callable[..., optax.GradientTransformation], name: str | None = None, *,
+              needs_value: bool | None = None, eval_params: Callable[[Any, Any], Any] | None = None,
               **hparams: float | HParam) -> Optimizer:
     """An `Optimizer` of any factory of named float hyperparameters, for example
     `optimizer(lambda learning_rate, weight_decay: optax.adamw(learning_rate, weight_decay=weight_decay))`.
@@ -151,6 +166,10 @@ def optimizer(factory: Callable[..., optax.GradientTransformation], name: str | 
     must be given by every population. An argument whose default is not a number (None, a bool, a
     dtype, a mask: `optax.adamw`'s `mu_dtype`, `nesterov`) is a static setting: the factory's default,
     or the value given here, for every member. So an Optax factory passes as it is.
+
+    `needs_value`: the update reads each step's loss (`update(..., value=loss)`, as momo's);
+    `eval_params(state, params)`: what evaluation reads instead of the trained parameters (as the
+    schedule-free methods' `schedule_free_eval_params`). Optax's own such functions are known.
     """
     try:
         signature = inspect.signature(factory)
@@ -182,7 +201,11 @@ def optimizer(factory: Callable[..., optax.GradientTransformation], name: str | 
     if LEARNING_RATE not in specs:
         raise ValueError(f"{label}: the factory must take a `learning_rate` argument")
     given_static = {k: v for k, v in static.items() if signature.parameters[k].default is not v}
-    properties = lr_free.PROPERTIES.get(factory, {})  # an Optax function that needs the loss, or evaluates elsewhere
+    properties = dict(lr_free.PROPERTIES.get(factory, {}))  # an Optax function that needs the loss, or evaluates elsewhere
+    if needs_value is not None:
+        properties["needs_value"] = needs_value
+    if eval_params is not None:
+        properties["eval_params"] = eval_params
     if given_static:  # static values given here: the factory called with them
         factory = functools.partial(factory, **given_static)
     return Optimizer(label, factory, {LEARNING_RATE: specs.pop(LEARNING_RATE), **specs}, static, **properties)
