@@ -53,3 +53,9 @@ def test_confirm_picks_the_fastest_candidate_and_counts_every_step():
     assert max(r["steps_trained"] for r in records) == out["best"]["steps_to_target"]
     assert {r["status"] for r in records} <= {"reached", "pruned", "retired", "diverged"}
     assert any(r["status"] == "pruned" for r in records)
+
+
+def test_the_preference_order_names_every_rule():
+    from lrlab.training import range_test
+
+    assert sorted(confirm.ORDER) == sorted(range_test.RULES)

@@ -330,13 +330,13 @@ def test_real_run_suggests_a_rate_in_the_measured_valley(runs):
     assert VALLEY_BEST[0] / 3 <= confirmed["best"]["learning_rate"] < FIRST_FAILED
     assert len(summary["members"]) == 3 and (workdir / "members.csv").exists()
     assert (workdir / "lr_finder.png").stat().st_size > 10_000
-    assert "minimum *" in proc.stdout and "valley best" in proc.stdout and "spread across seeds" in proc.stdout
+    assert "slide *" in proc.stdout and "valley best" in proc.stdout and "spread across seeds" in proc.stdout
     grid_steps = sum(m["steps_trained"] for m in VALLEY["members"])
     assert f"adam: confirmed {confirmed['best']['learning_rate']:.4g}" in proc.stdout
     assert f"of the valley grid's {grid_steps:,}" in proc.stdout
     again = subprocess.run(proc.args, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert "already holds this run's results" in again.stdout and "minimum *" in again.stdout
+    assert "already holds this run's results" in again.stdout and "slide *" in again.stdout
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ flags.DEFINE_string("root", "runs/lr_finder_evidence", "Where the runs' workdirs
 flags.DEFINE_integer("seeds", 5, "Finder runs per task (--seed=0..seeds-1).")
 flags.DEFINE_integer("confirm", None, "--confirm of every finder run (default: lr_finder's).")
 flags.DEFINE_list("tasks", None, "Only these tasks (default: all).")
+flags.DEFINE_bool("figures_only", False, "Only redraw the figures from the saved results and the valleys under --root.")
 FLAGS = flags.FLAGS
 
 VALLEY = ["--num_lrs=48"]
@@ -123,7 +124,7 @@ def figure(name: str, valley: dict, rows: dict, path: pathlib.Path) -> None:
 
     members = sorted(valley["members"], key=lambda m: m["learning_rate"])
     cap = max(m["steps_trained"] for m in members)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     ax.plot([m["learning_rate"] for m in members],
             [m["steps_to_target"] if m["status"] == "reached" else None for m in members], "k.-", label="valley")
     ax.axhline(1.5 * rows["valley"]["best_steps"], color="grey", ls=":", lw=1, label="1.5x the best")
@@ -137,8 +138,8 @@ def figure(name: str, valley: dict, rows: dict, path: pathlib.Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("steps to target")
-    ax.set_title(f"{name}: the valley and each rule's suggestions (one mark per seed, above the valley)")
-    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.set_title(f"{name}: the valley, and each rule's rate per seed (marks above it)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -147,6 +148,14 @@ def figure(name: str, valley: dict, rows: dict, path: pathlib.Path) -> None:
 def main(argv: list[str]) -> None:
     del argv
     root = pathlib.Path(FLAGS.root)
+    if FLAGS.figures_only:
+        with gzip.open(HERE / "results" / "evidence.json.gz", "rt") as f:
+            saved = json.load(f)
+        for name, rows in saved["tasks"].items():
+            valley = json.loads((root / name / "valley" / "results.json").read_text())
+            figure(name, valley, rows, HERE / "figures" / f"{name}.png")
+        print(table(saved["tasks"]))
+        return
     root.mkdir(parents=True, exist_ok=True)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "figures").mkdir(exist_ok=True)

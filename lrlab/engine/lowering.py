@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from lrlab.engine import placement, segment
+from lrlab.engine import member_map, placement, segment
 from lrlab.engine.config import EngineConfig
 from lrlab.engine.member_map import member_chunk_size
 from lrlab.engine.population import Population, TrainData
@@ -112,8 +112,10 @@ def prior_of(layers: dict[str, str | None], requested_chunk: int, k: int, weight
     activations cost more than they save) and one member per vmap (a vmapped convolution is a grouped
     one, slow on every backend measured). Layers written for im2col (lrlab's conv blocks) and models
     without convolutions keep the im2col formulation and a few members per vmap
-    (`member_chunk_size`). Measured: benchmarks/own_model.py, benchmarks/member_chunking.py."""
-    chunk = member_chunk_size(requested_chunk, k, weights)
+    (`member_chunk_size`; without convolutions, a larger weight budget per vmap). Measured:
+    benchmarks/own_model.py, benchmarks/member_chunking.py."""
+    budget = member_map.PRIOR_CHUNK_WEIGHTS if layers else member_map.PRIOR_CHUNK_WEIGHTS_NO_CONV
+    chunk = member_chunk_size(requested_chunk, k, weights, budget)
     order = [conv_lib.MATMUL, conv_lib.CANONICAL, conv_lib.XLA]
     if layers and not all(p == conv_lib.MATMUL for p in layers.values()):
         order = [conv_lib.CANONICAL, conv_lib.MATMUL, conv_lib.XLA]

@@ -14,14 +14,17 @@ from lrlab.engine.config import EngineConfig
 
 PRIOR_CHUNK_WEIGHTS = 1 << 18  # the prior: at most about this many weights per vmapped chunk,
 PRIOR_MAX_CHUNK = 4  # and between 1 and this many members
+# Without convolutions (matmuls batch well under vmap) the budget is larger: an MLP of 102k weights
+# at K=8 trained 1.4x faster at 4 members per vmap than at 2 (benchmarks/results/own_model-candidates-cpu.json).
+PRIOR_CHUNK_WEIGHTS_NO_CONV = 1 << 20
 
 
-def member_chunk_size(requested: int, k: int, weights_per_member: int) -> int:
+def member_chunk_size(requested: int, k: int, weights_per_member: int, chunk_weights: int = PRIOR_CHUNK_WEIGHTS) -> int:
     """Members vmapped together: the largest divisor of k not above `requested`, or, when 0, the
-    prior: about 2^18 weights per chunk, 1 to 4 members (on a 2-core CPU a wider vmap of a larger
-    model ran slower: benchmarks/own_model.py, member_chunking.py). A run large enough to measure
+    prior: about `chunk_weights` (2^18) weights per chunk, 1 to 4 members (on a 2-core CPU a wider
+    vmap of a larger model ran slower: benchmarks/own_model.py, member_chunking.py). A run large enough to measure
     chooses its own (`lowering.choose`), whatever the backend."""
-    target = requested or min(PRIOR_MAX_CHUNK, max(1, PRIOR_CHUNK_WEIGHTS // max(weights_per_member, 1)))
+    target = requested or min(PRIOR_MAX_CHUNK, max(1, chunk_weights // max(weights_per_member, 1)))
     return max(d for d in range(1, min(target, k) + 1) if k % d == 0)
 
 

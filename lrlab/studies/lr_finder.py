@@ -235,8 +235,8 @@ def lr_finder(task: Task, optimizer_specs: Sequence[str | Optimizer], settings: 
             tests[o.name] = test = lr_range_test(task, o, lr_min, lr_max, num_steps, num_seeds, settings,
                                                  overrides=given, scope=scope.child(o.name), stop=stop)
             if confirm:
-                order = [HEADLINE, *(r for r in RULES if r != HEADLINE)]
-                suggested = [test.suggestions[r]["learning_rate"] for r in order if test.suggestions[r] is not None]
+                suggested = [test.suggestions[r]["learning_rate"] for r in confirm_lib.ORDER
+                             if test.suggestions[r] is not None]
                 if not suggested:
                     logging.warning("%s: no rule suggested a rate (the curve is too short): nothing to confirm", o.name)
                     continue

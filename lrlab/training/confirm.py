@@ -28,6 +28,9 @@ from lrlab.training.sweep import sweep_data, train_population
 
 GRID_PER_DECADE = 4  # the candidates' log grid: neighbours a factor 10^(1/4) = 1.78 apart
 CANDIDATES = 6  # lr_finder's default confirmation (experiments/lr_finder/REPORT.md: why this many)
+# The rules' suggestions in order of preference: the first get their neighbours first (as measured
+# in experiments/lr_finder/REPORT.md).
+ORDER = ("minimum", "valley", "slide", "steep")
 
 
 def grid_index(rate: float, per_decade: int = GRID_PER_DECADE) -> int:
