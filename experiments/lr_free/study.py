@@ -29,10 +29,12 @@ HERE = pathlib.Path(__file__).parent
 flags.DEFINE_string("root", "runs/lr_free_study", "Where the runs' workdirs go.")
 flags.DEFINE_integer("seeds", 1, "--seeds of every run.")
 flags.DEFINE_list("tasks", None, "Only these tasks (default: all).")
+flags.DEFINE_bool("figures_only", False, "Only redraw the figures and the table from the saved results.")
 FLAGS = flags.FLAGS
 
 GRID = ["--lr_min=1e-6", "--lr_max=100", "--num_lrs=24", "--multiplier_min=1e-3", "--multiplier_max=1e3",
         "--multipliers_per_decade=1"]
+PROFILE_TITLE = "Performance profile across {} tasks (LR-free at their defaults, tuned at their best rates)"
 TASKS = {
     "small_cnn": ["--model=small_cnn", "--batch_size=100", "--target_accuracy=0.97", "--max_steps=3000",
                   "--eval_every=50", "--eval_examples=2000"],
@@ -49,6 +51,16 @@ def main(argv: list[str]) -> None:
     for folder in ("results", "figures"):
         (HERE / folder).mkdir(exist_ok=True)
     profile, verdicts = {}, {}
+    if FLAGS.figures_only:
+        for name in FLAGS.tasks or TASKS:
+            with gzip.open(HERE / "results" / f"{name}.json.gz", "rt") as f:
+                summary = json.load(f)
+            lr_free.LRFreeResult(summary).plot(HERE / "figures" / f"{name}-valleys.png")
+            profile[name] = lr_free.profile_ratios(summary["methods"])
+            verdicts[name] = {r["optimizer"]: r for r in summary["methods"]}
+        plots.performance_profile(profile, HERE / "figures" / "profile.png", title=PROFILE_TITLE.format(len(profile)))
+        print(verdict_table(verdicts))
+        return
     for name in FLAGS.tasks or TASKS:
         workdir = root / name
         workdir.mkdir(parents=True, exist_ok=True)
@@ -68,9 +80,7 @@ def main(argv: list[str]) -> None:
         profile[name] = lr_free.profile_ratios(summary["methods"])
         verdicts[name] = {r["optimizer"]: r for r in summary["methods"]}
         print(f"{name}: done in {time.perf_counter() - start:.0f} s", flush=True)
-    plots.performance_profile(profile, HERE / "figures" / "profile.png",
-                              title=f"Performance profile across {len(profile)} tasks (LR-free at their defaults, "
-                                    "tuned at their best rates)")
+    plots.performance_profile(profile, HERE / "figures" / "profile.png", title=PROFILE_TITLE.format(len(profile)))
     print(verdict_table(verdicts))
 
 

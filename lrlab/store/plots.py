@@ -446,15 +446,17 @@ def relative_valleys(records: list[dict[str, Any]], references: dict[str, tuple[
     (`references`: name -> (reference, tuned): an LR-free method's default, multiplier 1; a tuned
     optimizer's best rate, drawn bold), log-log: where each is flat."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    for name, (reference, tuned) in references.items():
+    colors = plt.cm.tab20(np.linspace(0, 1, 20))
+    for n, (name, (reference, tuned)) in enumerate(references.items()):
         rows = [r for r in records if r["optimizer"] == name]
         rates = sorted({r["learning_rate"] for r in rows})
         steps = []
         for rate in rates:
             at = [r["steps_to_target"] for r in rows if r["learning_rate"] == rate]
             steps.append(float(np.median(at)) if all(s is not None for s in at) else float("nan"))
-        ax.plot(np.asarray(rates) / reference, steps, "-" if tuned else "--", marker="." if tuned else "",
-                linewidth=2.2 if tuned else 1.0, label=f"{name} (rate / best {reference:.3g})" if tuned else name)
+        ax.plot(np.asarray(rates) / reference, steps, "-" if tuned else ("--", ":", "-.")[n % 3],
+                marker="." if tuned else "", linewidth=2.2 if tuned else 1.2, color="black" if tuned and n == 0 else
+                colors[(2 * n) % 20 + (n // 10) % 2], label=f"{name} (rate / best {reference:.3g})" if tuned else name)
     ax.axvline(1.0, color="grey", linewidth=0.6, linestyle=":")
     ax.axhline(budget_steps, color="grey", linewidth=0.6, linestyle=":")
     ax.set_xscale("log")
@@ -474,10 +476,12 @@ def performance_profile(ratios: dict[str, dict[str, float | None]], path: str | 
     fig, ax = plt.subplots(figsize=(8, 5))
     methods = list(dict.fromkeys(m for per_task in ratios.values() for m in per_task))
     taus = np.linspace(1.0, max_ratio, 301)
-    for method in methods:
+    colors = plt.cm.tab20(np.linspace(0, 1, 20))
+    for n, method in enumerate(methods):
         got = [per_task.get(method) for per_task in ratios.values()]
         frac = [np.mean([r is not None and r <= tau for r in got]) for tau in taus]
-        ax.step(taus, frac, where="post", label=method)
+        ax.step(taus, frac, where="post", label=method, color=colors[(2 * n) % 20 + (n // 10) % 2],
+                linestyle=("-", "--", ":", "-.")[n % 4], linewidth=1.6)
     ax.set_xlabel("tau: time to target over the fastest (steps)")
     ax.set_ylabel(f"fraction of the {len(ratios)} task(s) within tau")
     ax.set_ylim(-0.02, 1.02)
