@@ -83,7 +83,7 @@ def test_the_prior_keeps_a_models_own_convolutions_unvmapped():
     assert lowering.prior_of({}, 0, 16, 3478) == ([M, C, X], 4)
     assert lowering.prior_of({"Conv_0": None}, 8, 16, 3478) == ([C, M, X], 8)  # a chunk size given stays
     assert lowering.prior_of({"ConvReluPool_0": M}, 0, 8, 101_770) == ([M, C, X], 2)  # conv: 2^18 weights a vmap
-    assert lowering.prior_of({}, 0, 8, 101_770) == ([M, C, X], 4)  # no conv (an MLP): matmuls batch, 2^20
+    assert lowering.prior_of({}, 0, 8, 269_322) == ([M, C, X], 4)  # no conv (an MLP): matmuls batch, 2^21
     assert adapters.conv_preferences(adapters.as_model(UserCNN()), np.zeros((1, 28, 28, 1), np.float32)) == {
         "Conv_0": None, "Conv_1": None}
 

@@ -14,9 +14,10 @@ from lrlab.engine.config import EngineConfig
 
 PRIOR_CHUNK_WEIGHTS = 1 << 18  # the prior: at most about this many weights per vmapped chunk,
 PRIOR_MAX_CHUNK = 4  # and between 1 and this many members
-# Without convolutions (matmuls batch well under vmap) the budget is larger: an MLP of 102k weights
-# at K=8 trained 1.4x faster at 4 members per vmap than at 2 (benchmarks/results/own_model-candidates-cpu.json).
-PRIOR_CHUNK_WEIGHTS_NO_CONV = 1 << 20
+# Without convolutions (matmuls batch well under vmap) the budget is larger: benchmarks/own_model.py's
+# MLP (269k weights) at K=8 on 2 devices took 1.43-1.84 ms a member-step at 4 members a vmap, 2.2-2.7
+# at 2 (benchmarks/results/own_model-candidates-cpu.json).
+PRIOR_CHUNK_WEIGHTS_NO_CONV = 1 << 21
 
 
 def member_chunk_size(requested: int, k: int, weights_per_member: int, chunk_weights: int = PRIOR_CHUNK_WEIGHTS) -> int:
