@@ -11,12 +11,13 @@ from lrlab.task import sampling
 def test_epoch_orders_give_the_segments_indices_across_epoch_boundaries():
     key, n, batch = sampling.data_key(3), 300, 10  # 30 steps an epoch
     orders = sampling.EpochOrders(key, n, batch)
+    read = jax.jit(sampling.indices_in_orders, static_argnums=(3, 4, 5))
+    drawn = jax.jit(sampling.segment_batch_indices, static_argnums=(2, 3, 4))
     step = 0
     for num_steps in (7, 7, 16, 30, 45, 1, 64, 5):  # varying chunks, some spanning two or three epochs
         order = orders.for_segment(step, num_steps)
-        got = sampling.indices_in_orders(jnp.asarray(order.orders_EN), jnp.asarray(order.first_epoch), jnp.int32(step),
-                                         num_steps, n, batch)
-        want = sampling.segment_batch_indices(key, jnp.int32(step), num_steps, n, batch)
+        got = read(order.orders_EN, order.first_epoch, jnp.int32(step), num_steps, n, batch)
+        want = drawn(key, jnp.int32(step), num_steps, n, batch)
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
         step += num_steps
 

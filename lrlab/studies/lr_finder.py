@@ -153,6 +153,8 @@ def summarize(tests: dict[str, FinderResult], valley_members: list[dict[str, Any
     return {
         "headline_rule": HEADLINE,
         "suggested": suggested,
+        "suggested_by": {name: ("confirm" if name in confirmed and confirmed[name]["best"] is not None
+                                else t.suggested_rule) for name, t in tests.items()},
         "confirmed": {name: {k: v for k, v in c.items() if k != "members"} for name, c in confirmed.items()},
         "rules": RULE_TEXT,
         "versus_valley": None if valley_members is None else
@@ -195,8 +197,8 @@ class FinderRun(StudyResult):
             rate = self.summary["suggested"][name]
             timing = self.summary["timing"][name]
             shown = "none (curve too short)" if rate is None else f"{rate:.4g}"
-            how = ("confirmed by training" if (self.summary.get("confirmed") or {}).get(name, {}).get("best")
-                   else f"{self.summary['headline_rule']} rule")
+            by = (self.summary.get("suggested_by") or {}).get(name, self.summary["headline_rule"])
+            how = "confirmed by training" if by == "confirm" else f"{by} rule"
             lines.append(f"{name}: suggested learning rate {shown} "
                          f"({how}); range test {timing['model_steps']} model-steps, compile "
                          f"{timing['compile_seconds']:.1f} s, training {timing['train_seconds']:.1f} s")

@@ -97,6 +97,9 @@ def segment_batch_indices(
     return indices_in_orders(perms_EN, first_epoch, step0, num_steps, num_examples, batch_size)
 
 
+_jitted_permutation = jax.jit(epoch_permutation, static_argnums=2)
+
+
 class BatchOrder(NamedTuple):
     """A segment's share of the batch order every member follows: the permutations of the epochs it
     may touch (int32[E, N]; rows past its last epoch are zeros, never read) from `first_epoch` on."""
@@ -115,7 +118,7 @@ class EpochOrders:
 
     def __init__(self, key: jax.Array, num_examples: int, batch_size: int, place: Callable[[Any], Any] = lambda x: x):
         self.key, self.num_examples, self.batch_size, self.place = key, num_examples, batch_size, place
-        self._permutation = jax.jit(epoch_permutation, static_argnums=2)
+        self._permutation = _jitted_permutation  # one compilation per dataset size, shared by every run
         self._epochs: dict[int, np.ndarray] = {}
         self._last: tuple[tuple[int, ...], BatchOrder] | None = None
 

@@ -45,6 +45,9 @@ RULES = ("valley", "slide", "minimum", "steep")  # fastai's four, its default fi
 # slide's rate reached the target more often (80% against 65%: steep sent small_cnn with Adam
 # 12-17x too high on every seed).
 HEADLINE = "slide"
+# Where the headline rule has no answer (a curve too short for slide's 15-point window), the next by
+# the same measurement.
+SUGGESTION_ORDER = ("slide", "steep", "minimum", "valley")
 LR_MIN, LR_MAX, NUM_STEPS, NUM_SEEDS = 1e-7, 10.0, 100, 4  # fastai's defaults; 4 seeds
 BETA = 0.98  # fastai's smoothing of the recorded loss
 SLIDE_WINDOW, SLIDE_THRESHOLD = 15, 0.005  # fastai's slide rule: lr_diff and thresh
@@ -209,10 +212,16 @@ class FinderResult:
     train_seconds: float
 
     @property
+    def suggested_rule(self) -> str | None:
+        """The rule whose rate is suggested: the headline (HEADLINE), or the next in SUGGESTION_ORDER
+        that has an answer; None when the curve was too short for every rule."""
+        return next((rule for rule in SUGGESTION_ORDER if self.suggestions[rule] is not None), None)
+
+    @property
     def suggested_lr(self) -> float | None:
-        """The headline rule's rate (HEADLINE), None when the curve was too short for it."""
-        pick = self.suggestions[HEADLINE]
-        return None if pick is None else pick["learning_rate"]
+        """The suggested rule's rate (`suggested_rule`), None when no rule has one."""
+        rule = self.suggested_rule
+        return None if rule is None else self.suggestions[rule]["learning_rate"]
 
     def to_json(self) -> dict[str, Any]:
         """results.json's entry for this test (NaN becomes null there)."""
