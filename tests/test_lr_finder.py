@@ -374,3 +374,13 @@ def test_resume_after_a_kill_during_the_confirmation_equals_an_uninterrupted_run
                 summary["confirmed"]["adam"]["model_steps"], [{k: m[k] for k in fields} for m in summary["members"]])
 
     assert outcome(killed) == outcome(tmp_path / "whole")
+
+
+def test_the_range_test_alone_saves_its_results_without_member_views(tmp_path):
+    """--confirm=0: nothing is trained to the target, so there are no member views to write."""
+    settings = settings_lib.SweepSettings(batch_size=32, progress=False)
+    result = lr_finder.lr_finder(image_task(models.make_model("mlp")), ["sgd"], settings, tmp_path / "run",
+                                 num_steps=30, num_seeds=2, confirm=0)
+    assert result.summary["confirmed"] == {} and result.summary["members"] == []
+    assert (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "members.csv").exists()
+    assert result.summary["suggested_by"]["sgd"] in range_test.RULES

@@ -440,7 +440,7 @@ class Workdir:
             paths["orbax"] = self.save_orbax(orbax_tree)
         for i, (name, draw) in enumerate(figures.items()):  # "saved figure: ...", then any other by name
             paths["figure" if i == 0 else name.removesuffix(".png")] = self.save_figure(name, draw)
-        if members is not None:
+        if members:  # views of no members (a range test without confirmation) would be empty files
             paths.update(self.save_views(summary, members, views or views_lib.Views(), study=study, ranges=ranges))
         summary.setdefault("stage_seconds", {})["save"] = time.perf_counter() - start
         if started is not None:
