@@ -23,13 +23,13 @@ def cores() -> int:
 def cpu_device_count(value: str | int = AUTO, distributed: bool = False) -> int:
     """The CPU devices for `value`: a number (0 counts as 1), or "auto": one per core this process may
     use, one per process in a multi-process run (each process is already one of the cores' workers).
-    Raises ValueError for more than MAX_CPU_DEVICES_PER_CORE per core."""
+    Raises ValueError for more than MAX_CPU_DEVICES_PER_CORE per core (its text follows the count asked for)."""
     if str(value) == AUTO:
         return 1 if distributed else cores()
     count = int(value)
     if count > MAX_CPU_DEVICES_PER_CORE * cores():
-        raise ValueError(f"{count} CPU devices: more than {MAX_CPU_DEVICES_PER_CORE} per core of the {cores()} this "
-                         "process may use (auto: one per core)")
+        raise ValueError(f"more than {MAX_CPU_DEVICES_PER_CORE} per core of the {cores()} this process may use "
+                         "(auto: one per core)")
     return max(count, 1)
 
 
@@ -43,7 +43,7 @@ def use_cpu_devices(value: str | int = AUTO, distributed: bool = False) -> int:
             jax.config.update("jax_num_cpu_devices", count)
         except RuntimeError:
             if str(value) != AUTO:
-                raise ValueError(f"{count} CPU devices: JAX has already started in this process") from None
+                raise ValueError("JAX has already started in this process") from None
             return jax.local_device_count()
     return count
 

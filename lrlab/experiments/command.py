@@ -9,7 +9,6 @@ Each experiment module defines its flags at import (`common_flags.define_flags()
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging as python_logging
 import os
@@ -25,6 +24,7 @@ import numpy as np
 from absl import flags, logging
 from jax.experimental import multihost_utils
 
+from lrlab import digests
 from lrlab.engine import devices as devices_lib
 from lrlab.engine import protocols
 from lrlab.engine import stop as stop_lib
@@ -90,7 +90,7 @@ def start(argv: list[str]) -> float:
     try:
         devices_lib.use_cpu_devices(FLAGS.cpu_devices, distributed)
     except ValueError as e:
-        fail(f"--cpu_devices={FLAGS.cpu_devices}: {str(e).split(': ', 1)[1]}")
+        fail(f"--cpu_devices={FLAGS.cpu_devices}: {e}")
     if distributed:
         try:
             jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
@@ -109,9 +109,9 @@ def flags_that_differ_between_processes() -> list[str]:
     """lrlab's flags whose values are not the same in every process (each process compares digests
     of its values with all the others', at start, so processes that disagree refuse instead of hanging)."""
     values = {k: v for k, v in sorted(flag_values().items()) if k not in PER_PROCESS_FLAGS}
-    digests_F2 = np.stack([np.frombuffer(hashlib.blake2b(repr(v).encode(), digest_size=8).digest(), np.uint32)
-                          for v in values.values()])
-    everyone = np.asarray(multihost_utils.process_allgather(digests_F2))  # [processes, flags, 2]
+    digests_FB = np.stack([np.frombuffer(bytes.fromhex(digests.text_digest(repr(v))), np.uint8)
+                           for v in values.values()])
+    everyone = np.asarray(multihost_utils.process_allgather(digests_FB))  # [processes, flags, bytes]
     return [name for i, name in enumerate(values) if not (everyone[:, i] == everyone[0, i]).all()]
 
 
