@@ -30,20 +30,29 @@ MOMO_ADAM_STEP = 0.01  # optax.contrib.momo_adam's default learning rate
 SCHEDULE_FREE_ADAMW_STEP = 0.0025  # optax.contrib.schedule_free_adamw's default learning rate
 
 
-def schedule_free_eval(opt_state: Any, params: Any) -> Any:
-    """The schedule-free methods' evaluation point, from the method's own state (inside injection)."""
-    return contrib.schedule_free_eval_params(opt_state, params)
+# What the engine must know of the Optax functions that need it, once: for the registry's methods
+# below, and for the same functions passed as they are (`lrlab.optimizer(optax.contrib.momo)`).
+PROPERTIES: dict[Any, dict[str, Any]] = {
+    contrib.momo: {"needs_value": True},
+    contrib.momo_adam: {"needs_value": True},
+    optax.polyak_sgd: {"needs_value": True},
+    contrib.schedule_free_adamw: {"eval_params": contrib.schedule_free_eval_params, "takes_schedule": False},
+    contrib.schedule_free_sgd: {"eval_params": contrib.schedule_free_eval_params, "takes_schedule": False},
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """One learning-rate-free method: its factory of the multiplier, and its properties."""
+    """One learning-rate-free method: its factory of the multiplier, and the Optax function it wraps
+    (whose `PROPERTIES` it has)."""
 
     factory: Callable[[Any], optax.GradientTransformation]
+    wraps: Callable[..., optax.GradientTransformation]
     kind: str = "lr_free"  # "lr_free", or "schedule_free" (tuned, but without a schedule)
-    needs_value: bool = False
-    eval_params: Callable[[Any, Any], Any] | None = None
-    takes_schedule: bool = True
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return PROPERTIES.get(self.wraps, {})
 
 
 def _prodigy(learning_rate):
@@ -91,26 +100,15 @@ def _polyak_sgd(learning_rate):
 
 
 METHODS: dict[str, Method] = {
-    "prodigy": Method(_prodigy),
-    "dadapt_adamw": Method(_dadapt_adamw),
-    "dog": Method(_dog),
-    "dowg": Method(_dowg),
-    "cocob": Method(_cocob),
-    "mechanize": Method(_mechanize),
-    "momo": Method(_momo, needs_value=True),
-    "momo_adam": Method(_momo_adam, needs_value=True),
-    "polyak_sgd": Method(_polyak_sgd, needs_value=True),
-    "schedule_free_adamw": Method(_schedule_free_adamw, kind="schedule_free", eval_params=schedule_free_eval,
-                                  takes_schedule=False),
-    "schedule_free_sgd": Method(_schedule_free_sgd, kind="schedule_free", eval_params=schedule_free_eval,
-                                takes_schedule=False),
-}
-
-# The same properties for the Optax functions passed as they are (`lrlab.optimizer(optax.contrib.momo)`).
-PROPERTIES: dict[Any, dict[str, Any]] = {
-    contrib.momo: {"needs_value": True},
-    contrib.momo_adam: {"needs_value": True},
-    optax.polyak_sgd: {"needs_value": True},
-    contrib.schedule_free_adamw: {"eval_params": schedule_free_eval, "takes_schedule": False},
-    contrib.schedule_free_sgd: {"eval_params": schedule_free_eval, "takes_schedule": False},
+    "prodigy": Method(_prodigy, contrib.prodigy),
+    "dadapt_adamw": Method(_dadapt_adamw, contrib.dadapt_adamw),
+    "dog": Method(_dog, contrib.dog),
+    "dowg": Method(_dowg, contrib.dowg),
+    "cocob": Method(_cocob, contrib.cocob),
+    "mechanize": Method(_mechanize, contrib.mechanize),
+    "momo": Method(_momo, contrib.momo),
+    "momo_adam": Method(_momo_adam, contrib.momo_adam),
+    "polyak_sgd": Method(_polyak_sgd, optax.polyak_sgd),
+    "schedule_free_adamw": Method(_schedule_free_adamw, contrib.schedule_free_adamw, kind="schedule_free"),
+    "schedule_free_sgd": Method(_schedule_free_sgd, contrib.schedule_free_sgd, kind="schedule_free"),
 }

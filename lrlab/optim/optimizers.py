@@ -267,9 +267,8 @@ REGISTRY: dict[str, Optimizer] = {
                                 help="RMSProp initial mean square (TF1 initialises it to 1.0).")}),
 }
 STUDY_OPTIMIZERS = tuple(REGISTRY)  # the study's six: what 'all' names
-REGISTRY.update({name: Optimizer(name, method.factory, {LEARNING_RATE: lr_free.MULTIPLIER},
-                                 needs_value=method.needs_value, eval_params=method.eval_params,
-                                 takes_schedule=method.takes_schedule, lr_free=True)
+REGISTRY.update({name: Optimizer(name, method.factory, {LEARNING_RATE: lr_free.MULTIPLIER}, lr_free=True,
+                                 **method.properties)
                  for name, method in lr_free.METHODS.items()})
 OPTIMIZERS = tuple(REGISTRY)
 
