@@ -146,15 +146,15 @@ def summarize(tests: dict[str, FinderResult], valley_members: list[dict[str, Any
     optimizer (the confirmed rate where a confirmation ran), the rules, the confirmation, the
     comparison with an lr_valley sweep's records (if given), timing, and every test's curves."""
     confirmed = confirmed or {}
-    suggested = {name: t.suggested_lr for name, t in tests.items()}
-    for name, c in confirmed.items():
-        if c["best"] is not None:
-            suggested[name] = c["best"]["learning_rate"]
+    suggested, suggested_by = {}, {}
+    for name, t in tests.items():
+        best = (confirmed.get(name) or {}).get("best")
+        suggested[name], suggested_by[name] = ((best["learning_rate"], "confirm") if best is not None
+                                               else (t.suggested_lr, t.suggested_rule))
     return {
         "headline_rule": HEADLINE,
         "suggested": suggested,
-        "suggested_by": {name: ("confirm" if name in confirmed and confirmed[name]["best"] is not None
-                                else t.suggested_rule) for name, t in tests.items()},
+        "suggested_by": suggested_by,
         "confirmed": {name: {k: v for k, v in c.items() if k != "members"} for name, c in confirmed.items()},
         "rules": RULE_TEXT,
         "versus_valley": None if valley_members is None else

@@ -44,10 +44,10 @@ RULES = ("valley", "slide", "minimum", "steep")  # fastai's four, its default fi
 # grid's best steps, slide 65% and steep 65% of task-seeds, minimum/10 25%, fastai's valley 5%;
 # slide's rate reached the target more often (80% against 65%: steep sent small_cnn with Adam
 # 12-17x too high on every seed).
-HEADLINE = "slide"
 # Where the headline rule has no answer (a curve too short for slide's 15-point window), the next by
 # the same measurement.
 SUGGESTION_ORDER = ("slide", "steep", "minimum", "valley")
+HEADLINE = SUGGESTION_ORDER[0]
 LR_MIN, LR_MAX, NUM_STEPS, NUM_SEEDS = 1e-7, 10.0, 100, 4  # fastai's defaults; 4 seeds
 BETA = 0.98  # fastai's smoothing of the recorded loss
 SLIDE_WINDOW, SLIDE_THRESHOLD = 15, 0.005  # fastai's slide rule: lr_diff and thresh
