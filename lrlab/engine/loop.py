@@ -447,8 +447,7 @@ def train(
     if not loop.sizes and loop.sub is not None:
         loop.sizes = [loop.sub.size]
     data = programs.replicate(data)
-    order = (sampling.EpochOrders(data_key, data.num_train, programs.cfg.batch_size, programs.replicate)
-             if segment_lib.shares_batch_order(programs.cfg, pop) else data_key)
+    order = segment_lib.batch_order(programs.cfg, pop, data_key, data.num_train, programs.replicate)
     target = programs.cfg.task.target
     goal = jnp.float32(target.goal if freeze_at_target else target.unreachable)
     max_steps = jnp.int32(budget.max_steps)

@@ -148,11 +148,10 @@ class _Probe:
     def order(self) -> Any:
         """The batch order the probe's steps read (the loop's: epochs drawn once, not inside the timing)."""
         if self._order is None:
-            self._order = self.data_key
-            if segment.shares_batch_order(self.cfg, self.pop):
-                self._order = sampling.EpochOrders(self.data_key, self.data.num_train, self.cfg.batch_size, lambda x:
-                                                   placement.place(x, placement.replicated(self.mesh))
-                                                   ).for_segment(0, PROBE_STEPS)
+            self._order = segment.batch_order(self.cfg, self.pop, self.data_key, self.data.num_train,
+                                              lambda x: placement.place(x, placement.replicated(self.mesh)))
+            if isinstance(self._order, sampling.EpochOrders):
+                self._order = self._order.for_segment(0, PROBE_STEPS)
         return self._order
 
     def member_step_seconds(self, conv: str, chunk: int) -> float:

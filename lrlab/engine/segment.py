@@ -86,6 +86,15 @@ def shares_batch_order(cfg: EngineConfig, pop: Population) -> bool:
     return not (cfg.distinct_seeds or pop.batch_key is not None)
 
 
+def batch_order(cfg: EngineConfig, pop: Population, data_key: jax.Array, num_train: int,
+                place: Callable[[Any], Any]) -> sampling.EpochOrders | jax.Array:
+    """What a segment's `order` comes from: the shared order's epochs (`sampling.EpochOrders`, each
+    segment's rows put in place by `place`) or, where each member has its own order, the key."""
+    if not shares_batch_order(cfg, pop):
+        return data_key
+    return sampling.EpochOrders(data_key, num_train, cfg.batch_size, place)
+
+
 def make_training(cfg: EngineConfig, num_steps: int) -> Callable:
     """Builds train(pop, data, step0, order) -> (pop, loss_SK), unjitted: `num_steps` optimizer
     steps for every running member, one `lax.scan` of the member-mapped step, with each step's
