@@ -7,8 +7,8 @@ A rule's rate is scored at the valley's grid rate nearest to it in log space (th
 1.48x apart): it reaches the target if that rate did, in that rate's steps. The confirmed rate was
 trained, so its own steps are used. Cost: the ramp's and the confirmation's model-steps over the
 grid's (every member's steps trained, retirement on as in the grid). Writes
-experiments/lr_finder/results/evidence.json.gz, one figure per task in experiments/lr_finder/figures/,
-and prints the table of REPORT.md.
+experiments/lr_finder/results/evidence.json.gz (the tasks run before keep their rows), one figure per
+task in experiments/lr_finder/figures/, and prints the table of REPORT.md.
 """
 
 from __future__ import annotations
@@ -159,7 +159,11 @@ def main(argv: list[str]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "figures").mkdir(exist_ok=True)
+    saved = HERE / "results" / "evidence.json.gz"
     results: dict = {"tasks": {}, "commands": {}, "wall_seconds": {}}
+    if saved.exists():  # the tasks run before keep their rows; those run now replace theirs
+        with gzip.open(saved, "rt") as f:
+            results = json.load(f)
     confirm = [] if FLAGS.confirm is None else [f"--confirm={FLAGS.confirm}"]
     for name in FLAGS.tasks or TASKS:
         shared, valley_only, finder_only = TASKS[name]
@@ -182,7 +186,7 @@ def main(argv: list[str]) -> None:
         rows = task_rows(name, valley, finders)
         results["tasks"][name] = rows
         figure(name, valley, rows, HERE / "figures" / f"{name}.png")
-        with gzip.open(HERE / "results" / "evidence.json.gz", "wt") as f:
+        with gzip.open(saved, "wt") as f:
             json.dump(results, f)
         print(table({name: rows}), flush=True)
     print(table(results["tasks"]))
