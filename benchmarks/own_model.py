@@ -50,6 +50,8 @@ flags.DEFINE_bool("valley", False, "Also the real valley of flax_cnn: 48 rates t
 flags.DEFINE_integer("valley_max_steps", 600, "--valley: the step budget per rate.")
 flags.DEFINE_bool("candidates", False, "Also time every lowering candidate (convolution formulation x members per "
                   "vmap) at each K, one fixed lowering per run: what lrlab's own measurement chooses among.")
+flags.DEFINE_bool("loop_orders", False, "Also time lrlab at each K with the loop order fixed at steps_outer "
+                  "(each step over every member chunk), alternating with the default runs.")
 flags.DEFINE_integer("repeats", 3, "Alternating rounds; the median of each is reported.")
 flags.DEFINE_string("role", None, "Internal: one measurement in this process (user or lrlab), as JSON on stdout.")
 flags.DEFINE_string("spec", None, "Internal: the measurement's JSON.")
@@ -211,7 +213,8 @@ def measure_lrlab(spec: dict[str, Any]) -> dict[str, Any]:
         budget=lrlab.Budget(max_steps=spec["max_steps"], eval_every=min(EVAL_EVERY, spec["max_steps"])),
         retire=None if per_step or spec.get("target") is None else lrlab.RetireSpec(), progress=False,
         stop_at_target=spec.get("target") is not None and not per_step, views=lrlab.Views(optuna_storage="none"),
-        lowering=spec.get("lowering", "auto"), member_chunk=spec.get("member_chunk", 0))
+        lowering=spec.get("lowering", "auto"), member_chunk=spec.get("member_chunk", 0),
+        loop_order=spec.get("loop_order", "auto"))
     rates = np.geomspace(*spec["lr_range"], spec["rates"])
     result = lrlab.lr_valley(task, lrlab.grid("adam", learning_rate=rates), settings)
     timing = result.summary["timing"]["adam"]
@@ -284,16 +287,23 @@ def main(argv):
         for k in map(int, FLAGS.members):
             spec = {"kind": "per_step", "model": name, "max_steps": FLAGS.steps, "rates": k,
                     "lr_range": [1e-4, 1e-2]}
-            lrlabs = []
+            lrlabs, steps_outer = [], []
             for _ in range(FLAGS.repeats):  # alternate with fresh user measurements
                 lrlabs.append(run_role("lrlab", spec))
                 users.append(run_role("user", user_spec))
+                if FLAGS.loop_orders:
+                    steps_outer.append(run_role("lrlab", {**spec, "loop_order": "steps_outer"}))
             u, m = med(users, "member_step_ms"), med(lrlabs, "member_step_ms")
             low = lrlabs[-1]["lowering"]
             per_step_rows.append({"model": name, "members": k, "user_member_step_ms": u, "lrlab_member_step_ms": m,
                                   "speedup": u / m, "user_runs": users, "lrlab_runs": lrlabs})
             print(f"{name:<10} {k:>3} {u:>8.2f} {m:>9.2f} {u / m:>9.2f}x  {low['conv']}, {low['member_chunk']} per "
-                  f"vmap ({low['how']})", flush=True)
+                  f"vmap, {low.get('loop_order', 'steps_outer')} ({low['how']})", flush=True)
+            if steps_outer:
+                so = med(steps_outer, "member_step_ms")
+                per_step_rows[-1].update(steps_outer_member_step_ms=so, steps_outer_runs=steps_outer)
+                print(f"{'':<10} {'':>3} {'':>8} {so:>9.2f} {u / so:>9.2f}x  the same, steps_outer "
+                      f"({so / m:.2f}x slower than {low.get('loop_order')})", flush=True)
             if FLAGS.candidates:
                 per_step_rows[-1]["candidates"] = candidates(spec, k, u)
     sweeps = []

@@ -51,22 +51,24 @@ def test_chunk_candidates():
 
 
 def _choose(monkeypatch, speeds, cost=0.0, k=16, **kw):
-    """choose() on a population of k members with `speeds` {(conv, chunk): seconds per member-step}
-    in place of timings (each costing `cost` seconds), measuring whatever the run's size."""
+    """choose() on a population of k members with `speeds` {(conv, chunk) or (conv, chunk, loop
+    order): seconds per member-step} in place of timings (each costing `cost` seconds), measuring
+    whatever the run's size. Returns the choice and the (conv, chunk, loop order) timed, in order."""
     task = user_task()
     cfg = sweep.engine_config(task, lrlab.grid("adam", learning_rate=[1e-3]).optimizer, settings(), 100)
     pop = population.init_population(cfg, {"learning_rate": np.full(k, 1e-3, np.float32), "b1": np.full(k, 0.9),
                                            "b2": np.full(k, 0.999), "eps": np.full(k, 1e-8)}, 0)
     timed = []
 
-    def fake(self, conv_name, chunk):
-        key = (conv_name, chunk)
-        if key not in self.timed:
+    def fake(self, candidate):
+        key = (candidate.conv, candidate.member_chunk, candidate.loop_order)
+        seconds = speeds.get(key, speeds.get(key[:2]))
+        if candidate not in self.timed:
             timed.append(key)
-            self.timed[key] = {"conv": conv_name, "member_chunk": chunk, "compile_seconds": cost,
-                               "member_step_ms": 1000 * speeds[key], "cost_seconds": cost}
+            self.timed[candidate] = {**dataclasses.asdict(candidate), "compile_seconds": cost,
+                                     "member_step_ms": 1000 * seconds, "cost_seconds": cost}
             self.seconds += cost
-        return speeds[key]
+        return seconds
 
     monkeypatch.setattr(lowering._Probe, "member_step_seconds", fake)
     monkeypatch.setattr(lowering, "MEASURE_ABOVE", 0.0)
@@ -94,12 +96,24 @@ def test_choice_follows_the_measurements(monkeypatch):
     times = dict(zip([1, 2, 4, 8, 16], [5, 1.5, 2, 4, 6]))
     speeds = {(c, n): f * t for c, f in ((conv.MATMUL, 1), (conv.CANONICAL, 3), (conv.XLA, 10)) for n, t in times.items()}
     choice, timed = _choose(monkeypatch, speeds)
-    assert choice.lowering == lowering.Lowering(conv.MATMUL, 2) and choice.how == "measured"
-    assert timed == [(conv.CANONICAL, 1), (conv.MATMUL, 1), (conv.XLA, 1), (conv.MATMUL, 2), (conv.MATMUL, 4),
-                     (conv.CANONICAL, 2), (conv.XLA, 2)]
-    assert [(c["conv"], c["member_chunk"]) for c in choice.candidates] == timed
-    speeds[(conv.CANONICAL, 2)] = 1  # the formulations rank otherwise at the chunk size chosen
-    assert _choose(monkeypatch, speeds)[0].lowering == lowering.Lowering(conv.CANONICAL, 2)
+    C, M, X, MO, SO = conv.CANONICAL, conv.MATMUL, conv.XLA, lowering.MEMBERS_OUTER, lowering.STEPS_OUTER
+    assert choice.lowering == lowering.Lowering(M, 2, MO) and choice.how == "measured"
+    assert timed == [(C, 1, MO), (M, 1, MO), (X, 1, MO), (M, 1, SO), (M, 2, MO), (M, 4, MO),
+                     (C, 2, MO), (C, 2, SO), (M, 2, SO), (X, 2, MO), (X, 2, SO)]
+    assert [(c["conv"], c["member_chunk"], c["loop_order"]) for c in choice.candidates] == timed
+    speeds[(C, 2)] = 1  # the formulations rank otherwise at the chunk size chosen
+    assert _choose(monkeypatch, speeds)[0].lowering == lowering.Lowering(C, 2, MO)
+    speeds[(C, 2, SO)] = 0.5  # and so may the loop orders
+    assert _choose(monkeypatch, speeds)[0].lowering == lowering.Lowering(C, 2, SO)
+
+
+def test_one_chunk_per_device_has_one_loop_order(monkeypatch):
+    """A chunk of all the members is one vmap, with no member loop: its loop orders are one program,
+    timed once."""
+    speeds = {(c, n): 1.0 / n for c in conv.FORMULATIONS for n in [1, 2, 4]}
+    choice, timed = _choose(monkeypatch, speeds, k=4, conv=conv.MATMUL)
+    assert choice.lowering == lowering.Lowering(conv.MATMUL, 4, lowering.MEMBERS_OUTER)
+    assert [t for t in timed if t[1] == 4] == [(conv.MATMUL, 4, lowering.MEMBERS_OUTER)]
 
 
 def test_measuring_stops_within_its_share_of_the_run(monkeypatch):
@@ -107,32 +121,37 @@ def test_measuring_stops_within_its_share_of_the_run(monkeypatch):
     after the first (the prior), whose lowering is kept."""
     speeds = {(c, n): 0.001 / n for c in conv.FORMULATIONS for n in [1, 2, 4, 8, 16]}
     choice, timed = _choose(monkeypatch, speeds, cost=10.0)
-    assert timed == [(conv.CANONICAL, 1)] and choice.lowering == lowering.Lowering(conv.CANONICAL, 1)
+    prior = (conv.CANONICAL, 1, lowering.MEMBERS_OUTER)
+    assert timed == [prior] and choice.lowering == lowering.Lowering(*prior)
 
 
 def test_given_and_small_runs_are_not_measured(monkeypatch):
     speeds = {(c, n): 1.0 for c in conv.FORMULATIONS for n in [1, 2, 4, 8, 16]}
-    choice, timed = _choose(monkeypatch, speeds, conv=conv.XLA, member_chunk=8)
-    assert (choice.how, choice.lowering, timed) == ("given", lowering.Lowering(conv.XLA, 8), [])
+    choice, timed = _choose(monkeypatch, speeds, conv=conv.XLA, member_chunk=8, loop_order=lowering.STEPS_OUTER)
+    assert (choice.how, choice.lowering, timed) == ("given", lowering.Lowering(conv.XLA, 8, lowering.STEPS_OUTER), [])
+    choice, timed = _choose(monkeypatch, speeds, conv=conv.XLA, member_chunk=8)  # the loop order left to measure
+    assert choice.how == "measured" and [t[2] for t in timed] == [lowering.MEMBERS_OUTER, lowering.STEPS_OUTER]
     monkeypatch.setattr(lowering, "MEASURE_ABOVE", 1e30)
     task = user_task()
     cfg = sweep.engine_config(task, lrlab.grid("adam", learning_rate=[1e-3]).optimizer, settings(), 100)
     pop = population.init_population(cfg, lrlab.grid("adam", learning_rate=[1e-3, 1e-2]).hparams, 0)
     choice = lowering.choose(cfg, pop, None, sampling.data_key(0), 10, placement.make_mesh(jax.devices()[:1]))
-    assert (choice.how, choice.lowering) == ("prior", lowering.Lowering(conv.CANONICAL, 1))
+    assert (choice.how, choice.lowering) == ("prior", lowering.Lowering(conv.CANONICAL, 1, lowering.MEMBERS_OUTER))
     assert choice.layers == {"Conv_0": adapters.LOWERED, "Conv_1": adapters.LOWERED}
 
 
 def test_results_do_not_depend_on_the_lowering():
     members = lrlab.grid("adam", learning_rate=[1e-3, 3e-3, 1e-2, 3e-2])
-    runs = [lrlab.lr_valley(user_task(target=0.5), members, settings(lowering=c, member_chunk=n))
-            for c, n in [(conv.XLA, 1), (conv.MATMUL, 4), (conv.MATMUL, 2)]]
+    runs = [lrlab.lr_valley(user_task(target=0.5), members, settings(lowering=c, member_chunk=n, loop_order=o))
+            for c, n, o in [(conv.XLA, 1, lowering.STEPS_OUTER), (conv.MATMUL, 4, lowering.STEPS_OUTER),
+                            (conv.MATMUL, 2, lowering.STEPS_OUTER), (conv.MATMUL, 2, lowering.MEMBERS_OUTER)]]
     for run in runs[1:]:
         assert [r["status"] for r in run.records] == [r["status"] for r in runs[0].records]
         assert [r["steps_to_target"] for r in run.records] == [r["steps_to_target"] for r in runs[0].records]
         np.testing.assert_allclose([r["curve"]["loss"] for r in run.records],
                                    [r["curve"]["loss"] for r in runs[0].records], rtol=1e-4)
-    assert [run.summary["timing"]["adam"]["lowering"]["conv"] for run in runs] == ["xla", "matmul", "matmul"]
+    assert [run.summary["timing"]["adam"]["lowering"]["conv"] for run in runs] == ["xla", "matmul", "matmul", "matmul"]
+    assert runs[-1].summary["timing"]["adam"]["lowering"]["loop_order"] == lowering.MEMBERS_OUTER
 
 
 class StopAfter:

@@ -26,6 +26,7 @@ class EngineConfig:
     eval_chunk: int = 250
     distinct_seeds: bool = False  # False: all members share init, dropout and batch order
     member_chunk: int = 0  # members per vmap inside the member loop; 0: the prior (member_map.member_chunk_size)
+    members_outer: bool = False  # each member chunk trains the whole segment in turn (segment.make_training)
     conv: str = conv_lib.MATMUL  # the formulation of the model's convolutions (conv.FORMULATIONS; lowering.py)
     schedule: ScheduleSpec | None = None  # learning-rate schedule shape; the peak rate is per member
     dtype: str = "float32"  # compute dtype (COMPUTE_DTYPES); parameters and optimizer state stay float32

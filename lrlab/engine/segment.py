@@ -97,46 +97,31 @@ def batch_order(cfg: EngineConfig, pop: Population, data_key: jax.Array, num_tra
 
 def make_training(cfg: EngineConfig, num_steps: int) -> Callable:
     """Builds train(pop, data, step0, order) -> (pop, loss_SK), unjitted: `num_steps` optimizer
-    steps for every running member, one `lax.scan` of the member-mapped step, with each step's
-    training loss (float32[S, K], NaN where a member did not step). A member that diverges stops
-    there (its steps and losses end) and gets back its state from the segment's start, as does
-    every member that was not running: no non-finite value stays in a state. The part of a segment
-    that trains, and what `lowering` times. `order`: the shared batch order's `sampling.BatchOrder`
-    (from the loop's `sampling.EpochOrders`) or its key (the permutations drawn here); with a batch
-    order per member, any key (unused)."""
+    steps for every running member, with each step's training loss (float32[S, K], NaN where a
+    member did not step). A member that diverges stops there (its steps and losses end) and gets
+    back its state from the segment's start, as does every member that was not running: no
+    non-finite value stays in a state. The part of a segment that trains, and what `lowering` times.
+    `order`: the shared batch order's `sampling.BatchOrder` (from the loop's `sampling.EpochOrders`)
+    or its key (the permutations drawn here); with a batch order per member, any key (unused).
+
+    Two loop orders compute the same thing (`cfg.members_outer`): a `lax.scan` over steps of the
+    member-mapped step (each step visits every member), or the member map of each chunk's own scan
+    over the segment's steps (a chunk's state stays in place for the whole segment instead of being
+    read and written by every step's member loop).
+    """
     member_step = make_member_step(cfg)
 
-    def member_idle(state: MemberState, rng, active, batch, step):
-        """What member_step gives a member that does not train (a chunk with none running)."""
-        del rng, active, batch, step
-        return state, jnp.float32(jnp.nan), jnp.bool_(False), jnp.float32(0.0)
-
-    def train(pop: Population, data: TrainData, step0, order):
-        n = data.num_train
-        if not shares_batch_order(cfg, pop):  # each member its own batch order: idx[K, S, B]
-            member_keys = pop.batch_key if pop.batch_key is not None else jax.vmap(
-                lambda r: jax.random.fold_in(r, BATCH_ORDER_SALT))(pop.rng)
-            idx = jax.vmap(lambda key: sampling.segment_batch_indices(key, step0, num_steps, n, cfg.batch_size))(
-                member_keys
-            )
-            idx_steps = jnp.swapaxes(idx, 0, 1)
-            batch_axis = 0
-        elif isinstance(order, sampling.BatchOrder):  # shared order, drawn by the host loop once per epoch
-            idx_steps = sampling.indices_in_orders(order.orders_EN, order.first_epoch, step0, num_steps, n,
-                                                   cfg.batch_size)
-            batch_axis = None  # the batch is broadcast to all members, not copied
-        else:  # shared order from its key
-            idx_steps = sampling.segment_batch_indices(order, step0, num_steps, n, cfg.batch_size)
-            batch_axis = None
-        k, chunk = members_and_chunk(cfg, pop.params)
-        vstep = member_map(member_step, (0, 0, 0, batch_axis, None), k, chunk, busy=2, idle=member_idle)
+    def steps_scan(step_fn: Callable, carry, rng, data: TrainData, step0, idx_steps):
+        """The segment's steps of `step_fn` (one member, a chunk or the population: every quantity
+        is per member and elementwise), from `carry` = (state, status, steps_trained, loss_sum,
+        stream); returns the carry and each step's loss (NaN where a member did not step)."""
 
         def body(carry, xs):
             state, status, steps_trained, loss_sum, stream = carry
             t, idx = xs
             active = status == RUNNING
             batch = jax.tree_util.tree_map(lambda a: a[idx], data.train)
-            state, loss, diverged, metric_sum = vstep(state, pop.rng, active, batch, step0 + t)
+            state, loss, diverged, metric_sum = step_fn(state, rng, active, batch, step0 + t)
             status = jnp.where(diverged, DIVERGED, status)
             stepped = active & ~diverged
             steps_trained = steps_trained + stepped.astype(jnp.int32)
@@ -146,12 +131,49 @@ def make_training(cfg: EngineConfig, num_steps: int) -> Callable:
                                                  cfg.stream_every)
             return (state, status, steps_trained, loss_sum, stream), jnp.where(stepped, loss, jnp.nan)
 
+        return jax.lax.scan(body, carry, (jnp.arange(num_steps), idx_steps))
+
+    def member_idle(state: MemberState, rng, active, batch, step):
+        """What member_step gives a member that does not train (a chunk with none running)."""
+        del rng, active, batch, step
+        return state, jnp.float32(jnp.nan), jnp.bool_(False), jnp.float32(0.0)
+
+    def chunk_idle(carry, rng, busy, data, step0, idx_steps):
+        """What a chunk's segment gives when none of its members runs: its carry, no losses."""
+        del rng, busy, data, step0, idx_steps
+        return carry, jnp.full((num_steps,), jnp.nan, jnp.float32)
+
+    def train(pop: Population, data: TrainData, step0, order):
+        n = data.num_train
+        if not shares_batch_order(cfg, pop):  # each member its own batch order: idx[K, S, B]
+            member_keys = pop.batch_key if pop.batch_key is not None else jax.vmap(
+                lambda r: jax.random.fold_in(r, BATCH_ORDER_SALT))(pop.rng)
+            idx_KSB = jax.vmap(lambda key: sampling.segment_batch_indices(key, step0, num_steps, n, cfg.batch_size))(
+                member_keys
+            )
+            batch_axis = 0
+        elif isinstance(order, sampling.BatchOrder):  # shared order, drawn by the host loop once per epoch
+            idx_SB = sampling.indices_in_orders(order.orders_EN, order.first_epoch, step0, num_steps, n,
+                                                cfg.batch_size)
+            batch_axis = None  # the batch is broadcast to all members, not copied
+        else:  # shared order from its key
+            idx_SB = sampling.segment_batch_indices(order, step0, num_steps, n, cfg.batch_size)
+            batch_axis = None
+        k, chunk = members_and_chunk(cfg, pop.params)
         state0 = MemberState(pop.params, pop.opt_state, pop.model_state, pop.loss_scale, pop.scale_steps)
         stream0 = (pop.stream_sum, pop.stream_count) if cfg.stream_every else ()
         carry = (state0, pop.status, pop.steps_trained, jnp.zeros((k,), jnp.float32), stream0)
-        (state, status, steps_trained, loss_sum, stream), loss_SK = jax.lax.scan(
-            body, carry, (jnp.arange(num_steps), idx_steps)
-        )
+        if cfg.members_outer:
+            segment_of = lambda c, rng, busy, data, step0, idx: steps_scan(member_step, c, rng, data, step0, idx)  # noqa: E731
+            run = member_map(segment_of, (0, 0, 0, None, None, batch_axis), k, chunk, busy=2, idle=chunk_idle)
+            idx = idx_KSB if batch_axis == 0 else idx_SB
+            carry, loss_KS = run(carry, pop.rng, pop.status == RUNNING, data, step0, idx)
+            loss_SK = loss_KS.T
+        else:
+            vstep = member_map(member_step, (0, 0, 0, batch_axis, None), k, chunk, busy=2, idle=member_idle)
+            idx_steps = jnp.swapaxes(idx_KSB, 0, 1) if batch_axis == 0 else idx_SB
+            carry, loss_SK = steps_scan(vstep, carry, pop.rng, data, step0, idx_steps)
+        state, status, steps_trained, loss_sum, stream = carry
         if cfg.dtype != "float16":  # keep what the members that trained cleanly computed; restore the rest
             state = tree_select((pop.status == RUNNING) & (status != DIVERGED), state, state0)
         n_stepped = steps_trained - pop.steps_trained

@@ -38,7 +38,7 @@ MAX_SEED = 2**31 - 1  # seeds, and seed + replicate, must stay a PRNG key's int3
 MAX_MEMBERS = 1_000_000  # more learning rates than any grid needs; the memory check refuses what does not fit
 OPERATIONAL_FLAGS = frozenset({"workdir", "overwrite", "checkpoint_every", "cpu_devices", "distributed",
                                "coordinator_address", "num_processes", "process_id", "progress", "data_dir",
-                               "member_chunk", "lowering"})
+                               "member_chunk", "lowering", "loop_order"})
 
 
 OPERATIONAL_FLAGS |= {"optuna_storage", "tensorboard"}  # where the results are also written (views.py)
@@ -150,6 +150,9 @@ def define_flags(default_optimizer: str = "adam", rate_grid: bool = True) -> Non
                       "measured at the start of a run large enough to repay it, and kept for its resume.")
     flags.DEFINE_integer("member_chunk", 0, "Members vmapped together in each device's member loop (0: measured "
                          "with --lowering; otherwise fixed).")
+    flags.DEFINE_enum("loop_order", lowering.AUTO, lowering.LOOP_CHOICES, "How a segment loops: steps_outer (each "
+                      "step runs every member chunk) or members_outer (each member chunk runs all the segment's steps "
+                      "in turn); auto: measured with --lowering. Results are the same either way.")
     flags.DEFINE_string("workdir", None, "Output folder (default: runs/<experiment>-<time>). Rerunning a "
                         "command with the same --workdir resumes it from its latest checkpoint.")
     flags.DEFINE_bool("overwrite", False, "Discard what --workdir holds (results, checkpoints) and start again.")

@@ -132,7 +132,8 @@ def settings(**replace: Any) -> SweepSettings:
     values = dict(
         budget=budget(), batch_size=FLAGS.batch_size, eval_examples=FLAGS.eval_examples, seed=FLAGS.seed,
         distinct_seeds=FLAGS.distinct_seeds, sequential=FLAGS.sequential, repack=FLAGS.repack,
-        member_chunk=FLAGS.member_chunk, lowering=FLAGS.lowering, progress=FLAGS.progress, schedule=schedule_spec(),
+        member_chunk=FLAGS.member_chunk, lowering=FLAGS.lowering, loop_order=FLAGS.loop_order, progress=FLAGS.progress,
+        schedule=schedule_spec(),
         dtype=FLAGS.dtype,
         augment=FLAGS.augment, patience=FLAGS.patience if FLAGS.early_stopping else 0,
         validation_examples=FLAGS.validation_examples, protocol=FLAGS.protocol, seeds=FLAGS.seeds,

@@ -28,6 +28,7 @@ class SweepSettings:
     repack: bool = True
     member_chunk: int = 0  # members per vmap in each device's member loop; 0: chosen (engine/lowering.py)
     lowering: str = "auto"  # the convolutions' formulation (lowering.CHOICES); auto: chosen by measurement
+    loop_order: str = "auto"  # steps over member chunks, or chunks over steps (lowering.LOOP_CHOICES); auto: measured
     progress: bool = True
     schedule: ScheduleSpec | None = None  # learning-rate schedule (None: constant)
     dtype: str = "float32"  # compute dtype; weights and optimizer state stay float32
@@ -49,6 +50,8 @@ class SweepSettings:
         protocols.check(self.protocol)
         if self.lowering not in lowering.CHOICES:
             raise ValueError(f"lowering must be one of {', '.join(lowering.CHOICES)}, got {self.lowering!r}")
+        if self.loop_order not in lowering.LOOP_CHOICES:
+            raise ValueError(f"loop_order must be one of {', '.join(lowering.LOOP_CHOICES)}, got {self.loop_order!r}")
         if self.seeds < 1 or (self.seeds > 1 and self.distinct_seeds):
             raise ValueError(f"seeds={self.seeds}: must be at least 1, and 1 with distinct_seeds (each member its "
                              "own seed already)")
@@ -56,7 +59,7 @@ class SweepSettings:
     def to_json(self) -> dict[str, Any]:
         """What decides the results (JSON): every field but the progress display and member chunks."""
         out = dataclasses.asdict(self)
-        for operational in ("progress", "member_chunk", "lowering"):
+        for operational in ("progress", "member_chunk", "lowering", "loop_order"):
             out.pop(operational)
         out.pop("views")  # where results are also written, not what they are
         if not self.patience:

@@ -92,14 +92,15 @@ def api_identity(task: Task, populations: Sequence[Members], settings: Any, **ex
 def lowered_programs(cfg: EngineConfig, pop: population.Population, data: TrainData, settings: SweepSettings,
                      scope: Scope, mesh: jax.sharding.Mesh | None = None) -> tuple[loop.Programs, lowering.Choice]:
     """The programs of `pop` (on `mesh`, default `placement.mesh_for` its size) under the lowering
-    chosen for it (`lowering.choose`: measured, or the settings' `lowering` and `member_chunk`),
+    chosen for it (`lowering.choose`: measured, or the settings' `lowering`, `member_chunk` and `loop_order`),
     which `scope` keeps so that a resumed run reuses it."""
     mesh = mesh if mesh is not None else placement.mesh_for(pop.size)
     choice = lowering.choose(cfg, pop, data, sampling.data_key(settings.seed), settings.budget.max_steps, mesh,
                              conv=settings.lowering, member_chunk=settings.member_chunk,
-                             saved=scope.saved_lowering())
+                             loop_order=settings.loop_order, saved=scope.saved_lowering())
     scope.save_lowering(choice.to_json())
-    chosen = dataclasses.replace(cfg, conv=choice.lowering.conv, member_chunk=choice.lowering.member_chunk)
+    chosen = dataclasses.replace(cfg, conv=choice.lowering.conv, member_chunk=choice.lowering.member_chunk,
+                                 members_outer=choice.lowering.loop_order == lowering.MEMBERS_OUTER)
     return loop.Programs(chosen, mesh), choice
 
 
