@@ -298,7 +298,7 @@ def test_range_test_stops_once_every_seed_diverged():
     np.testing.assert_allclose(res.lr_S, np.geomspace(1e-2, 1e6, 60)[: res.steps_run])
     assert not np.array_equal(res.loss_KS[0], res.loss_KS[1])  # distinct seeds
     assert res.diverged_at is not None and res.suggested_lr < res.lr_S[res.diverged_at]
-    if res.suggestions[range_test.HEADLINE] is None:  # too short for slide's window: the next rule answers
+    if res.suggestions[range_test.HEADLINE] is None:  # the headline rule has no answer: the next one answers
         assert res.suggested_rule == next(r for r in range_test.SUGGESTION_ORDER if res.suggestions[r] is not None)
 
 

@@ -155,6 +155,7 @@ def main(argv: list[str]) -> None:
             valley = json.loads((root / name / "valley" / "results.json").read_text())
             figure(name, valley, rows, HERE / "figures" / f"{name}.png")
         print(table(saved["tasks"]))
+        print(overall(saved["tasks"]))
         return
     root.mkdir(parents=True, exist_ok=True)
     (HERE / "results").mkdir(exist_ok=True)
@@ -190,6 +191,7 @@ def main(argv: list[str]) -> None:
             json.dump(results, f)
         print(table({name: rows}), flush=True)
     print(table(results["tasks"]))
+    print(overall(results["tasks"]))
 
 
 def table(tasks: dict) -> str:
@@ -199,6 +201,18 @@ def table(tasks: dict) -> str:
         for rule, r in rows["rules"].items():
             lines.append(f"| {name} | {rule} | {r['reached']:.0%} | {r['within_1.5']:.0%} | {r['within_1.1']:.0%} | "
                          f"{r['median_cost']:.1%} |")
+    return "\n".join(lines)
+
+
+def overall(tasks: dict) -> str:
+    """REPORT.md's table over every task-seed: per rule, the fractions and the median and largest cost."""
+    lines = [f"Over all {sum(len(rows['seeds']) for rows in tasks.values())} task-seeds:", "",
+             "| rule | reaches | within 1.5x | within 1.1x | median cost | largest cost |", "|---|---|---|---|---|---|"]
+    for rule in next(iter(tasks.values()))["rules"]:
+        rows = [s["rules"][rule] for t in tasks.values() for s in t["seeds"] if rule in s["rules"]]
+        share = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+        lines.append(f"| {rule} | {share('reached'):.0%} | {share('within_1.5'):.0%} | {share('within_1.1'):.0%} | "
+                     f"{statistics.median(r['cost'] for r in rows):.1%} | {max(r['cost'] for r in rows):.1%} |")
     return "\n".join(lines)
 
 

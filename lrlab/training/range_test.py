@@ -39,14 +39,14 @@ from lrlab.training.settings import SweepSettings
 from lrlab.training.sweep import engine_config, lowered_programs, sweep_data
 
 RULES = ("valley", "slide", "minimum", "steep")  # fastai's four, its default first
-# The rule whose rate the experiment reports without confirmation. Measured on four tasks x five
+# The rule whose rate the experiment reports without confirmation. Measured on five tasks x five
 # seeds against each task's 48-rate valley (experiments/lr_finder/REPORT.md): within 1.5x of the
-# grid's best steps, slide 65% and steep 65% of task-seeds, minimum/10 25%, fastai's valley 5%;
-# slide's rate reached the target more often (80% against 65%: steep sent small_cnn with Adam
-# 12-17x too high on every seed).
-# Where the headline rule has no answer (a curve too short for slide's 15-point window), the next by
-# the same measurement.
-SUGGESTION_ORDER = ("slide", "steep", "minimum", "valley")
+# grid's best steps, steep 68% of task-seeds, slide 60%, minimum/10 40%, fastai's valley 4% (steep
+# also leads within 1.1x: 36% against slide's 16%; it fails on one task, sending small_cnn with
+# Adam 12-17x too high on every seed).
+# Where the headline rule has no answer (no descent before the minimum), the next by the same
+# measurement.
+SUGGESTION_ORDER = ("steep", "slide", "minimum", "valley")
 HEADLINE = SUGGESTION_ORDER[0]
 LR_MIN, LR_MAX, NUM_STEPS, NUM_SEEDS = 1e-7, 10.0, 100, 4  # fastai's defaults; 4 seeds
 BETA = 0.98  # fastai's smoothing of the recorded loss
