@@ -2,6 +2,7 @@
 
   python benchmarks/own_model.py                                  # the tables below, every model
   python benchmarks/own_model.py --models=flax_cnn --members=8 --end_to_end=8x200 --valley
+  python benchmarks/own_model.py --members=8,48 --end_to_end= --loop_orders  # both loop orders too
 
 The models are plain Flax (`nn.Conv`, `nn.avg_pool`, `nn.BatchNorm`, `nn.Dense`: nothing of lrlab's):
   flax_cnn   the Flax MNIST example's CNN, width-reduced: conv 3x3 16, avg-pool, conv 3x3 32, avg-pool,
@@ -303,7 +304,7 @@ def main(argv):
                 so = med(steps_outer, "member_step_ms")
                 per_step_rows[-1].update(steps_outer_member_step_ms=so, steps_outer_runs=steps_outer)
                 print(f"{'':<10} {'':>3} {'':>8} {so:>9.2f} {u / so:>9.2f}x  the same, steps_outer "
-                      f"({so / m:.2f}x slower than {low.get('loop_order')})", flush=True)
+                      f"(its time over {low.get('loop_order')}'s: {so / m:.2f})", flush=True)
             if FLAGS.candidates:
                 per_step_rows[-1]["candidates"] = candidates(spec, k, u)
     sweeps = []

@@ -243,7 +243,7 @@ def main(argv):
                   f"{r['ratio']:>6.2f}x {r['sequential_compile_s']:>8.1f} / {r['population_compile_s']:<7.1f} "
                   f"{mb:>10} {r['eval_share']:>9.1%}", flush=True)
     valleys = []
-    if FLAGS.valley_rates:
+    if FLAGS.valley_rates and FLAGS.valley_modes:  # either 0 or empty: no end-to-end valley
         ds = mnist.load_mnist()
         for name in FLAGS.models:
             valleys.append(valley_end_to_end(name, ds))
