@@ -313,7 +313,7 @@ def test_versus_valley():
 
 def test_real_run_suggests_a_rate_in_the_measured_valley(runs):
     """small_cnn, Adam, MNIST, batch 100, the default ramp (1e-7 to 10 in 100 steps), 2 seeds: the
-    headline rule (minimum / 10) lands within 3x of the valley's best 0.0147-0.0215, and below
+    minimum / 10 rule lands within 3x of the valley's best 0.0147-0.0215, and below
     0.0316, where training failed (measured: 0.0167; over seeds 0-2 and 1-3 members, 0.017-0.042).
     The confirmation (3 candidates to 97%) finds a rate that reached the target, inside the band."""
     proc = runs.result("real")
@@ -332,13 +332,13 @@ def test_real_run_suggests_a_rate_in_the_measured_valley(runs):
     assert VALLEY_BEST[0] / 3 <= confirmed["best"]["learning_rate"] < FIRST_FAILED
     assert len(summary["members"]) == 3 and (workdir / "members.csv").exists()
     assert (workdir / "lr_finder.png").stat().st_size > 10_000
-    assert "slide *" in proc.stdout and "valley best" in proc.stdout and "spread across seeds" in proc.stdout
+    assert f"{range_test.HEADLINE} *" in proc.stdout and "valley best" in proc.stdout and "spread across seeds" in proc.stdout
     grid_steps = sum(m["steps_trained"] for m in VALLEY["members"])
     assert f"adam: confirmed {confirmed['best']['learning_rate']:.4g}" in proc.stdout
     assert f"of the valley grid's {grid_steps:,}" in proc.stdout
     again = subprocess.run(proc.args, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert "already holds this run's results" in again.stdout and "slide *" in again.stdout
+    assert "already holds this run's results" in again.stdout and f"{range_test.HEADLINE} *" in again.stdout
 
 
 @pytest.mark.slow
