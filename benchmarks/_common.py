@@ -31,7 +31,7 @@ def mnist_task(model) -> task.Task:
 def engine_config(model, **kw: Any) -> config.EngineConfig:
     """Adam on `mnist_task(model)`, evaluating in chunks of 250, in the prior's loop order (the
     benchmarks' program: what a run too small to measure its lowering trains with)."""
-    kw.setdefault("members_outer", lowering.PRIOR_MEMBERS_OUTER)
+    kw.setdefault("loop_order", lowering.PRIOR_LOOP_ORDER)
     return config.EngineConfig(task=mnist_task(model), optimizer=optimizers.get("adam"), eval_chunk=250, **kw)
 
 

@@ -7,6 +7,7 @@ import pytest
 from conftest import hparams, make_cfg, run_population
 
 from lrlab.engine import loop, member_map, placement, population
+from lrlab.engine.config import MEMBERS_OUTER, STEPS_OUTER
 from lrlab.optim import members
 from lrlab.store.workdir import NO_SCOPE
 from lrlab.training import settings as settings_lib
@@ -23,12 +24,13 @@ def _assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
     jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
 
 
-@pytest.mark.parametrize("member_chunk,members_outer", [(4, False), (2, False), (2, True), (1, True)])
-def test_population_equals_independent_runs(small_data, member_chunk, members_outer):
+@pytest.mark.parametrize("member_chunk,loop_order", [(4, STEPS_OUTER), (2, STEPS_OUTER), (2, MEMBERS_OUTER),
+                                                     (1, MEMBERS_OUTER)])
+def test_population_equals_independent_runs(small_data, member_chunk, loop_order):
     """All 4 in one vmap, or a loop of chunks: each step over every chunk, or each chunk over the
     segment's steps (members outer)."""
     budget = loop.Budget(max_steps=30, eval_every=10)
-    cfg = make_cfg(member_chunk=member_chunk, members_outer=members_outer)
+    cfg = make_cfg(member_chunk=member_chunk, loop_order=loop_order)
     together = run_population(cfg, LRS, small_data, budget)
     single_cfg = make_cfg()
     programs = loop.Programs(single_cfg)  # one compilation serves every single-member run
@@ -54,13 +56,13 @@ def test_sequential_mode_equals_vectorized(small_data):
     assert np.all(np.isnan(seq.seconds_to_target) == (seq.final.status != population.REACHED))
 
 
-@pytest.mark.parametrize("member_chunk,members_outer", [(3, False), (1, False), (1, True)])
-def test_divergent_member_is_frozen_and_contained(small_data, member_chunk, members_outer):
+@pytest.mark.parametrize("member_chunk,loop_order", [(3, STEPS_OUTER), (1, STEPS_OUTER), (1, MEMBERS_OUTER)])
+def test_divergent_member_is_frozen_and_contained(small_data, member_chunk, loop_order):
     """With member_chunk=1 every member runs the same one-member program, so even a population of
     another size is bit-identical; vmapped together, a population of another size differs by float
     rounding (vmap width changes the kernels), a population of the same size does not."""
     budget = loop.Budget(max_steps=20, eval_every=10)
-    cfg = make_cfg("sgd", member_chunk=member_chunk, members_outer=members_outer)
+    cfg = make_cfg("sgd", member_chunk=member_chunk, loop_order=loop_order)
     with_huge = run_population(cfg, [1e-2, 1e30, 3e-2], small_data, budget, repack=False)
     sane = run_population(cfg, [1e-2, 1e-2, 3e-2], small_data, budget, repack=False)
     without = run_population(cfg, [1e-2, 3e-2], small_data, budget, repack=False)

@@ -13,6 +13,8 @@ from lrlab.optim.schedules import ScheduleSpec
 from lrlab.task import conv as conv_lib
 from lrlab.task.task import Task
 
+STEPS_OUTER, MEMBERS_OUTER = "steps_outer", "members_outer"  # the loop orders (segment.make_training)
+LOOP_ORDERS = (STEPS_OUTER, MEMBERS_OUTER)
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -26,7 +28,7 @@ class EngineConfig:
     eval_chunk: int = 250
     distinct_seeds: bool = False  # False: all members share init, dropout and batch order
     member_chunk: int = 0  # members per vmap inside the member loop; 0: the prior (member_map.member_chunk_size)
-    members_outer: bool = False  # each member chunk trains the whole segment in turn (segment.make_training)
+    loop_order: str = STEPS_OUTER  # LOOP_ORDERS: each step over every member chunk, or each chunk over the segment
     conv: str = conv_lib.MATMUL  # the formulation of the model's convolutions (conv.FORMULATIONS; lowering.py)
     schedule: ScheduleSpec | None = None  # learning-rate schedule shape; the peak rate is per member
     dtype: str = "float32"  # compute dtype (COMPUTE_DTYPES); parameters and optimizer state stay float32
@@ -37,6 +39,8 @@ class EngineConfig:
     def __post_init__(self):
         if self.conv not in conv_lib.FORMULATIONS:
             raise ValueError(f"conv must be one of {', '.join(conv_lib.FORMULATIONS)}, got {self.conv!r}")
+        if self.loop_order not in LOOP_ORDERS:
+            raise ValueError(f"loop_order must be one of {', '.join(LOOP_ORDERS)}, got {self.loop_order!r}")
         if self.dtype not in COMPUTE_DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {self.dtype!r}")
         if self.patience < 0 or self.stream_every < 0:

@@ -9,10 +9,10 @@ matmuls, which the adapters put in place of `nn.Conv` / `nnx.Conv` / lrlab's con
 times a few training steps of each candidate on a slice of the population (two chunks per device
 where the run has them, so the member loop is timed too): the formulations at the prior chunk size,
 the other loop order, then chunk sizes up and down from it while they get faster, then the other
-formulations and loop order at the winner. A run too small to pay for it keeps the prior; the measurement stops once it has cost
-`MAX_SHARE` of the run's estimated training time. Every candidate computes the same function (within
-float rounding), so the choice changes speed, never results beyond that; a resumed run reuses the
-choice it saved.
+formulations and loop order at the winner. A run too small to pay for it keeps the prior; the
+measurement stops once it has cost `MAX_SHARE` of the run's estimated training time. Every
+candidate computes the same function (within float rounding), so the choice changes speed, never
+results beyond that; a resumed run reuses the choice it saved.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from lrlab.engine import member_map, placement, segment
-from lrlab.engine.config import EngineConfig
+from lrlab.engine.config import LOOP_ORDERS, MEMBERS_OUTER, STEPS_OUTER, EngineConfig
 from lrlab.engine.member_map import member_chunk_size
 from lrlab.engine.population import Population, TrainData
 from lrlab.task import adapters, sampling
@@ -36,11 +36,9 @@ from lrlab.task import conv as conv_lib
 
 AUTO = "auto"
 CHOICES = (AUTO,) + conv_lib.FORMULATIONS  # what a run may ask for its convolutions
-STEPS_OUTER, MEMBERS_OUTER = "steps_outer", "members_outer"  # the loop orders (segment.make_training)
-LOOP_ORDERS = (STEPS_OUTER, MEMBERS_OUTER)
 LOOP_CHOICES = (AUTO,) + LOOP_ORDERS  # what a run may ask for its loop order
 MEASURE_ABOVE = 1e13  # a run of fewer training FLOPs (3 forward passes per example-step) keeps the prior
-PRIOR_MEMBERS_OUTER = True  # the loop order tried first (and kept by a run too small to measure)
+PRIOR_LOOP_ORDER = MEMBERS_OUTER  # the loop order tried first (and kept by a run too small to measure)
 MAX_SHARE = 0.05  # measuring stops once it has cost this share of the run's estimated training time
 PROBE_STEPS = 4  # training steps per timed call of a candidate
 PROBE_CHUNKS = 2  # member chunks per device a candidate is timed on (where the run has them)
@@ -60,6 +58,10 @@ class Lowering:
     def describe(self) -> str:
         return (f"{self.conv} convolutions, {self.member_chunk} member{'s' if self.member_chunk > 1 else ''} per vmap, "
                 f"{self.loop_order.replace('_', ' ')}")
+
+    def applied_to(self, cfg: EngineConfig) -> EngineConfig:
+        """`cfg` lowered this way (its fields of the same names)."""
+        return dataclasses.replace(cfg, **dataclasses.asdict(self))
 
 
 @dataclasses.dataclass
@@ -181,8 +183,7 @@ class _Probe:
             devices = self.mesh.size
             sub = placement.place(placement.gather_members(self.pop, np.arange(members * devices) % self.pop.size),
                                   placement.member_sharding(self.mesh))
-            cfg = dataclasses.replace(self.cfg, conv=lowering.conv, member_chunk=lowering.member_chunk,
-                                      members_outer=lowering.loop_order == MEMBERS_OUTER)
+            cfg = lowering.applied_to(self.cfg)
             args = (sub, self.data, np.int32(0), self.order())
             compile_start = time.perf_counter()
             program = placement.make_training_fn(cfg, PROBE_STEPS, self.mesh).lower(*args).compile()
@@ -239,7 +240,7 @@ def choose(cfg: EngineConfig, pop: Population, data: TrainData, data_key: jax.Ar
     order, prior_chunk = prior_of(preferences, member_chunk, k, weights)
     convs = [conv] if conv != AUTO else order if lowerable else [conv_lib.XLA]
     chunks = [prior_chunk] if member_chunk else chunk_candidates(k)
-    orders = [loop_order] if loop_order != AUTO else list(LOOP_ORDERS[::-1] if PRIOR_MEMBERS_OUTER else LOOP_ORDERS)
+    orders = [loop_order] if loop_order != AUTO else sorted(LOOP_ORDERS, key=lambda o: o != PRIOR_LOOP_ORDER)
 
     def loop_orders(chunk: int) -> list[str]:
         """The loop orders that differ at `chunk` (one chunk per device: a single vmap, no member loop)."""

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from lrlab.engine import protocols
-from lrlab.engine.config import EngineConfig
+from lrlab.engine.config import MEMBERS_OUTER, EngineConfig
 from lrlab.engine.member_map import member_map, members_and_chunk
 from lrlab.engine.population import (
     BATCH_ORDER_SALT,
@@ -104,7 +104,7 @@ def make_training(cfg: EngineConfig, num_steps: int) -> Callable:
     `order`: the shared batch order's `sampling.BatchOrder` (from the loop's `sampling.EpochOrders`)
     or its key (the permutations drawn here); with a batch order per member, any key (unused).
 
-    Two loop orders compute the same thing (`cfg.members_outer`): a `lax.scan` over steps of the
+    Two loop orders compute the same thing (`cfg.loop_order`): a `lax.scan` over steps of the
     member-mapped step (each step visits every member), or the member map of each chunk's own scan
     over the segment's steps (a chunk's state stays in place for the whole segment instead of being
     read and written by every step's member loop).
@@ -163,7 +163,7 @@ def make_training(cfg: EngineConfig, num_steps: int) -> Callable:
         state0 = MemberState(pop.params, pop.opt_state, pop.model_state, pop.loss_scale, pop.scale_steps)
         stream0 = (pop.stream_sum, pop.stream_count) if cfg.stream_every else ()
         carry = (state0, pop.status, pop.steps_trained, jnp.zeros((k,), jnp.float32), stream0)
-        if cfg.members_outer:
+        if cfg.loop_order == MEMBERS_OUTER:
             segment_of = lambda c, rng, busy, data, step0, idx: steps_scan(member_step, c, rng, data, step0, idx)  # noqa: E731
             run = member_map(segment_of, (0, 0, 0, None, None, batch_axis), k, chunk, busy=2, idle=chunk_idle)
             idx = idx_KSB if batch_axis == 0 else idx_SB

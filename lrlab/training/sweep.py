@@ -9,7 +9,6 @@ halving), checkpoints in the run's scope, the test-set evaluation, and one recor
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -99,9 +98,7 @@ def lowered_programs(cfg: EngineConfig, pop: population.Population, data: TrainD
                              conv=settings.lowering, member_chunk=settings.member_chunk,
                              loop_order=settings.loop_order, saved=scope.saved_lowering())
     scope.save_lowering(choice.to_json())
-    chosen = dataclasses.replace(cfg, conv=choice.lowering.conv, member_chunk=choice.lowering.member_chunk,
-                                 members_outer=choice.lowering.loop_order == lowering.MEMBERS_OUTER)
-    return loop.Programs(chosen, mesh), choice
+    return loop.Programs(choice.lowering.applied_to(cfg), mesh), choice
 
 
 def test_metrics(cfg: EngineConfig, final: population.Population) -> dict[str, np.ndarray] | None:
