@@ -32,7 +32,7 @@ flags.DEFINE_list("tasks", None, "Only these tasks (default: all).")
 flags.DEFINE_bool("figures_only", False, "Only redraw the figures and the table from the saved results.")
 FLAGS = flags.FLAGS
 
-GRID = ["--lr_min=1e-6", "--lr_max=100", "--num_lrs=24", "--multiplier_min=1e-3", "--multiplier_max=1e3",
+GRID = ["--lr_min=1e-6", "--lr_max=100", "--num_lrs=48", "--multiplier_min=1e-3", "--multiplier_max=1e3",
         "--multipliers_per_decade=1"]
 PROFILE_TITLE = "Performance profile across {} tasks (LR-free at their defaults, tuned at their best rates)"
 TASKS = {
@@ -85,10 +85,13 @@ def main(argv: list[str]) -> None:
 
 
 def verdict_table(verdicts: dict) -> str:
-    """Per method: on each task its default's ratio to the tuned best (medians over seeds) and the verdict."""
+    """Per method: on each task (with its number of seeds) its default's ratio to the tuned best (medians
+    over seeds) and the verdict."""
     tasks = list(verdicts)
     methods = list(next(iter(verdicts.values())))
-    lines = ["| method | " + " | ".join(tasks) + " | passes everywhere |", "|---" * (len(tasks) + 2) + "|"]
+    seeds = {t: len(next(iter(verdicts[t].values()))["seeds"]) for t in tasks}
+    header = [f"{t} ({seeds[t]} seed{'s' if seeds[t] > 1 else ''})" for t in tasks]
+    lines = ["| method | " + " | ".join(header) + " | passes everywhere |", "|---" * (len(tasks) + 2) + "|"]
     for m in methods:
         cells, passes = [], True
         for t in tasks:

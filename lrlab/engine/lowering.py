@@ -205,8 +205,8 @@ class _Probe:
         return self.timed[lowering]["member_step_ms"] / 1000
 
     def cost_of(self, chunk: int) -> float:
-        """What timing a candidate at `chunk` is expected to cost: its compilation and its calls at
-        the best speed seen so far, and no less than a third of the slowest candidate's cost."""
+        """What timing a candidate at `chunk` is expected to cost: the longest compilation seen so
+        far, and its calls (the first and TIMED_CALLS more) at the best speed seen so far."""
         best = min(t["member_step_ms"] for t in self.timed.values()) / 1000
         compile_seconds = max(t["compile_seconds"] for t in self.timed.values())
         return compile_seconds + (1 + TIMED_CALLS) * PROBE_STEPS * self.members(chunk) * best
