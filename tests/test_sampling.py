@@ -1,5 +1,5 @@
-"""The shared batch order drawn once per epoch by the host loop (task/sampling.py: EpochOrders)
-gives every segment the batches that drawing it inside the segment gives."""
+"""The batch order drawn once per epoch by the host loop (task/sampling.py: EpochOrders), shared or
+one per seed, gives every segment the batches that drawing it inside the segment gives."""
 
 import jax
 import jax.numpy as jnp
@@ -41,3 +41,22 @@ def test_a_segment_program_reads_the_same_batches_from_orders_or_from_the_key():
     from_orders = jax.jit(lambda o, s: sampling.indices_in_orders(o.orders_EN, o.first_epoch, s, steps, n, batch))
     from_key = jax.jit(lambda k, s: sampling.segment_batch_indices(k, s, steps, n, batch))
     np.testing.assert_array_equal(np.asarray(from_orders(order, jnp.int32(20))), np.asarray(from_key(key, jnp.int32(20))))
+
+
+def test_each_seeds_order_is_its_keys_across_epoch_boundaries():
+    """With replicates the host draws one order per seed (not per member); each equals its key's."""
+    keys_U2 = np.stack([np.asarray(sampling.data_key(s)) for s in (4, 9)])
+    n, batch = 120, 8  # 15 steps an epoch
+    orders = sampling.EpochOrders(keys_U2, n, batch)
+    read = jax.jit(jax.vmap(sampling.indices_in_orders, in_axes=(0, None, None, None, None, None)),
+                   static_argnums=(3, 4, 5))
+    drawn = jax.jit(sampling.segment_batch_indices, static_argnums=(2, 3, 4))
+    step = 0
+    for num_steps in (10, 10, 25, 3):
+        order = orders.for_segment(step, num_steps)
+        assert isinstance(order, sampling.SeedBatchOrders) and order.orders_UEN.shape[0] == 2
+        got = np.asarray(read(order.orders_UEN, order.first_epoch, jnp.int32(step), num_steps, n, batch))
+        for u, key in enumerate(keys_U2):
+            np.testing.assert_array_equal(got[u], np.asarray(drawn(key, jnp.int32(step), num_steps, n, batch)))
+        assert not np.array_equal(got[0], got[1])
+        step += num_steps

@@ -1,4 +1,5 @@
-"""The CPU devices a host is split into: one rule for the command line and for Python.
+"""The devices a host has: the CPU devices it is split into (one rule for the command line and for
+Python), and arrays brought back from them to every host.
 
 XLA:CPU runs one device's program on all cores, but a population sharded over one device per core
 trains faster on a small host (benchmarks/cpu_devices.py). The split must be set before JAX
@@ -8,8 +9,11 @@ starts: the command line does it from --cpu_devices, and Python calls `use_cpu_d
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 AUTO = "auto"
 MAX_CPU_DEVICES_PER_CORE = 8  # beyond this the CPU client gains nothing (and fails at a few thousand)
@@ -55,3 +59,12 @@ def single_device_hint() -> str | None:
         return None
     return (f"training on 1 CPU device of {cores()} cores: call lrlab.use_cpu_devices() before any JAX computation "
             "to use one per core, as the command line does")
+
+
+def to_host(tree: Any) -> Any:
+    """A pytree of (possibly sharded, possibly multi-host) arrays as numpy arrays on every host."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+    return jax.tree_util.tree_map(one, tree)

@@ -24,7 +24,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from lrlab.engine import member_map, placement, population
+from lrlab.engine import devices, member_map, placement, population
 from lrlab.engine import segment as segment_lib
 from lrlab.engine.config import EngineConfig
 from lrlab.engine.population import Population, TrainData
@@ -278,7 +278,7 @@ class Loop:
     def replace_sub(self, sub: Population) -> None:
         """A hook's new population in place of `sub` (same entries); the host statuses follow it."""
         self.sub = sub
-        self.status[self.pos[self.real]] = placement.to_host(sub.status)[self.real]
+        self.status[self.pos[self.real]] = devices.to_host(sub.status)[self.real]
 
     def last_scores(self) -> np.ndarray:
         """float64[K]: each member's latest target value as a score (higher is better; NaN: none)."""
@@ -318,7 +318,7 @@ class Loop:
         start = time.perf_counter()
         self.sub, metrics = program(*args)
         # the one host synchronisation per chunk: the statuses and the chunk's step losses together
-        sub_status, chunk_loss = placement.to_host((self.sub.status, metrics.step_loss))
+        sub_status, chunk_loss = devices.to_host((self.sub.status, metrics.step_loss))
         seconds = time.perf_counter() - start
         self.train_seconds += seconds
         per_step = seconds / num_steps
@@ -336,13 +336,13 @@ class Loop:
         if self.budget.max_seconds is not None and self.train_seconds >= self.budget.max_seconds:
             self.sub = self.sub.replace(status=jnp.where(self.sub.status == population.RUNNING, population.EXHAUSTED,
                                                          self.sub.status))
-            sub_status = placement.to_host(self.sub.status)
+            sub_status = devices.to_host(self.sub.status)
         interval_loss = np.concatenate(self.pending_loss, axis=1)
         stepped = np.isfinite(interval_loss).any(axis=1)
         mean = np.nanmean(np.where(stepped[:, None], interval_loss, 0.0), axis=1)
         self.last_loss = np.where(stepped, mean, self.last_loss)
         self.pending_loss, self.interval_start = [], self.step
-        values, val, trained = placement.to_host((metrics.metrics, metrics.val, self.sub.steps_trained))
+        values, val, trained = devices.to_host((metrics.metrics, metrics.val, self.sub.steps_trained))
         loss = self.last_loss[self.pos]  # per entry of `sub`, like the metrics (padding: its source's)
         eval_name = self.programs.cfg.task.eval_name
         self.host = {"metrics": values, "val": val, "loss": loss, "steps_trained": trained, "status": sub_status,
@@ -482,7 +482,7 @@ def train(
                 raise Interrupted(stop.requested, loop.step, checkpoints.directory)
     full = loop.merged()
     return RunOutput(
-        final=segment_lib.restore_best(placement.to_host(full)),
+        final=segment_lib.restore_best(devices.to_host(full)),
         curves=loop.curves,
         seconds_to_target=loop.seconds_to_target,
         seconds_trained=loop.seconds_trained,

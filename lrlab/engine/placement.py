@@ -17,7 +17,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lrlab.engine import population, segment
@@ -58,15 +57,6 @@ def place(tree: Any, sharding: NamedSharding) -> Any:
         return jax.device_put(tree, sharding)
     return jax.tree_util.tree_map(
         lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda idx: np.asarray(x)[idx]), tree)
-
-
-def to_host(tree: Any) -> Any:
-    """A pytree of (possibly sharded, possibly multi-host) arrays as numpy arrays on every host."""
-    def one(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        return np.asarray(x)
-    return jax.tree_util.tree_map(one, tree)
 
 
 def make_segment_fn(cfg: EngineConfig, num_steps: int, mesh: Mesh | None = None) -> Callable:

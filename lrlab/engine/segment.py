@@ -9,8 +9,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from lrlab.engine import protocols
+from lrlab.engine import devices, protocols
 from lrlab.engine.config import MEMBERS_OUTER, EngineConfig
 from lrlab.engine.member_map import member_map, members_and_chunk
 from lrlab.engine.population import (
@@ -88,8 +89,12 @@ def shares_batch_order(cfg: EngineConfig, pop: Population) -> bool:
 
 def batch_order(cfg: EngineConfig, pop: Population, data_key: jax.Array, num_train: int,
                 place: Callable[[Any], Any]) -> sampling.EpochOrders | jax.Array:
-    """What a segment's `order` comes from: the shared order's epochs (`sampling.EpochOrders`, each
-    segment's rows put in place by `place`) or, where each member has its own order, the key."""
+    """What a segment's `order` comes from: the epochs (`sampling.EpochOrders`, each segment's rows
+    put in place by `place`) of the shared order or, with replicates, of each seed's; or, where every
+    member has its own order (distinct seeds), the key."""
+    if pop.batch_key is not None:  # one order per seed, not one per member: U permutations an epoch, not K
+        keys_U2 = np.unique(devices.to_host(pop.batch_key), axis=0)
+        return sampling.EpochOrders(keys_U2, num_train, cfg.batch_size, place)
     if not shares_batch_order(cfg, pop):
         return data_key
     return sampling.EpochOrders(data_key, num_train, cfg.batch_size, place)
@@ -102,7 +107,8 @@ def make_training(cfg: EngineConfig, num_steps: int) -> Callable:
     back its state from the segment's start, as does every member that was not running: no
     non-finite value stays in a state. The part of a segment that trains, and what `lowering` times.
     `order`: the shared batch order's `sampling.BatchOrder` (from the loop's `sampling.EpochOrders`)
-    or its key (the permutations drawn here); with a batch order per member, any key (unused).
+    or its key (the permutations drawn here); with replicates, the seeds' `sampling.SeedBatchOrders`
+    or any key (each member's drawn here from its `batch_key`); with distinct seeds, any key (unused).
 
     Two loop orders compute the same thing (`cfg.loop_order`): a `lax.scan` over steps of the
     member-mapped step (each step visits every member), or the member map of each chunk's own scan
@@ -145,7 +151,13 @@ def make_training(cfg: EngineConfig, num_steps: int) -> Callable:
 
     def train(pop: Population, data: TrainData, step0, order):
         n = data.num_train
-        if not shares_batch_order(cfg, pop):  # each member its own batch order: idx[K, S, B]
+        if isinstance(order, sampling.SeedBatchOrders):  # replicates: each member reads its seed's order
+            idx_USB = jax.vmap(lambda orders_EN: sampling.indices_in_orders(
+                orders_EN, order.first_epoch, step0, num_steps, n, cfg.batch_size))(order.orders_UEN)
+            seed_K = jnp.argmax(jnp.all(pop.batch_key[:, None, :] == order.keys_U2[None, :, :], axis=-1), axis=1)
+            idx_KSB = idx_USB[seed_K]
+            batch_axis = 0
+        elif not shares_batch_order(cfg, pop):  # each member its own batch order: idx[K, S, B]
             member_keys = pop.batch_key if pop.batch_key is not None else jax.vmap(
                 lambda r: jax.random.fold_in(r, BATCH_ORDER_SALT))(pop.rng)
             idx_KSB = jax.vmap(lambda key: sampling.segment_batch_indices(key, step0, num_steps, n, cfg.batch_size))(

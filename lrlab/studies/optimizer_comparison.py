@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lrlab.engine import config, loop, placement, population, segment
+from lrlab.engine import config, devices, loop, population, segment
 from lrlab.engine.stop import StopSignal
 from lrlab.optim import members as members_lib
 from lrlab.optim import optimizers
@@ -131,7 +131,7 @@ class TestCurves(loop.SegmentCallback):
 
         def fn(sub: population.Population, entries: np.ndarray, pos: np.ndarray, step: int) -> dict[str, np.ndarray]:
             start = time.perf_counter()
-            variables_K = jax.tree_util.tree_map(lambda x: x[entries], placement.to_host(population.eval_variables(cfg, sub)))
+            variables_K = jax.tree_util.tree_map(lambda x: x[entries], devices.to_host(population.eval_variables(cfg, sub)))
             metrics = evaluate(variables_K, arrays_E, weight_E)
             self.seconds += time.perf_counter() - start
             return {f"test_{m}": np.asarray(v) for m, v in metrics.items()}

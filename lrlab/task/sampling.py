@@ -108,21 +108,40 @@ class BatchOrder(NamedTuple):
     first_epoch: jax.Array
 
 
+class SeedBatchOrders(NamedTuple):
+    """A segment's share of the batch orders of U seeds (replicates: each member follows its seed's):
+    the seeds' batch keys (uint32[U, 2], to tell a member's order by its `batch_key`) and each
+    seed's permutations of the epochs the segment may touch (int32[U, E, N]), from `first_epoch` on."""
+
+    keys_U2: jax.Array
+    orders_UEN: jax.Array
+    first_epoch: jax.Array
+
+
 class EpochOrders:
-    """The shared batch order, drawn once per epoch by the host loop and kept while segments read it.
+    """The batch order (or, given U keys, each seed's), drawn once per epoch by the host loop and
+    kept while segments read it.
 
     A permutation of a large training set (a million windows of text: about half a second) costs
-    far more than a small model's segment, and the segment would draw it again each time. The values
-    are `segment_batch_indices`'; `place` puts each segment's orders where the program reads them.
+    far more than a small model's segment, and the segment would draw it again each time (for each
+    member, with a batch order per seed). The values are `segment_batch_indices`'; `place` puts each
+    segment's orders where the program reads them.
     """
 
     def __init__(self, key: jax.Array, num_examples: int, batch_size: int, place: Callable[[Any], Any] = lambda x: x):
         self.key, self.num_examples, self.batch_size, self.place = key, num_examples, batch_size, place
+        self.keys_U2 = np.asarray(key) if np.ndim(key) == 2 else None  # one order per seed
         self._permutation = _jitted_permutation  # one compilation per dataset size, shared by every run
         self._epochs: dict[int, np.ndarray] = {}
-        self._last: tuple[tuple[int, ...], BatchOrder] | None = None
+        self._last: tuple[tuple[int, ...], BatchOrder | SeedBatchOrders] | None = None
 
-    def for_segment(self, step0: int, num_steps: int) -> BatchOrder:
+    def _draw(self, epoch: int) -> np.ndarray:
+        """The permutation of `epoch` (int32[N]), or each seed's (int32[U, N])."""
+        if self.keys_U2 is None:
+            return np.asarray(self._permutation(self.key, np.int32(epoch), self.num_examples))
+        return np.stack([np.asarray(self._permutation(k, np.int32(epoch), self.num_examples)) for k in self.keys_U2])
+
+    def for_segment(self, step0: int, num_steps: int) -> BatchOrder | SeedBatchOrders:
         """The orders of the segment of `num_steps` steps from `step0`."""
         steps_per_epoch = self.num_examples // self.batch_size
         count = epochs_touched(num_steps, self.num_examples, self.batch_size)
@@ -132,9 +151,14 @@ class EpochOrders:
             return self._last[1]
         for e in rows:
             if e >= 0 and e not in self._epochs:
-                self._epochs[e] = np.asarray(self._permutation(self.key, np.int32(e), self.num_examples))
+                self._epochs[e] = self._draw(e)
         self._epochs = {e: v for e, v in self._epochs.items() if e >= first}  # earlier epochs are done
-        zeros = np.zeros((self.num_examples,), np.int32)
-        order = BatchOrder(np.stack([self._epochs[e] if e >= 0 else zeros for e in rows]), np.int32(first))
+        shape = (self.num_examples,) if self.keys_U2 is None else (len(self.keys_U2), self.num_examples)
+        zeros = np.zeros(shape, np.int32)
+        orders = np.stack([self._epochs[e] if e >= 0 else zeros for e in rows], axis=-2)  # [E, N] or [U, E, N]
+        if self.keys_U2 is None:
+            order: BatchOrder | SeedBatchOrders = BatchOrder(orders, np.int32(first))
+        else:
+            order = SeedBatchOrders(self.keys_U2, orders, np.int32(first))
         self._last = (rows, self.place(order))
         return self._last[1]
