@@ -51,8 +51,8 @@ def main(argv: list[str]) -> None:
     for folder in ("results", "figures"):
         (HERE / folder).mkdir(exist_ok=True)
     profile, verdicts = {}, {}
-    if FLAGS.figures_only:
-        for name in FLAGS.tasks or TASKS:
+    if FLAGS.figures_only:  # every task with saved results, unless --tasks names them
+        for name in FLAGS.tasks or [n for n in TASKS if (HERE / "results" / f"{n}.json.gz").exists()]:
             with gzip.open(HERE / "results" / f"{name}.json.gz", "rt") as f:
                 summary = json.load(f)
             lr_free.LRFreeResult(summary).plot(HERE / "figures" / f"{name}-valleys.png")
@@ -85,8 +85,8 @@ def main(argv: list[str]) -> None:
 
 
 def verdict_table(verdicts: dict) -> str:
-    """Per method: on each task (with its number of seeds) its default's ratio to the tuned best (medians
-    over seeds) and the verdict."""
+    """Per method: on each task (with its number of seeds) its default's ratio to the tuned best (the
+    median over seeds, then each seed's) and the verdict."""
     tasks = list(verdicts)
     methods = list(next(iter(verdicts.values())))
     seeds = {t: len(next(iter(verdicts[t].values()))["seeds"]) for t in tasks}
@@ -96,9 +96,11 @@ def verdict_table(verdicts: dict) -> str:
         cells, passes = [], True
         for t in tasks:
             r = verdicts[t][m]
-            ratio = r["median_best_ratio"] if r["kind"] == "tuned" else r["median_default_ratio"]
-            band = r["median_band_decades"]
+            key = "best_ratio" if r["kind"] == "tuned" else "default_ratio"
+            ratio, band = r[f"median_{key}"], r["median_band_decades"]
+            each = ["missed" if s[key] is None else f"{s[key]:.2f}" for s in r["seeds"]]
             cells.append(("missed" if ratio is None else f"{ratio:.2f}x")
+                         + (f" ({', '.join(each)})" if len(each) > 1 else "")
                          + (f", band {band:.1f} dec" if band is not None else ""))
             passes = passes and r["passes_at_default"]
         verdict = "-" if verdicts[tasks[0]][m]["kind"] == "tuned" else "yes" if passes else "no"
