@@ -154,8 +154,9 @@ def make_training(cfg: EngineConfig, num_steps: int) -> Callable:
         if isinstance(order, sampling.SeedBatchOrders):  # replicates: each member reads its seed's order
             idx_USB = jax.vmap(lambda orders_EN: sampling.indices_in_orders(
                 orders_EN, order.first_epoch, step0, num_steps, n, cfg.batch_size))(order.orders_UEN)
-            seed_K = jnp.argmax(jnp.all(pop.batch_key[:, None, :] == order.keys_U2[None, :, :], axis=-1), axis=1)
-            idx_KSB = idx_USB[seed_K]
+            # which of the U seeds each member replicates (its batch key's row), as init_population drew it
+            replicate_K = jnp.argmax(jnp.all(pop.batch_key[:, None, :] == order.keys_U2[None, :, :], axis=-1), axis=1)
+            idx_KSB = idx_USB[replicate_K]
             batch_axis = 0
         elif not shares_batch_order(cfg, pop):  # each member its own batch order: idx[K, S, B]
             member_keys = pop.batch_key if pop.batch_key is not None else jax.vmap(
