@@ -47,7 +47,7 @@ FLAGS = flags.FLAGS
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GRID = {"grace_steps": [0, 100, 200, 300, 500], "evaluations": [2, 3, 4, 5, 8], "margin": [0.01, 0.02, 0.05]}
 SLOW_WINDOWS, SLOW_FACTORS = (4,), (1.0, 2.0, 4.0)  # the naive slow-side candidates: evaluations, slope multipliers
-PACE_GRID = {"pace": [0.5, 1.0, 2.0], "pace_grace_steps": [100, 200, 300], "pace_evaluations": [2, 3]}
+PACE_GRID = {"pace": [0.5, 1.0, 2.0], "pace_grace_steps": [100, 200, 300], "pace_evaluations": [2, 3, 4]}
 CPU_CHUNK = 4  # members per chunk of small_cnn's member loop on CPU (population.member_chunk_size)
 
 
@@ -59,7 +59,10 @@ def mnist_chance(eval_examples: int, seed: int, validation: int) -> float:
 
 
 def curves_of(path: pathlib.Path, summary: dict, source: str) -> list[dict]:
-    """Every member curve in one results file, with what its replay needs."""
+    """Every member curve in one results file, with what its replay needs (none from a file that is
+    not one run's results: it names neither its task nor its flags)."""
+    if "task" not in summary and "flags" not in summary:
+        return []
     fl = summary.get("flags", {})
     target = Target(**summary["task"]["target"]) if "task" in summary else Target("accuracy", fl["target_accuracy"])
     max_steps = fl.get("max_steps") or summary["settings"]["budget"]["max_steps"]

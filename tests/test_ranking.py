@@ -31,6 +31,19 @@ def test_the_rule_orders_reached_then_missed_by_closeness_then_diverged():
     assert ranking.best_member([OUTCOMES[0], OUTCOMES[4]]) is None
 
 
+def test_a_band_is_the_unbroken_run_of_reached_rates_around_the_best():
+    """A multiplier sweep measured with a hole (momo_adam on small_cnn): 10 missed between 1 and 100,
+    which reached. The span of every rate that reached covers the hole; the band one can pick from
+    stops at it."""
+    holed = [outcome(1000.0, "reached", 2850), outcome(100.0, "reached", 2850), outcome(10.0, "exhausted", curve=[0.93]),
+             outcome(1.0, "reached", 700), outcome(0.1, "reached", 2500), outcome(0.01, "exhausted", curve=[0.91])]
+    assert ranking.reached_band(holed) == (0.1, 1000.0)
+    assert ranking.unbroken_band(holed) == (0.1, 1.0)
+    assert ranking.unbroken_band(holed[:3]) == (100.0, 1000.0)  # the best at the run's lower edge
+    assert ranking.unbroken_band(OUTCOMES) == ranking.reached_band(OUTCOMES)  # no hole: the same
+    assert ranking.unbroken_band([OUTCOMES[0], OUTCOMES[4]]) is None
+
+
 def test_every_picker_agrees_on_the_same_outcomes():
     expected = ranking.best(OUTCOMES, MAX_STEPS, TARGET, "train_accuracy")["learning_rate"]
     trials = [{**r, "index": i, "objective": ranking.objective(r, MAX_STEPS, TARGET, "train_accuracy")}

@@ -29,7 +29,8 @@ HERE = pathlib.Path(__file__).parent
 flags.DEFINE_string("root", "runs/lr_free_study", "Where the runs' workdirs go.")
 flags.DEFINE_integer("seeds", 1, "--seeds of every run.")
 flags.DEFINE_list("tasks", None, "Only these tasks (default: all).")
-flags.DEFINE_bool("figures_only", False, "Only redraw the figures and the table from the saved results.")
+flags.DEFINE_bool("figures_only", False, "Only redraw the figures and the table from the saved results (their "
+                  "per-method rows recomputed from the members).")
 FLAGS = flags.FLAGS
 
 GRID = ["--lr_min=1e-6", "--lr_max=100", "--num_lrs=48", "--multiplier_min=1e-3", "--multiplier_max=1e3",
@@ -53,8 +54,14 @@ def main(argv: list[str]) -> None:
     profile, verdicts = {}, {}
     if FLAGS.figures_only:  # every task with saved results, unless --tasks names them
         for name in FLAGS.tasks or [n for n in TASKS if (HERE / "results" / f"{n}.json.gz").exists()]:
-            with gzip.open(HERE / "results" / f"{name}.json.gz", "rt") as f:
+            path = HERE / "results" / f"{name}.json.gz"
+            with gzip.open(path, "rt") as f:
                 summary = json.load(f)
+            rows = lr_free.method_rows(summary["members"], summary["tuned"], summary["lr_free_methods"])
+            if rows != summary["methods"]:  # saved under an earlier rule: the rows follow the members
+                summary["methods"] = rows
+                with gzip.open(path, "wt") as f:
+                    json.dump(summary, f)
             lr_free.LRFreeResult(summary).plot(HERE / "figures" / f"{name}-valleys.png")
             profile[name] = lr_free.profile_ratios(summary["methods"])
             verdicts[name] = {r["optimizer"]: r for r in summary["methods"]}

@@ -76,6 +76,24 @@ def reached_band(records: Iterable[Mapping[str, Any]]) -> tuple[float, float] | 
     return (min(lrs), max(lrs)) if lrs else None
 
 
+def unbroken_band(records: Iterable[Mapping[str, Any]]) -> tuple[float, float] | None:
+    """The (lowest, highest) rate of the run of consecutive rates, in rate order, that all reached
+    the target around the best member (`best_member`), or None. Unlike `reached_band`, a rate that
+    missed between two that reached ends the band, so its width is the range one can pick from."""
+    records = list(records)
+    best = best_member(records)
+    if best is None:
+        return None
+    by_rate = sorted(records, key=lambda r: r["learning_rate"])
+    at = next(i for i, r in enumerate(by_rate) if r is best)
+    lo = hi = at
+    while lo > 0 and by_rate[lo - 1]["status"] == "reached":
+        lo -= 1
+    while hi < len(by_rate) - 1 and by_rate[hi + 1]["status"] == "reached":
+        hi += 1
+    return by_rate[lo]["learning_rate"], by_rate[hi]["learning_rate"]
+
+
 def best_and_band(records: Iterable[Mapping[str, Any]]) -> tuple[Any, tuple[float, float] | None]:
     """`best_member` and `reached_band` of the same outcomes."""
     records = list(records)

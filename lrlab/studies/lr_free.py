@@ -8,8 +8,8 @@ multiplier, all as populations of one run.
 Per method the table gives the steps to target at its default (multiplier 1), the best over its
 sweep, both as a ratio to the tuned best (AlgoPerf's time-to-target ratio: the fewest steps of any
 tuned valley, per seed), and the width in decades of the band of rates (or multipliers) that reached
-the target. A method passes at its default when it reaches the target within `PASS_RATIO` of the
-tuned best on every seed.
+the target: the unbroken run of them around the best (`ranking.unbroken_band`). A method passes at
+its default when it reaches the target within `PASS_RATIO` of the tuned best on every seed.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def method_rows(records: Sequence[Mapping[str, Any]], tuned: Sequence[str], meth
             best = ranking.best_member(recs)
             default = (next((r for r in recs if math.isclose(r["learning_rate"], 1.0)), None)
                        if name in methods else None)
-            band = ranking.reached_band(recs)
+            band = ranking.unbroken_band(recs)
             reference = tuned_best[seed]
             default_steps, best_steps = _steps(default), _steps(best)
             per_seed.append({
@@ -109,7 +109,8 @@ def table(rows: Sequence[Mapping[str, Any]], tuned_best: Any = None) -> str:
                      f"{cell(r['median_best_steps'], 'g'):>10} {cell(r['median_best_ratio'], '.2f'):>8} "
                      f"{cell(r['median_band_decades'], '.1f'):>14}  {verdict}")
     lines.append("steps: medians over seeds (missed: some seed did not reach the target); / tuned: over the fewest "
-                 "steps of any tuned valley of the same seed; band: the rates (multipliers) that reached the target")
+                 "steps of any tuned valley of the same seed; band: the unbroken run of rates "
+                 "(multipliers) around the best that reached the target")
     return "\n".join(lines)
 
 

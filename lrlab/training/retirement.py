@@ -45,7 +45,7 @@ class RetireSpec:
     margin: float = 0.02
     pace: float = 1.0  # the slow side: multiplier of the best pace so far; 0: off
     pace_grace_steps: int = 100
-    pace_evaluations: int = 3
+    pace_evaluations: int = 4
 
     def __post_init__(self):
         if self.grace_steps < 0 or self.evaluations < 1:
