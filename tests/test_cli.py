@@ -41,6 +41,7 @@ def test_tiny_valley_end_to_end(tmp_path):
     assert "rates that trained with at least one optimizer:" in proc.stdout
 
 
+@pytest.mark.slow  # four processes
 def test_rerun_compares_rates_by_value_not_text(tmp_path):
     workdir = tmp_path / "run"
     first = run_valley("--optimizer=sgd", "--lrs=0.001,0.1", f"--workdir={workdir}", *TINY)
@@ -54,6 +55,7 @@ def test_rerun_compares_rates_by_value_not_text(tmp_path):
     assert other.returncode == 1 and "holds a run with other flags (--optimizer/--lrs/--hparam (the members)=" in other.stderr
 
 
+@pytest.mark.slow  # three processes
 def test_run_without_retirement_resumes_without_it(tmp_path):
     """A workdir whose run saved no --retire (--noretire, or made before retirement existed) resumes
     from its checkpoint without retirement; asking for retirement there is refused."""
