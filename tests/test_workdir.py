@@ -122,6 +122,22 @@ def test_results_that_are_not_this_experiments_are_recomputed(tmp_path):
     again.release()
 
 
+def test_every_output_is_listed_before_it_is_written(tmp_path, monkeypatch):
+    """A run killed between listing a file and writing it leaves a listed name without its file,
+    which is harmless; the other order leaves a file the next run refuses as not lrlab's."""
+    run = claimed(tmp_path / "w")
+    real = workdir_lib.files.write_json
+
+    def listed_first(path, obj):
+        assert path.name in (run._manifest() or []) or path.name == workdir_lib.MANIFEST, path.name
+        real(path, obj)
+
+    monkeypatch.setattr(workdir_lib.files, "write_json", listed_first)
+    run.save_results(RESULTS)  # the identity, then the results
+    run.release()
+    assert (tmp_path / "w" / workdir_lib.IDENTITY_FILE).exists() and (tmp_path / "w" / workdir_lib.RESULTS).exists()
+
+
 @pytest.mark.parametrize("name", [workdir_lib.TENSORBOARD, workdir_lib.MEMBERS_CSV, workdir_lib.RESULTS])
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_a_users_file_where_an_output_goes_is_refused_and_kept(tmp_path, name, overwrite):

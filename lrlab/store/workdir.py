@@ -376,8 +376,8 @@ class Workdir:
     def commit_settings(self) -> None:
         """Saves the claimed identity (identity.json) once the run has written something of its own."""
         if self._pending is not None and is_writer():
+            self._written(IDENTITY_FILE)  # listed first, as every output: a kill between leaves no foreign file
             files.write_json(self.path / IDENTITY_FILE, self._pending)
-            self._written(IDENTITY_FILE)
         self._pending = None
 
     def read_results(self) -> dict[str, Any]:
