@@ -4,9 +4,9 @@ sweep), then the verdicts and the performance profile across tasks.
 
     python experiments/lr_free/study.py --root=runs/lr_free_study --seeds=1
 
-Writes experiments/lr_free/results/<task>.json.gz (each run's results.json), the figures in
-experiments/lr_free/figures/ (each task's valleys, and the profile across tasks) and prints the
-verdict table of REPORT.md.
+Writes experiments/lr_free/results/<task>.json.gz (each run's results.json), then, from every task's
+saved results, the figures in experiments/lr_free/figures/ (each task's valleys, and the profile
+across tasks) and prints the verdict table of REPORT.md.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import json
 import pathlib
-import shutil
 import subprocess
 import sys
 import time
@@ -46,47 +45,49 @@ TASKS = {
 }
 
 
+def results_file(name: str) -> pathlib.Path:
+    """A task's saved results (its run's results.json, gzipped, with the study's command and wall)."""
+    return HERE / "results" / f"{name}.json.gz"
+
+
+def run_task(name: str, root: pathlib.Path) -> None:
+    """Runs one task's lr_free experiment in its workdir under `root` and saves its results."""
+    workdir = root / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "lrlab.experiments.lr_free", *TASKS[name], *GRID, f"--seeds={FLAGS.seeds}",
+            f"--workdir={workdir}", "--noprogress"]
+    start = time.perf_counter()
+    with open(root / f"{name}.log", "w") as log:
+        done = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise SystemExit(f"{name} failed: see {root / f'{name}.log'}")
+    summary = json.loads((workdir / "results.json").read_text())
+    summary["study"] = {"command": " ".join(["python", "-m", "lrlab.experiments.lr_free", *args[3:]]),
+                        "wall_seconds": time.perf_counter() - start}
+    with gzip.open(results_file(name), "wt") as f:
+        json.dump(summary, f)
+    print(f"{name}: done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
 def main(argv: list[str]) -> None:
     del argv
-    root = pathlib.Path(FLAGS.root)
     for folder in ("results", "figures"):
         (HERE / folder).mkdir(exist_ok=True)
-    profile, verdicts = {}, {}
-    if FLAGS.figures_only:  # every task with saved results, unless --tasks names them
-        for name in FLAGS.tasks or [n for n in TASKS if (HERE / "results" / f"{n}.json.gz").exists()]:
-            path = HERE / "results" / f"{name}.json.gz"
-            with gzip.open(path, "rt") as f:
-                summary = json.load(f)
-            rows = lr_free.method_rows(summary["members"], summary["tuned"], summary["lr_free_methods"])
-            if rows != summary["methods"]:  # saved under an earlier rule: the rows follow the members
-                summary["methods"] = rows
-                with gzip.open(path, "wt") as f:
-                    json.dump(summary, f)
-            lr_free.LRFreeResult(summary).plot(HERE / "figures" / f"{name}-valleys.png")
-            profile[name] = lr_free.profile_ratios(summary["methods"])
-            verdicts[name] = {r["optimizer"]: r for r in summary["methods"]}
-        plots.performance_profile(profile, HERE / "figures" / "profile.png", title=PROFILE_TITLE.format(len(profile)))
-        print(verdict_table(verdicts))
-        return
-    for name in FLAGS.tasks or TASKS:
-        workdir = root / name
-        workdir.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", "lrlab.experiments.lr_free", *TASKS[name], *GRID, f"--seeds={FLAGS.seeds}",
-                f"--workdir={workdir}", "--noprogress"]
-        start = time.perf_counter()
-        with open(root / f"{name}.log", "w") as log:
-            done = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT)
-        if done.returncode:
-            raise SystemExit(f"{name} failed: see {root / f'{name}.log'}")
-        summary = json.loads((workdir / "results.json").read_text())
-        summary["study"] = {"command": " ".join(["python", "-m", "lrlab.experiments.lr_free", *args[3:]]),
-                            "wall_seconds": time.perf_counter() - start}
-        with gzip.open(HERE / "results" / f"{name}.json.gz", "wt") as f:
-            json.dump(summary, f)
-        shutil.copy(workdir / "lr_free.png", HERE / "figures" / f"{name}-valleys.png")
+    if not FLAGS.figures_only:
+        for name in FLAGS.tasks or TASKS:
+            run_task(name, pathlib.Path(FLAGS.root))
+    profile, verdicts = {}, {}  # over every task with saved results (with --figures_only, --tasks names them)
+    for name in (FLAGS.figures_only and FLAGS.tasks) or [n for n in TASKS if results_file(n).exists()]:
+        with gzip.open(results_file(name), "rt") as f:
+            summary = json.load(f)
+        rows = lr_free.method_rows(summary["members"], summary["tuned"], summary["lr_free_methods"])
+        if rows != summary["methods"]:  # saved under an earlier rule: the rows follow the members
+            summary["methods"] = rows
+            with gzip.open(results_file(name), "wt") as f:
+                json.dump(summary, f)
+        lr_free.LRFreeResult(summary).plot(HERE / "figures" / f"{name}-valleys.png")
         profile[name] = lr_free.profile_ratios(summary["methods"])
         verdicts[name] = {r["optimizer"]: r for r in summary["methods"]}
-        print(f"{name}: done in {time.perf_counter() - start:.0f} s", flush=True)
     plots.performance_profile(profile, HERE / "figures" / "profile.png", title=PROFILE_TITLE.format(len(profile)))
     print(verdict_table(verdicts))
 
