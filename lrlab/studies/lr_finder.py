@@ -16,7 +16,7 @@ from absl import logging
 from lrlab.engine.stop import StopSignal
 from lrlab.optim import optimizers
 from lrlab.optim.optimizers import Optimizer
-from lrlab.store import plots
+from lrlab.store import plots, ranking
 from lrlab.store.result import StudyResult, Trained
 from lrlab.store.workdir import Scope
 from lrlab.studies.run import run
@@ -97,8 +97,8 @@ def versus_valley(suggestions: dict[str, dict[str, float | int] | None], members
         return None
     fewest = min(m["steps_to_target"] for m in reached)
     best = [m["learning_rate"] for m in reached if m["steps_to_target"] == fewest]
-    lrs = [m["learning_rate"] for m in reached]
-    out: dict[str, Any] = {"best": [min(best), max(best)], "best_steps": fewest, "band": [min(lrs), max(lrs)],
+    low, high = ranking.reached_band(reached)
+    out: dict[str, Any] = {"best": [min(best), max(best)], "best_steps": fewest, "band": [low, high],
                            "grid_model_steps": valley_cost(members, optimizer)}
     for rule, pick in suggestions.items():
         if pick is None:
@@ -106,7 +106,7 @@ def versus_valley(suggestions: dict[str, dict[str, float | int] | None], members
             continue
         lr = pick["learning_rate"]
         factor = lr / max(best) if lr > max(best) else lr / min(best) if lr < min(best) else 1.0
-        out[rule] = {"factor": factor, "in_band": min(lrs) <= lr <= max(lrs)}
+        out[rule] = {"factor": factor, "in_band": low <= lr <= high}
     return out
 
 
